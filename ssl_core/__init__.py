@@ -1,0 +1,1 @@
+"""vidssl core: pure PyTorch + PyAV semi-supervised video action recognition."""

@@ -1,0 +1,117 @@
+"""Shared pieces of semi-supervised algorithms, as pure functions (tensors in, tensor out).
+
+Kept free of algorithm state so they can be checked one by one against an independent reference.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def pseudo_label(
+    logits_weak: Tensor,  # (B, C)
+) -> tuple[Tensor, Tensor]:  # max probability (B,) float, hard label (B,) int64; both without grad
+    """Softmax confidence and argmax class of weak-view logits; the targets never carry gradient."""
+    with torch.no_grad():
+        max_probs, hard_labels = logits_weak.detach().softmax(dim=-1).max(dim=-1)
+    return max_probs, hard_labels
+
+
+def confidence_mask(max_probs: Tensor, tau: float) -> Tensor:  # (B,) float in {0., 1.}
+    """1 where max(p) >= tau (FixMatch's inclusive threshold)."""
+    return (max_probs >= tau).to(max_probs.dtype)
+
+
+def masked_cross_entropy(
+    logits: Tensor,  # (B, C)
+    targets: Tensor,  # (B,) int64
+    mask: Tensor,  # (B,) float or bool
+) -> Tensor:  # scalar
+    """sum_i mask_i * CE_i / B: normalised by the WHOLE batch, not the masked count (FixMatch).
+
+    Dividing by B keeps the loss scale tied to how many pseudo-labels pass: early in training, when few
+    pass, the unlabeled term stays small instead of being dominated by a handful of samples.
+    """
+    if targets.shape != logits.shape[:1] or mask.shape != logits.shape[:1]:
+        raise ValueError(
+            f"masked_cross_entropy: logits {tuple(logits.shape)}, targets {tuple(targets.shape)} and mask "
+            f"{tuple(mask.shape)} must share the batch size"
+        )
+    if logits.shape[0] == 0:
+        return logits.sum() * 0.0  # keeps the graph and dtype; an empty batch teaches nothing
+    ce = F.cross_entropy(logits, targets, reduction="none")
+    return (ce * mask.to(ce.dtype)).sum() / logits.shape[0]
+
+
+def sharpen(p: Tensor, temperature: float) -> Tensor:  # (B, C) -> (B, C)
+    """MixMatch: p_i^(1/T) / sum_j p_j^(1/T); T < 1 lowers the entropy."""
+    if temperature <= 0:
+        raise ValueError(f"sharpen: temperature must be > 0, got {temperature}")
+    powered = p.pow(1.0 / temperature)
+    return powered / powered.sum(dim=-1, keepdim=True)
+
+
+def mixup(x1: Tensor, x2: Tensor, lam: float | Tensor) -> Tensor:
+    """lam * x1 + (1 - lam) * x2 (callers pass lam = max(l, 1 - l) to stay closer to x1, as MixMatch)."""
+    if x1.shape != x2.shape:
+        raise ValueError(f"mixup: shapes differ, {tuple(x1.shape)} vs {tuple(x2.shape)}")
+    return lam * x1 + (1.0 - lam) * x2
+
+
+@torch.no_grad()
+def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
+    """Mean Teacher: theta_T <- m theta_T + (1 - m) theta_S, in place.
+
+    Floating-point buffers (BatchNorm running stats) follow the same average; integer buffers
+    (num_batches_tracked) are copied, since averaging a counter means nothing.
+    """
+    if not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"ema_update: momentum must be in [0, 1], got {momentum}")
+    t_state, s_state = teacher.state_dict(), student.state_dict()
+    if t_state.keys() != s_state.keys():
+        diff = sorted(set(t_state) ^ set(s_state))
+        raise ValueError(f"ema_update: teacher and student differ in state keys, e.g. {diff[:5]}")
+    for key, t_value in t_state.items():
+        s_value = s_state[key].to(t_value.device)
+        if t_value.is_floating_point():
+            t_value.mul_(momentum).add_(s_value, alpha=1.0 - momentum)
+        else:
+            t_value.copy_(s_value)
+
+
+def kd_loss(
+    student_logits: Tensor,  # (B, C)
+    teacher_logits: Tensor,  # (B, C); receives no gradient
+    temperature: float,
+) -> Tensor:  # scalar
+    """Hinton KD: KL(P_T^tau || P_S^tau) * tau^2, averaged over the batch (tau^2 keeps the gradient scale)."""
+    if temperature <= 0:
+        raise ValueError(f"kd_loss: temperature must be > 0, got {temperature}")
+    log_p_student = F.log_softmax(student_logits / temperature, dim=-1)
+    log_p_teacher = F.log_softmax(teacher_logits.detach() / temperature, dim=-1)
+    kl = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
+    return kl * temperature**2
+
+
+def joint_forward(
+    model: nn.Module,
+    labeled_video: Tensor,  # (B_l, 3, T, h, w)
+    weak: Tensor,  # (B_u, 3, T, h, w)
+    strong: Tensor,  # (B_u, 3, T, h, w)
+) -> tuple[Tensor, Tensor, Tensor]:  # logits (B_l, C), (B_u, C), (B_u, C)
+    """ONE forward over labeled + weak + strong, split back (the USB way).
+
+    BatchNorm sees one batch, so its statistics stay consistent across the three parts, and under DDP each
+    model runs exactly one forward per step.
+    """
+    if weak.shape != strong.shape:
+        raise ValueError(f"weak {tuple(weak.shape)} and strong {tuple(strong.shape)} views must match")
+    if labeled_video.shape[1:] != weak.shape[1:]:
+        raise ValueError(
+            f"labeled video {tuple(labeled_video.shape)} and unlabeled views {tuple(weak.shape)} must share "
+            "(3, T, h, w) to run in one forward"
+        )
+    logits = model(torch.cat([labeled_video, weak, strong]))
+    return logits.split([labeled_video.shape[0], weak.shape[0], strong.shape[0]])

@@ -1,0 +1,105 @@
+"""Algorithm registry and the small shape every algorithm shares.
+
+An algorithm owns its models (by role, primary first), declares its hyper-parameters as a dataclass and
+turns one labeled + unlabeled batch into a loss. It does no device handling, no optimizer stepping and no
+backward: the worker loop does those in plain view.
+
+Batches (already augmented and normalised, see /tmp/contracts.md):
+    labeled   = {"video": float (B_l, 3, T, h, w), "label": int64 (B_l,)}
+    unlabeled = {"weak": float (B_u, 3, T, h, w), "strong": float (B_u, 3, T, h, w)}
+
+Try it:
+    python -c "from ssl_core.algorithms import list_algorithms; print(*list_algorithms(), sep='\\n')"
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
+
+from torch import Tensor, nn
+
+
+@dataclass
+class StepOutput:
+    loss: Tensor  # scalar, with grad
+    metrics: dict[str, Tensor] = field(default_factory=dict)  # detached scalars, e.g. "loss/sup_primary"
+    # role -> (hard pseudo-labels (B_u,) int64, bool mask (B_u,)) of the targets that TAUGHT that role
+    pseudo: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict)
+    logits_weak: dict[str, Tensor] = field(default_factory=dict)  # role -> detached (B_u, C)
+
+
+class Algorithm(ABC):
+    name: ClassVar[str]
+    description: ClassVar[str]  # one line
+    Params: ClassVar[type]  # dataclass with defaults and a "why" comment per field
+    roles: ClassVar[tuple[str, ...]]  # model roles, primary first
+    needs_unlabeled: ClassVar[bool]
+
+    def __init__(self, models: Mapping[str, nn.Module], params: Any = None) -> None:
+        if set(models) != set(self.roles):
+            raise KeyError(f"{self.name}: needs models for roles {list(self.roles)}, got {sorted(models)}")
+        if params is None:
+            params = self.Params()
+        if not isinstance(params, self.Params):
+            raise TypeError(
+                f"{self.name}: params must be {self.Params.__qualname__}, got {type(params).__name__}"
+            )
+        self.models: dict[str, nn.Module] = dict(models)
+        self.params = params
+
+    @abstractmethod
+    def train_step(self, labeled: dict[str, Tensor], unlabeled: dict[str, Tensor] | None) -> StepOutput: ...
+
+    def state_dict(self) -> dict[str, Any]:
+        """Algorithm state beyond the models (EMA weights, class-wise thresholds); none by default."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state:
+            raise KeyError(f"{self.name}: keeps no state, got keys {sorted(state)}")
+
+
+def require_keys(
+    batch: Mapping[str, Tensor] | None, keys: tuple[str, ...], what: str, algorithm: str
+) -> None:
+    """Clear error for a batch missing keys, instead of a KeyError deep inside a loss."""
+    if batch is None:
+        raise ValueError(f"{algorithm}: needs an {what} batch with keys {list(keys)}, got None")
+    missing = [k for k in keys if k not in batch]
+    if missing:
+        raise KeyError(f"{algorithm}: {what} batch lacks keys {missing}; it has {sorted(batch)}")
+
+
+A = TypeVar("A", bound=type[Algorithm])
+ALGORITHMS: dict[str, type[Algorithm]] = {}
+
+
+def register_algorithm(name: str) -> Callable[[A], A]:
+    """Class decorator: register an Algorithm subclass under `name` (also sets cls.name)."""
+
+    def decorator(cls: A) -> A:
+        if name in ALGORITHMS:
+            raise ValueError(f"algorithm {name!r} is already registered")
+        if not dataclasses.is_dataclass(cls.Params):
+            raise TypeError(f"algorithm {name!r}: Params must be a dataclass")
+        cls.name = name
+        ALGORITHMS[name] = cls
+        return cls
+
+    return decorator
+
+
+def get_algorithm(name: str) -> type[Algorithm]:
+    try:
+        return ALGORITHMS[name]
+    except KeyError:
+        raise KeyError(f"unknown algorithm {name!r}; available: {', '.join(sorted(ALGORITHMS))}") from None
+
+
+def list_algorithms() -> list[tuple[str, str, type]]:
+    """(name, one-line description, Params dataclass) of every registered algorithm, sorted by name."""
+    return [(name, cls.description, cls.Params) for name, cls in sorted(ALGORITHMS.items())]

@@ -1,0 +1,78 @@
+"""Training state <-> a checkpoint directory: models, optimizer, scheduler, step, algorithm state, RNG.
+
+Written atomically (a temporary file renamed into place) and read with `torch.load(weights_only=True)`,
+so loading never unpickles arbitrary objects.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+STATE_FILE = "state.pt"
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The bare model inside a DistributedDataParallel wrapper."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def save_training_state(
+    directory: str | Path,
+    *,
+    models: Mapping[str, nn.Module],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    step: int,
+    algorithm_state: Mapping[str, Any],
+    model_names: Mapping[str, str],
+    num_classes: int,
+) -> Path:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {
+        "models": {role: unwrap(m).state_dict() for role, m in models.items()},
+        "model_names": dict(model_names),
+        "num_classes": num_classes,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "step": step,
+        "algorithm": dict(algorithm_state),
+        "torch_rng": torch.get_rng_state(),
+    }
+    path = directory / STATE_FILE
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_training_state(directory: str | Path) -> dict[str, Any]:
+    path = Path(directory) / STATE_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"no {STATE_FILE} in checkpoint directory {directory}")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def restore_training_state(
+    state: Mapping[str, Any],
+    *,
+    models: Mapping[str, nn.Module],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> int:
+    """Load `state` into the given objects; returns the step to continue from."""
+    missing = set(models) - set(state["models"])
+    if missing:
+        raise KeyError(f"checkpoint has no weights for model roles {sorted(missing)}")
+    for role, model in models.items():
+        unwrap(model).load_state_dict(state["models"][role])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    return int(state["step"])

@@ -1,0 +1,340 @@
+"""Typed experiment configuration: YAML sections -> dataclasses, `--set key=value` overrides, validation.
+
+Every problem is reported as one `ConfigError` naming the key path (e.g. `train.lr`), before Ray starts:
+
+    python -m workflows.train --config configs/demo.yaml --set algorithm.tau=0.9 --set train.iterations=50
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ssl_core.algorithms import get_algorithm, list_algorithms
+from ssl_core.data.transforms import AugmentConfig
+from ssl_core.models import list_models, parse_model_name
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message starts with the offending key path."""
+
+
+@dataclass
+class SyntheticConfig:
+    """The generated action dataset written to `data.root` when it is missing (the demo's default)."""
+
+    enabled: bool = False
+    classes: int = 8
+    videos_per_class: int = 30
+    frames: int = 32
+    size: int = 80
+    fps: int = 16
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    root: str = "data/synth"
+    # folder | csv | ucf101 | kinetics (see ssl_core.data.manifest)
+    layout: str = "csv"
+    csv_path: str | None = None
+    ucf_split: int = 1
+    # Hold-out fraction for layouts that carry no test split.
+    test_fraction: float = 0.2
+    # Exactly one of labeled_fraction / labeled_per_class, or a labeled_split_file to reuse.
+    labeled_fraction: float | None = 0.1
+    labeled_per_class: int | None = None
+    labeled_split_file: str | None = None
+    split_seed: int = 0
+    num_frames: int = 8
+    # Frame stride inside a clip: 8 frames at stride 2 span 16 source frames (1 s at 16 fps).
+    stride: int = 2
+    # Decode-side resize (short side) + centre crop: small uint8 clips travel through the object store.
+    size: int = 72
+    # Uniformly spaced clips per test video; their softmax scores are averaged.
+    eval_clips: int = 2
+    # CPUs per decode task; fractional so decode tasks share cores with the training workers.
+    decode_cpus: float = 0.5
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class ModelConfig:
+    primary: str = "small3d"
+    # Only used by algorithms with an auxiliary role (CMPL); CMPL's published pair is r3d_50 + r3d_50_w0.25.
+    auxiliary: str = "small3d_w0.5"
+
+
+@dataclass
+class TrainConfig:
+    # Training is counted in iterations, not epochs: the small labeled stream repeats.
+    iterations: int = 600
+    batch_size: int = 8
+    # Unlabeled batch = mu * batch_size (FixMatch's ratio; 7 on images, smaller on CPU).
+    mu: int = 2
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_iters: int = 50
+    grad_clip: float = 5.0
+    log_every: int = 10
+    eval_every: int = 200
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 2
+    seed: int = 0
+
+
+@dataclass
+class ScalingConfig:
+    num_workers: int = 1
+    use_gpu: bool = False
+    # Fractional CPUs leave room for Ray Data's decode tasks (a 2-core machine starves otherwise).
+    cpus_per_worker: float = 1.0
+    # torch intra-op threads per worker.
+    torch_threads: int = 1
+
+
+@dataclass
+class TrackingConfig:
+    # None: $MLFLOW_TRACKING_URI if set, else a SQLite file in the working directory.
+    uri: str | None = None
+    experiment: str = "vidssl"
+    registered_model: str = "vidssl-primary"
+    run_name: str | None = None
+
+
+@dataclass
+class OutputConfig:
+    # Ray Train storage: one folder per run holding its checkpoints and the labeled-split file.
+    storage: str = "runs"
+
+
+@dataclass
+class AlgorithmConfig:
+    name: str = "cmpl"
+    # Hyper-parameters: any field declared by a registered algorithm's Params (e.g. tau, lambda_u).
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def resolved_params(self) -> Any:
+        """The chosen algorithm's Params instance (fields it does not declare are ignored)."""
+        params_cls = get_algorithm(self.name).Params
+        names = {f.name for f in dataclasses.fields(params_cls)}
+        return params_cls(**{k: v for k, v in self.params.items() if k in names})
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def flat(self) -> dict[str, Any]:
+        """`section.key` -> value, for MLflow params and Tune search spaces."""
+        return _flatten(self.to_dict())
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+
+def load_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Read a YAML file (or the defaults when path is None), apply `key=value` overrides, validate."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError as err:
+            raise ConfigError(f"config file not found: {path}") from err
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: invalid YAML: {err}") from err
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: top level must be a mapping of sections")
+    for item in overrides:
+        _apply_override(raw, item)
+    return from_dict(raw)
+
+
+def from_dict(raw: dict[str, Any]) -> Config:
+    raw = {k: v for k, v in raw.items()}
+    algo_raw = raw.pop("algorithm", {}) or {}
+    if not isinstance(algo_raw, dict):
+        raise ConfigError("algorithm: expected a mapping")
+    cfg: Config = _build(Config, raw, "")
+    cfg.algorithm = _build_algorithm(algo_raw)
+    validate(cfg)
+    return cfg
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--set {item!r}: expected key=value, e.g. train.lr=0.1")
+    value = yaml.safe_load(text) if text else None
+    parts = key.split(".")
+    node = raw
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{key}: {part} is not a section")
+    node[parts[-1]] = value
+
+
+def _build_algorithm(raw: dict[str, Any]) -> AlgorithmConfig:
+    raw = dict(raw)
+    name = raw.pop("name", AlgorithmConfig.name)
+    known = {n for n, _, _ in list_algorithms()}
+    if name not in known:
+        raise ConfigError(f"algorithm.name: unknown algorithm {name!r}; choose from {sorted(known)}")
+    params = dict(raw.pop("params", {}) or {})
+    params.update(raw)  # `algorithm.tau` and `algorithm.params.tau` mean the same
+    # A key is valid if some registered algorithm declares it, so one YAML serves `--set algorithm.name=...`.
+    declared: dict[str, tuple[type, Any]] = {}
+    for _, _, params_cls in list_algorithms():
+        hints = typing.get_type_hints(params_cls)
+        for f in dataclasses.fields(params_cls):
+            declared.setdefault(f.name, (hints[f.name], f))
+    checked = {}
+    for key, value in params.items():
+        if key not in declared:
+            raise ConfigError(f"algorithm.{key}: unknown key; known: {sorted(declared)}")
+        checked[key] = _coerce(value, declared[key][0], f"algorithm.{key}")
+    return AlgorithmConfig(name=name, params=checked)
+
+
+def _build(cls: type, raw: Any, path: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path or 'config'}: expected a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in names:
+            raise ConfigError(f"{_join(path, key)}: unknown key; known: {sorted(names)}")
+    kwargs = {}
+    for key, value in raw.items():
+        kwargs[key] = _coerce(value, hints[key], _join(path, key))
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as err:  # a section's own range checks (e.g. AugmentConfig)
+        raise ConfigError(f"{path or 'config'}: {err}") from err
+
+
+def _coerce(value: Any, tp: Any, path: str) -> Any:
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value if value is not None else {}, path)
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], path)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is Any:
+        return value
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is bool and isinstance(value, bool):
+        return value
+    if tp is float and is_number:
+        return float(value)
+    if tp is int and is_number and isinstance(value, int):
+        return value
+    if tp is str and isinstance(value, str):
+        return value
+    raise ConfigError(f"{path}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
+
+
+# --- validation ----------------------------------------------------------------------------------
+
+LAYOUTS = ("folder", "csv", "ucf101", "kinetics")
+
+
+def validate(cfg: Config) -> None:
+    d, t, s, a = cfg.data, cfg.train, cfg.scaling, cfg.augment
+    _check(d.layout in LAYOUTS, "data.layout", f"must be one of {LAYOUTS}, got {d.layout!r}")
+    given = [k for k in ("labeled_fraction", "labeled_per_class") if getattr(d, k) is not None]
+    if d.labeled_split_file is None:
+        _check(len(given) == 1, "data.labeled_fraction",
+               "set exactly one of data.labeled_fraction / data.labeled_per_class (or labeled_split_file)")
+    if d.labeled_fraction is not None:
+        _check(0 < d.labeled_fraction <= 1, "data.labeled_fraction", f"must be in (0, 1], got {d.labeled_fraction}")
+    if d.labeled_per_class is not None:
+        _check(d.labeled_per_class >= 1, "data.labeled_per_class", "must be >= 1")
+    _check(0 < d.test_fraction < 1, "data.test_fraction", "must be in (0, 1)")
+    _check(d.ucf_split in (1, 2, 3), "data.ucf_split", "must be 1, 2 or 3")
+    for key in ("num_frames", "stride", "size", "eval_clips"):
+        _check(getattr(d, key) >= 1, f"data.{key}", "must be >= 1")
+    _check(d.decode_cpus > 0, "data.decode_cpus", "must be > 0")
+    _check(a.crop_size <= d.size, "augment.crop_size", f"must be <= data.size ({d.size})")
+    _check(0 < a.min_scale <= 1, "augment.min_scale", "must be in (0, 1]")
+    _check(0 <= a.erasing_p <= 1, "augment.erasing_p", "must be in [0, 1]")
+    for key in ("primary", "auxiliary"):
+        name = getattr(cfg.model, key)
+        try:
+            parse_model_name(name)
+        except KeyError:
+            _check(False, f"model.{key}", f"unknown model {name!r}; choose from {[n for n, _ in list_models()]}")
+    p = cfg.algorithm.params
+    try:
+        cfg.algorithm.resolved_params()
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"algorithm: {err}") from err
+    if "tau" in p:
+        _check(0 <= p["tau"] <= 1, "algorithm.tau", f"must be in [0, 1], got {p['tau']}")
+    for key, value in p.items():
+        if key.startswith("lambda") and isinstance(value, float):
+            _check(value >= 0, f"algorithm.{key}", "must be >= 0")
+    _check(t.iterations >= 1, "train.iterations", "must be >= 1")
+    _check(t.batch_size >= 1, "train.batch_size", "must be >= 1")
+    _check(t.mu >= 1, "train.mu", f"must be >= 1, got {t.mu}")
+    _check(t.optimizer in ("sgd", "adamw"), "train.optimizer", "must be sgd or adamw")
+    _check(t.lr > 0, "train.lr", "must be > 0")
+    _check(t.warmup_iters >= 0, "train.warmup_iters", "must be >= 0")
+    for key in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
+        _check(getattr(t, key) >= 1, f"train.{key}", "must be >= 1")
+    _check(s.num_workers >= 1, "scaling.num_workers", "must be >= 1")
+    _check(s.cpus_per_worker > 0, "scaling.cpus_per_worker", "must be > 0")
+    _check(s.torch_threads >= 1, "scaling.torch_threads", "must be >= 1")
+    syn = d.synthetic
+    _check(syn.classes >= 2, "data.synthetic.classes", "must be >= 2")
+    _check(syn.videos_per_class >= 2, "data.synthetic.videos_per_class", "must be >= 2")
+
+
+def _check(ok: bool, path: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{path}: {message}")
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        name = _join(prefix, key)
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, name))
+        else:
+            out[name] = value
+    return out
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

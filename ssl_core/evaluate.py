@@ -1,0 +1,52 @@
+"""Multi-clip evaluation: average the softmax over N uniformly spaced clips per video.
+
+Counts (confusion matrix, top-5 hits) are returned rather than ratios so that distributed workers can sum
+them before dividing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ssl_core.data.transforms import AugmentConfig, augment_batch, eval_transform
+from ssl_core.metrics import confusion_matrix, per_class_accuracy, topk_correct
+
+
+@torch.no_grad()
+def video_probs(
+    model: nn.Module,
+    clips: Tensor,  # (B, N, T, H, W, 3) uint8
+    aug: AugmentConfig,
+    device: torch.device,
+) -> Tensor:  # (B, num_classes) float, softmax averaged over the N clips
+    b, n = clips.shape[:2]
+    video = augment_batch(clips.flatten(0, 1), eval_transform(aug)).to(device)
+    probs = model(video).float().softmax(dim=-1)
+    return probs.view(b, n, -1).mean(dim=1)
+
+
+@dataclass
+class EvalCounts:
+    confusion: Tensor  # (C, C) int64, rows = true class
+    top5: Tensor  # () int64
+
+    @classmethod
+    def zeros(cls, num_classes: int) -> EvalCounts:
+        return cls(torch.zeros(num_classes, num_classes, dtype=torch.long), torch.zeros((), dtype=torch.long))
+
+    def add(self, probs: Tensor, labels: Tensor) -> None:
+        probs, labels = probs.cpu(), labels.cpu()
+        self.confusion += confusion_matrix(probs.argmax(dim=-1), labels, self.confusion.shape[0])
+        self.top5 += topk_correct(probs, labels, ks=(5,))[5]
+
+    def summary(self) -> dict[str, float]:
+        total = int(self.confusion.sum())
+        if total == 0:
+            return {"top1": float("nan"), "top5": float("nan")}
+        return {"top1": float(self.confusion.trace()) / total, "top5": float(self.top5) / total}
+
+    def per_class(self) -> Tensor:  # (C,) float, nan for classes without test videos
+        return per_class_accuracy(self.confusion)

@@ -1,0 +1,232 @@
+"""Train one SSL run on Ray Train with MLflow tracking: the main job.
+
+    python -m workflows.train --config configs/demo.yaml [--set algorithm.name=fixmatch] [--smoke-test]
+    python -m workflows.train --config configs/demo.yaml --resume latest     # continue the newest run
+    ray job submit --working-dir . -- python -m workflows.train --config configs/demo.yaml
+
+The driver validates the config, prepares the data (generating the synthetic set if asked), writes the
+labeled split, opens the MLflow run, builds the Ray Data streams and fits a TorchTrainer running
+workflows.train_loop.train_loop_per_worker. At the end it logs and registers the primary model and prints
+a summary table. Everything a run makes lives in `<output.storage>/<run name>/` and in MLflow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ssl_core.config import Config, ConfigError, dump_yaml, from_dict, load_config
+from ssl_core.data.manifest import ManifestError
+
+RUN_FILE = "vidssl_run.json"
+SMOKE_TEST = ("train.iterations=4", "train.log_every=2", "train.eval_every=4", "train.checkpoint_every=4")
+log = logging.getLogger("vidssl.train")
+
+
+@dataclass
+class RunState:
+    """What a run needs to be resumed: its Ray Train name, its MLflow run, its resolved config."""
+
+    name: str
+    run_dir: Path
+    mlflow_run_id: str
+    tracking_uri: str
+    config: dict[str, Any]
+
+    def save(self) -> None:
+        payload = {"name": self.name, "mlflow_run_id": self.mlflow_run_id, "tracking_uri": self.tracking_uri,
+                   "config": self.config}
+        tmp = self.run_dir / (RUN_FILE + ".tmp")
+        tmp.write_text(json.dumps(payload, indent=2))
+        os.replace(tmp, self.run_dir / RUN_FILE)
+
+    @classmethod
+    def load(cls, run_dir: Path) -> RunState:
+        payload = json.loads((run_dir / RUN_FILE).read_text())
+        return cls(payload["name"], run_dir, payload["mlflow_run_id"], payload["tracking_uri"], payload["config"])
+
+
+@dataclass
+class TrainOutcome:
+    run_dir: Path
+    mlflow_run_id: str
+    tracking_uri: str
+    metrics: dict[str, Any]
+    model_version: str | None
+
+
+def find_run(storage: Path, which: str) -> Path:
+    """`latest` -> the most recently started run under storage; otherwise a run name."""
+    if which != "latest":
+        run_dir = storage / which
+        if not (run_dir / RUN_FILE).exists():
+            raise ConfigError(f"--resume: no run named {which!r} under {storage}")
+        return run_dir
+    runs = sorted(storage.glob(f"*/{RUN_FILE}"), key=lambda p: p.stat().st_mtime)
+    if not runs:
+        raise ConfigError(f"--resume latest: no run to resume under {storage}")
+    return runs[-1].parent
+
+
+def new_run_dir(cfg: Config) -> tuple[str, Path]:
+    storage = Path(cfg.output.storage).resolve()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = cfg.tracking.run_name or f"{cfg.algorithm.name}-{stamp}"
+    name, k = base, 1
+    # Never reuse a folder: a new run must not touch another run's checkpoints.
+    while (storage / name).exists():
+        k += 1
+        name = f"{base}-{k}"
+    (storage / name).mkdir(parents=True)
+    return name, storage / name
+
+
+def init_ray() -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    # RAY_ADDRESS (set by `ray job submit`) connects to the cluster; otherwise Ray starts in-process.
+    ray.init(logging_level=logging.WARNING)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+
+
+def run_training(cfg: Config, *, resume: str | None = None) -> TrainOutcome:
+    """Fit one run (or continue one) and return where it lives and its last metrics."""
+    import ray
+    import ray.train
+    import torch
+    from ray.train.torch import TorchTrainer
+
+    from ssl_core.algorithms import get_algorithm
+    from ssl_core.checkpoint import load_training_state
+    from ssl_core.data.prepare import prepare_data
+    from ssl_core.models import build_model
+    from workflows.data import SkipCounter, build_datasets
+    from workflows.tracking import Tracker, resolve_uri
+    from workflows.train_loop import train_loop_per_worker
+
+    if resume is not None:
+        run_dir = find_run(Path(cfg.output.storage).resolve(), resume)
+        state = RunState.load(run_dir)
+        cfg = from_dict(state.config)
+        tracker = Tracker(state.tracking_uri, state.mlflow_run_id)
+        tracker.client.update_run(state.mlflow_run_id, status="RUNNING")
+        data = prepare_data(cfg, run_dir)
+    else:
+        name, run_dir = new_run_dir(cfg)
+        data = prepare_data(cfg, run_dir)
+        uri = resolve_uri(cfg.tracking.uri)
+        d = cfg.data
+        tags = {
+            "vidssl.algorithm": cfg.algorithm.name,
+            "vidssl.primary": cfg.model.primary,
+            "vidssl.labeled": str(d.labeled_fraction or f"{d.labeled_per_class}/class"),
+            "vidssl.run_dir": str(run_dir),
+        }
+        tracker = Tracker.start(uri, cfg.tracking.experiment, name, tags)
+        tracker.log_params({**cfg.flat(), "data.num_labeled": len(data.labeled),
+                            "data.num_unlabeled": len(data.unlabeled), "data.num_test": len(data.test)})
+        tracker.log_text(dump_yaml(cfg), "config.yaml")
+        if data.split_file is not None:
+            tracker.log_artifact(data.split_file)
+        state = RunState(name, run_dir, tracker.run_id, uri, cfg.to_dict())
+        state.save()
+
+    init_ray()
+    counter = SkipCounter.remote()
+    algorithm_cls = get_algorithm(cfg.algorithm.name)
+    datasets = build_datasets(cfg, data.labeled, data.unlabeled, data.test, counter,
+                              with_unlabeled=algorithm_cls.needs_unlabeled)
+    s = cfg.scaling
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "config": cfg.to_dict(),
+            "classes": list(data.manifest.classes),
+            "tracking_uri": state.tracking_uri,
+            "mlflow_run_id": state.mlflow_run_id,
+            "skip_counter": counter,
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker={"CPU": s.cpus_per_worker}
+        ),
+        run_config=ray.train.RunConfig(
+            name=state.name,
+            storage_path=str(run_dir.parent),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+        ),
+        datasets=datasets,
+    )
+    try:
+        result = trainer.fit()
+    except BaseException:
+        tracker.finish("FAILED")
+        raise
+
+    skipped = ray.get(counter.report.remote())
+    if skipped:
+        tracker.log_text("".join(f"{p}\t{why}\n" for p, why in sorted(skipped.items())), "data/skipped_videos.tsv")
+        log.warning("skipped %d unreadable videos (listed in MLflow artifact data/skipped_videos.tsv)", len(skipped))
+    with result.checkpoint.as_directory() as ckpt_dir:
+        final = load_training_state(ckpt_dir)
+    model = build_model(final["model_names"]["primary"], num_classes=final["num_classes"])
+    model.load_state_dict(final["models"]["primary"])
+    example = torch.zeros(1, 3, cfg.data.num_frames, cfg.augment.crop_size, cfg.augment.crop_size)
+    version = tracker.log_model(model.eval(), cfg.tracking.registered_model, example.numpy())
+    tracker.finish()
+    return TrainOutcome(run_dir, state.mlflow_run_id, state.tracking_uri, dict(result.metrics), version)
+
+
+def summary_table(outcome: TrainOutcome, roles: Sequence[str]) -> str:
+    m = outcome.metrics
+
+    def pct(key: str) -> str:
+        value = m.get(key)
+        return "   n/a" if value is None or value != value else f"{100 * value:6.1f}"
+
+    lines = [f"{'model':<10} {'top-1 %':>8} {'top-5 %':>8} {'mask rate %':>12} {'pseudo-label acc %':>19}"]
+    for role in roles:
+        lines.append(f"{role:<10} {pct(f'eval/top1_{role}'):>8} {pct(f'eval/top5_{role}'):>8} "
+                     f"{pct(f'pseudo/mask_rate_{role}'):>12} {pct(f'pseudo/accuracy_{role}'):>19}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", help="YAML experiment file (defaults apply to missing keys)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set algorithm.tau=0.9 (repeatable)")
+    parser.add_argument("--resume", metavar="RUN|latest", help="continue a run from its latest checkpoint")
+    parser.add_argument("--smoke-test", action="store_true", help="4 iterations, to check the wiring")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = load_config(args.config, [*args.set, *(SMOKE_TEST if args.smoke_test else ())])
+        outcome = run_training(cfg, resume=args.resume)
+    except (ConfigError, ManifestError, FileExistsError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    from ssl_core.algorithms import get_algorithm
+    from workflows.tracking import ui_command
+
+    cfg = from_dict(RunState.load(outcome.run_dir).config)
+    print()
+    print(f"{cfg.algorithm.name} on {cfg.data.root}: step {outcome.metrics.get('step')}")
+    print(summary_table(outcome, get_algorithm(cfg.algorithm.name).roles))
+    print(f"run folder: {outcome.run_dir}")
+    print(f"MLflow run: {outcome.mlflow_run_id}  model version: {outcome.model_version}")
+    print(f"review it:  {ui_command(outcome.tracking_uri)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
