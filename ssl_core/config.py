@@ -7,6 +7,7 @@ Every problem is reported as one `ConfigError` naming the key path (e.g. `train.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -168,6 +169,14 @@ def load_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -
     return from_dict(raw)
 
 
+def with_overrides(raw: dict[str, Any], overrides: typing.Sequence[str]) -> Config:
+    """A config from a resolved dict (e.g. a run's stored config) plus `key=value` overrides."""
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        _apply_override(raw, item)
+    return from_dict(raw)
+
+
 def from_dict(raw: dict[str, Any]) -> Config:
     raw = {k: v for k, v in raw.items()}
     algo_raw = raw.pop("algorithm", {}) or {}
@@ -291,15 +300,15 @@ def validate(cfg: Config) -> None:
         except KeyError:
             _check(False, f"model.{key}", f"unknown model {name!r}; choose from {[n for n, _ in list_models()]}")
     p = cfg.algorithm.params
-    try:
-        cfg.algorithm.resolved_params()
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"algorithm: {err}") from err
     if "tau" in p:
         _check(0 <= p["tau"] <= 1, "algorithm.tau", f"must be in [0, 1], got {p['tau']}")
     for key, value in p.items():
         if key.startswith("lambda") and isinstance(value, float):
             _check(value >= 0, f"algorithm.{key}", "must be >= 0")
+    try:
+        cfg.algorithm.resolved_params()
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"algorithm: {err}") from err
     _check(t.iterations >= 1, "train.iterations", "must be >= 1")
     _check(t.batch_size >= 1, "train.batch_size", "must be >= 1")
     _check(t.mu >= 1, "train.mu", f"must be >= 1, got {t.mu}")

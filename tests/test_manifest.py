@@ -154,9 +154,7 @@ def test_kinetics_layout(tmp_path: Path) -> None:
     _touch(tmp_path / "val" / "dancing" / "xyz_000001_000011.mp4")  # class-folder variant
     csv_path = tmp_path / "k.csv"
     csv_path.write_text(
-        "label,youtube_id,time_start,time_end,split\n"
-        "riding,abc,14.0,24,train\n"
-        "dancing,xyz,1,11.0,val\n"
+        "label,youtube_id,time_start,time_end,split\nriding,abc,14.0,24,train\ndancing,xyz,1,11.0,val\n"
     )
     m = load_manifest("kinetics", tmp_path, csv_path=csv_path)
     assert m.classes == ("dancing", "riding")

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ssl_core.config import Config, ConfigError, dump_yaml, from_dict, load_config
+from ssl_core.config import Config, ConfigError, dump_yaml, from_dict, load_config, with_overrides
 from ssl_core.data.manifest import ManifestError
 
 RUN_FILE = "vidssl_run.json"
@@ -99,8 +99,9 @@ def init_ray() -> None:
     ray.data.DataContext.get_current().enable_progress_bars = False
 
 
-def run_training(cfg: Config, *, resume: str | None = None) -> TrainOutcome:
-    """Fit one run (or continue one) and return where it lives and its last metrics."""
+def run_training(cfg: Config, *, resume: str | None = None, overrides: Sequence[str] = ()) -> TrainOutcome:
+    """Fit one run, or continue run `resume` (its stored config plus `overrides`, e.g. more iterations),
+    and return where it lives and its last metrics."""
     import ray
     import ray.train
     import torch
@@ -117,7 +118,9 @@ def run_training(cfg: Config, *, resume: str | None = None) -> TrainOutcome:
     if resume is not None:
         run_dir = find_run(Path(cfg.output.storage).resolve(), resume)
         state = RunState.load(run_dir)
-        cfg = from_dict(state.config)
+        cfg = with_overrides(state.config, overrides)
+        state.config = cfg.to_dict()
+        state.save()
         tracker = Tracker(state.tracking_uri, state.mlflow_run_id)
         tracker.client.update_run(state.mlflow_run_id, status="RUNNING")
         data = prepare_data(cfg, run_dir)
@@ -165,6 +168,8 @@ def run_training(cfg: Config, *, resume: str | None = None) -> TrainOutcome:
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
         ),
         datasets=datasets,
+        # The test split is evaluated whole on rank 0; the training streams are split across workers.
+        dataset_config=ray.train.DataConfig(datasets_to_split=[k for k in datasets if k != "eval"]),
     )
     try:
         result = trainer.fit()
@@ -211,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         cfg = load_config(args.config, [*args.set, *(SMOKE_TEST if args.smoke_test else ())])
-        outcome = run_training(cfg, resume=args.resume)
+        outcome = run_training(cfg, resume=args.resume, overrides=args.set)
     except (ConfigError, ManifestError, FileExistsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

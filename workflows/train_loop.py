@@ -10,7 +10,6 @@ Started by workflows/train.py (`python -m workflows.train --config configs/demo.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import tempfile
 import time
@@ -27,27 +26,12 @@ from torch import Tensor, nn
 from ssl_core.algorithms import get_algorithm
 from ssl_core.checkpoint import load_training_state, restore_training_state, save_training_state, unwrap
 from ssl_core.config import Config, from_dict
-from ssl_core.data.transforms import augment_batch, unlabeled_views, weak_transform
 from ssl_core.evaluate import EvalCounts, video_probs
+from ssl_core.loop import build_optimizer, make_batches, model_names, optimize
 from ssl_core.models import build_model
 from ssl_core.schedule import build_scheduler
-from ssl_core.step import TRUE_LABEL_KEY, ssl_step
 from workflows.plots import confusion_figure
 from workflows.tracking import Tracker
-
-
-def model_names(cfg: Config) -> dict[str, str]:
-    """Role -> registered model name for the roles the configured algorithm needs."""
-    names = {"primary": cfg.model.primary, "auxiliary": cfg.model.auxiliary}
-    return {role: names[role] for role in get_algorithm(cfg.algorithm.name).roles}
-
-
-def build_optimizer(cfg: Config, models: Mapping[str, nn.Module]) -> torch.optim.Optimizer:
-    params = [p for m in models.values() for p in m.parameters()]
-    t = cfg.train
-    if t.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, nesterov=True)
-    return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
 
 
 def cycle(shard: Any, batch_size: int) -> Iterator[dict[str, Tensor]]:
@@ -73,20 +57,16 @@ def mean_across_workers(sums: Mapping[str, float], counts: Mapping[str, int]) ->
 def evaluate(
     models: Mapping[str, nn.Module], cfg: Config, num_classes: int, device: torch.device
 ) -> dict[str, EvalCounts]:
-    """Counts for every model over this worker's eval shard, summed over all workers."""
+    """Counts for every model over the whole test split (rank 0 only: an equal split across workers
+    would drop videos to even out the shards)."""
     counts = {role: EvalCounts.zeros(num_classes) for role in models}
     for m in models.values():
         m.eval()
-    shard = ray.train.get_dataset_shard("eval")
-    for batch in shard.iter_torch_batches(batch_size=cfg.train.batch_size):
+    for batch in ray.train.get_dataset_shard("eval").iter_torch_batches(batch_size=cfg.train.batch_size):
         for role, m in models.items():
             counts[role].add(video_probs(unwrap(m), batch["clips"], cfg.augment, device), batch["label"])
     for m in models.values():
         m.train()
-    if dist.is_available() and dist.is_initialized():
-        for c in counts.values():
-            dist.all_reduce(c.confusion)
-            dist.all_reduce(c.top5)
     return counts
 
 
@@ -128,45 +108,23 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if algorithm_cls.needs_unlabeled
         else None
     )
-    weak = weak_transform(cfg.augment)
-    autocast = (
-        torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-        if device.type == "cuda"
-        else contextlib.nullcontext()
-    )
     sums: dict[str, float] = defaultdict(float)
     counts: dict[str, int] = defaultdict(int)
     window_start, window_clips = time.perf_counter(), 0
 
     for step in range(start_step, t.iterations):
         lb = next(labeled_it)
-        labeled = {"video": augment_batch(lb["clip"], weak).to(device), "label": lb["label"].to(device)}
-        unlabeled = None
-        if unlabeled_it is not None:
-            ub = next(unlabeled_it)
-            weak_view, strong_view = unlabeled_views(ub["clip"], cfg.augment)
-            unlabeled = {"weak": weak_view.to(device), "strong": strong_view.to(device),
-                         TRUE_LABEL_KEY: ub["true_label"].to(device)}
-        with autocast:
-            out = ssl_step(algorithm, labeled, unlabeled)
-        optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            [p for m in models.values() for p in m.parameters()], t.grad_clip
+        ub = next(unlabeled_it) if unlabeled_it is not None else None
+        labeled, unlabeled = make_batches(
+            lb["clip"], lb["label"], None if ub is None else ub["clip"], None if ub is None else ub["true_label"],
+            cfg.augment, device,
         )
-        optimizer.step()
-        scheduler.step()
-
-        window_clips += labeled["video"].shape[0] + (0 if unlabeled is None else unlabeled["weak"].shape[0])
-        step_metrics = {"loss/total": float(out.loss.detach()), "grad_norm": float(grad_norm)}
-        step_metrics.update({k: float(v) for k, v in out.metrics.items()})
+        _, step_metrics = optimize(algorithm, optimizer, scheduler, labeled, unlabeled, grad_clip=t.grad_clip)
+        window_clips += lb["clip"].shape[0] + (0 if ub is None else ub["clip"].shape[0])
         for key, value in step_metrics.items():
-            if not math.isnan(value):
-                sums[key] += value
-                counts[key] += 1
-            else:
-                sums.setdefault(key, 0.0)
-                counts.setdefault(key, 0)
+            # nan (e.g. pseudo-label accuracy with nothing above tau) counts as "no sample", not as a value
+            sums[key] += 0.0 if math.isnan(value) else value
+            counts[key] += 0 if math.isnan(value) else 1
 
         done = step + 1
         last = done == t.iterations
@@ -180,7 +138,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         metrics["lr"] = scheduler.get_last_lr()[0]
         metrics["data/skipped_videos"] = float(ray.get(counter.count.remote()))
         eval_counts = None
-        if done % t.eval_every == 0 or last:
+        if rank == 0 and (done % t.eval_every == 0 or last):
             eval_counts = evaluate(models, cfg, num_classes, device)
             for role, c in eval_counts.items():
                 for key, value in c.summary().items():

@@ -1,0 +1,176 @@
+"""One optimisation step in plain view, shared by the Ray Train worker and a Ray-free local loop.
+
+The local loop decodes clips in this process and trains without Ray or MLflow: a baseline for benchmarks,
+a way to check that a dataset is learnable, and how GPU machines without Ray measure the step:
+
+    python -m ssl_core.loop --config configs/demo.yaml --set algorithm.name=supervised \
+        --set data.labeled_fraction=1.0 --set train.iterations=300
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ssl_core.algorithms import get_algorithm
+from ssl_core.algorithms.registry import Algorithm, StepOutput
+from ssl_core.config import Config, load_config
+from ssl_core.data.decode import DecodeError, decode_clip
+from ssl_core.data.manifest import VideoRecord
+from ssl_core.data.transforms import AugmentConfig, augment_batch, unlabeled_views, weak_transform
+from ssl_core.evaluate import EvalCounts
+from ssl_core.models import build_model
+from ssl_core.schedule import build_scheduler
+from ssl_core.step import TRUE_LABEL_KEY, ssl_step
+
+
+def model_names(cfg: Config) -> dict[str, str]:
+    """Role -> registered model name for the roles the configured algorithm needs."""
+    names = {"primary": cfg.model.primary, "auxiliary": cfg.model.auxiliary}
+    return {role: names[role] for role in get_algorithm(cfg.algorithm.name).roles}
+
+
+def build_optimizer(cfg: Config, models: Mapping[str, nn.Module]) -> torch.optim.Optimizer:
+    params = [p for m in models.values() for p in m.parameters()]
+    t = cfg.train
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, nesterov=True)
+    return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+
+
+def make_batches(
+    labeled_clips: Tensor,  # (B_l, T, H, W, 3) uint8
+    labels: Tensor,  # (B_l,) int64
+    unlabeled_clips: Tensor | None,  # (B_u, T, H, W, 3) uint8
+    true_labels: Tensor | None,  # (B_u,) int64, metrics only
+    aug: AugmentConfig,
+    device: torch.device,
+) -> tuple[dict[str, Tensor], dict[str, Tensor] | None]:
+    """Augmented, normalised batches in the algorithm contract (the unlabeled clip yields weak + strong)."""
+    labeled = {"video": augment_batch(labeled_clips, weak_transform(aug)).to(device), "label": labels.to(device)}
+    if unlabeled_clips is None:
+        return labeled, None
+    weak, strong = unlabeled_views(unlabeled_clips, aug)
+    unlabeled = {"weak": weak.to(device), "strong": strong.to(device)}
+    if true_labels is not None:
+        unlabeled[TRUE_LABEL_KEY] = true_labels.to(device)
+    return labeled, unlabeled
+
+
+def optimize(
+    algorithm: Algorithm,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    labeled: dict[str, Tensor],
+    unlabeled: dict[str, Tensor] | None,
+    *,
+    grad_clip: float,
+) -> tuple[StepOutput, dict[str, float]]:
+    """ssl_step -> backward -> clip -> step -> LR; returns the step output and its scalar metrics."""
+    device_type = labeled["video"].device.type
+    autocast = (
+        torch.autocast(device_type="cuda", dtype=torch.bfloat16) if device_type == "cuda" else contextlib.nullcontext()
+    )
+    with autocast:
+        out = ssl_step(algorithm, labeled, unlabeled)
+    optimizer.zero_grad(set_to_none=True)
+    out.loss.backward()
+    params = [p for m in algorithm.models.values() for p in m.parameters()]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    optimizer.step()
+    scheduler.step()
+    metrics = {"loss/total": float(out.loss.detach()), "grad_norm": float(grad_norm)}
+    metrics.update({k: float(v) for k, v in out.metrics.items()})
+    return out, metrics
+
+
+# --- the Ray-free loop ---------------------------------------------------------------------------------
+
+
+def _clip_batches(
+    records: Sequence[VideoRecord], batch: int, cfg: Config, seed: int
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """Endless in-process batches of decoded clips (records reshuffled each pass)."""
+    rng = np.random.default_rng(seed)
+    d = cfg.data
+    while True:
+        clips, labels = [], []
+        for i in rng.permutation(len(records)):
+            r = records[int(i)]
+            try:
+                clips.append(decode_clip(r.path, num_frames=d.num_frames, stride=d.stride, size=d.size, rng=rng))
+            except DecodeError:
+                continue
+            labels.append(r.label)
+            if len(clips) == batch:
+                yield torch.from_numpy(np.stack(clips)), torch.tensor(labels)
+                clips, labels = [], []
+
+
+def run_local(cfg: Config, *, device: str = "cpu", log_every: int = 50) -> dict[str, Any]:
+    """Train and evaluate one run in this process; returns final metrics and clips/s."""
+    from ssl_core.data.decode import decode_eval_clips
+    from ssl_core.data.prepare import prepare_data
+    from ssl_core.evaluate import video_probs
+
+    torch.manual_seed(cfg.train.seed)
+    data = prepare_data(cfg, run_dir=None)
+    num_classes = len(data.manifest.classes)
+    dev = torch.device(device)
+    models = {r: build_model(n, num_classes=num_classes).to(dev) for r, n in model_names(cfg).items()}
+    algorithm = get_algorithm(cfg.algorithm.name)(models, cfg.algorithm.resolved_params())
+    optimizer = build_optimizer(cfg, models)
+    t = cfg.train
+    scheduler = build_scheduler(optimizer, warmup=t.warmup_iters, total=t.iterations)
+    labeled_it = _clip_batches(data.labeled, t.batch_size, cfg, t.seed)
+    unlabeled_it = (
+        _clip_batches(data.unlabeled, t.batch_size * t.mu, cfg, t.seed + 1) if algorithm.needs_unlabeled else None
+    )
+    clips, start = 0, time.perf_counter()
+    for step in range(t.iterations):
+        lb, y = next(labeled_it)
+        ub, truth = next(unlabeled_it) if unlabeled_it is not None else (None, None)
+        labeled, unlabeled = make_batches(lb, y, ub, truth, cfg.augment, dev)
+        _, metrics = optimize(algorithm, optimizer, scheduler, labeled, unlabeled, grad_clip=t.grad_clip)
+        clips += lb.shape[0] + (0 if ub is None else ub.shape[0])
+        if (step + 1) % log_every == 0:
+            shown = " ".join(f"{k}={v:.3f}" for k, v in sorted(metrics.items()) if not math.isnan(v))
+            print(f"step {step + 1}: {shown}", flush=True)
+    elapsed = time.perf_counter() - start
+    counts = {role: EvalCounts.zeros(num_classes) for role in models}
+    d = cfg.data
+    for m in models.values():
+        m.eval()
+    for r in data.test:
+        video = decode_eval_clips(r.path, num_frames=d.num_frames, stride=d.stride, size=d.size,
+                                  num_clips=d.eval_clips)
+        for role, m in models.items():
+            counts[role].add(video_probs(m, torch.from_numpy(video)[None], cfg.augment, dev), torch.tensor([r.label]))
+    result: dict[str, Any] = {"train_clips_per_s": clips / elapsed, "train_seconds": elapsed}
+    for role, c in counts.items():
+        result.update({f"{k}_{role}": v for k, v in c.summary().items()})
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Ray-free training loop (same step as the Ray worker).")
+    parser.add_argument("--config")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.config, args.set)
+    torch.set_num_threads(max(1, cfg.scaling.torch_threads))
+    for key, value in run_local(cfg, device=args.device).items():
+        print(f"{key}: {value:.4f}")
+
+
+if __name__ == "__main__":
+    main()
