@@ -143,6 +143,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             for role, c in eval_counts.items():
                 for key, value in c.summary().items():
                     metrics[f"eval/{key}_{role}"] = value
+                for name, value in zip(classes, c.per_class().tolist(), strict=True):
+                    metrics[f"eval_class/{name}_{role}"] = value
         metrics["step"] = done
         if tracker is not None:
             tracker.log_metrics(metrics, step=done)
