@@ -166,6 +166,8 @@ def run_training(cfg: Config, *, resume: str | None = None, overrides: Sequence[
             name=state.name,
             storage_path=str(run_dir.parent),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+            # Ray Train's INFO log repeats every report's metrics; the rank-0 worker prints one line instead.
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
         datasets=datasets,
         # The test split is evaluated whole on rank 0; the training streams are split across workers.

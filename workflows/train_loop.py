@@ -11,6 +11,7 @@ Started by workflows/train.py (`python -m workflows.train --config configs/demo.
 from __future__ import annotations
 
 import math
+import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -147,6 +148,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                     metrics[f"eval_class/{name}_{role}"] = value
         metrics["step"] = done
         if tracker is not None:
+            # Written to stdout directly: Ray Train's patched print() would echo the line twice.
+            sys.stdout.write(progress_line(metrics, t.iterations) + "\n")
+            sys.stdout.flush()
             tracker.log_metrics(metrics, step=done)
             if last and eval_counts is not None:
                 log_final_evaluation(tracker, eval_counts, classes)
@@ -161,6 +165,18 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=ckpt)
         window_start, window_clips = time.perf_counter(), 0
+
+
+def progress_line(metrics: Mapping[str, float], iterations: int) -> str:
+    """`step 40/400 loss 2.31 ...`: the headline numbers of one report, for the console."""
+    shown = [f"step {int(metrics['step'])}/{iterations}"]
+    for key in sorted(metrics):
+        if key.startswith(("loss/total", "pseudo/mask_rate", "pseudo/accuracy", "eval/top1")):
+            value = metrics[key]
+            if not math.isnan(value):
+                shown.append(f"{key.split('/', 1)[1]} {value:.3f}")
+    shown.append(f"clips/s {metrics['perf/clips_per_s']:.1f}")
+    return " | ".join(shown)
 
 
 def log_final_evaluation(tracker: Tracker, counts: Mapping[str, EvalCounts], classes: list[str]) -> None:

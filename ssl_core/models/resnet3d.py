@@ -9,9 +9,16 @@ print(build_model('r3d_50_w0.25', num_classes=101)(torch.randn(1, 3, 8, 64, 64))
 
 from __future__ import annotations
 
-from pytorchvideo.models.resnet import create_resnet
+import warnings
+
 from torch import nn
 from torchvision.models.video import r3d_18 as tv_r3d_18
+
+with warnings.catch_warnings():
+    # pytorchvideo 0.1.5 (its last release) decorates helpers with torch.jit.script, which recent torch
+    # deprecates with a FutureWarning at import time; nothing here scripts a model.
+    warnings.simplefilter("ignore", FutureWarning)
+    from pytorchvideo.models.resnet import create_resnet
 
 from ssl_core.models.registry import register_model
 
