@@ -76,3 +76,15 @@ def restore_training_state(
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["torch_rng"])
     return int(state["step"])
+
+
+def load_checkpoint_model(directory: str | Path, role: str = "primary") -> nn.Module:
+    """The `role` model of a vidssl checkpoint directory, rebuilt from its registered name."""
+    from ssl_core.models import build_model
+
+    state = load_training_state(directory)
+    if role not in state["models"]:
+        raise KeyError(f"checkpoint {directory} has no {role!r} model; it has {sorted(state['models'])}")
+    model = build_model(state["model_names"][role], num_classes=state["num_classes"])
+    model.load_state_dict(state["models"][role])
+    return model

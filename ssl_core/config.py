@@ -70,6 +70,13 @@ class ModelConfig:
     primary: str = "small3d"
     # Only used by algorithms with an auxiliary role (CMPL); CMPL's published pair is r3d_50 + r3d_50_w0.25.
     auxiliary: str = "small3d_w0.5"
+    # Frozen teacher for distill / noisy_student: a vidssl checkpoint directory or an MLflow model URI
+    # (models:/name@alias, runs:/<id>/model).
+    teacher: str | None = None
+    # Noise on the trained models (Noisy Student): dropout before the classifier, stochastic depth rate of
+    # the last residual block (residual models only).
+    dropout: float = 0.0
+    stochastic_depth: float = 0.0
 
 
 @dataclass
@@ -299,6 +306,11 @@ def validate(cfg: Config) -> None:
             parse_model_name(name)
         except KeyError:
             _check(False, f"model.{key}", f"unknown model {name!r}; choose from {[n for n, _ in list_models()]}")
+    frozen = get_algorithm(cfg.algorithm.name).frozen_roles
+    _check(not frozen or cfg.model.teacher is not None, "model.teacher",
+           f"algorithm {cfg.algorithm.name} needs a teacher: a checkpoint directory or models:/<name>@<alias>")
+    _check(0 <= cfg.model.dropout < 1, "model.dropout", "must be in [0, 1)")
+    _check(0 <= cfg.model.stochastic_depth < 1, "model.stochastic_depth", "must be in [0, 1)")
     p = cfg.algorithm.params
     if "tau" in p:
         _check(0 <= p["tau"] <= 1, "algorithm.tau", f"must be in [0, 1], got {p['tau']}")

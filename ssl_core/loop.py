@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from ssl_core.algorithms import get_algorithm
 from ssl_core.algorithms.registry import Algorithm, StepOutput
+from ssl_core.checkpoint import load_checkpoint_model
 from ssl_core.config import Config, load_config
 from ssl_core.data.decode import DecodeError, decode_clip
 from ssl_core.data.manifest import VideoRecord
@@ -33,9 +34,32 @@ from ssl_core.step import TRUE_LABEL_KEY, ssl_step
 
 
 def model_names(cfg: Config) -> dict[str, str]:
-    """Role -> registered model name for the roles the configured algorithm needs."""
-    names = {"primary": cfg.model.primary, "auxiliary": cfg.model.auxiliary}
-    return {role: names[role] for role in get_algorithm(cfg.algorithm.name).roles}
+    """Role -> registered model name for the roles the configured algorithm trains (a frozen teacher is
+    loaded, not built). MPL's teacher shares the primary's architecture."""
+    algorithm_cls = get_algorithm(cfg.algorithm.name)
+    names = {"primary": cfg.model.primary, "auxiliary": cfg.model.auxiliary, "teacher": cfg.model.primary}
+    return {role: names[role] for role in algorithm_cls.roles if role not in algorithm_cls.frozen_roles}
+
+
+def build_models(cfg: Config, num_classes: int) -> dict[str, nn.Module]:
+    """The trainable models of the configured algorithm, with the configured noise (dropout, stochastic depth)."""
+    models = {}
+    for role, name in model_names(cfg).items():
+        model = build_model(name, num_classes=num_classes, dropout=cfg.model.dropout)
+        if cfg.model.stochastic_depth > 0:
+            from ssl_core.models.stochastic_depth import add_stochastic_depth
+
+            model = add_stochastic_depth(model, cfg.model.stochastic_depth)
+        models[role] = model
+    return models
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """A teacher that is only ever called under no_grad: eval mode, no parameter gradients."""
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
 
 
 def build_optimizer(cfg: Config, models: Mapping[str, nn.Module]) -> torch.optim.Optimizer:
@@ -83,9 +107,10 @@ def optimize(
         out = ssl_step(algorithm, labeled, unlabeled)
     optimizer.zero_grad(set_to_none=True)
     out.loss.backward()
-    params = [p for m in algorithm.models.values() for p in m.parameters()]
+    params = [p for m in algorithm.trainable_models().values() for p in m.parameters()]
     grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
     optimizer.step()
+    algorithm.after_optimizer_step()
     scheduler.step()
     metrics = {"loss/total": float(out.loss.detach()), "grad_norm": float(grad_norm)}
     metrics.update({k: float(v) for k, v in out.metrics.items()})
@@ -125,9 +150,12 @@ def run_local(cfg: Config, *, device: str = "cpu", log_every: int = 50) -> dict[
     data = prepare_data(cfg, run_dir=None)
     num_classes = len(data.manifest.classes)
     dev = torch.device(device)
-    models = {r: build_model(n, num_classes=num_classes).to(dev) for r, n in model_names(cfg).items()}
-    algorithm = get_algorithm(cfg.algorithm.name)(models, cfg.algorithm.resolved_params())
+    models = {r: m.to(dev) for r, m in build_models(cfg, num_classes).items()}
     optimizer = build_optimizer(cfg, models)
+    algorithm_cls = get_algorithm(cfg.algorithm.name)
+    for role in algorithm_cls.frozen_roles:
+        models[role] = freeze(load_checkpoint_model(str(cfg.model.teacher))).to(dev)
+    algorithm = algorithm_cls(models, cfg.algorithm.resolved_params())
     t = cfg.train
     scheduler = build_scheduler(optimizer, warmup=t.warmup_iters, total=t.iterations)
     labeled_it = _clip_batches(data.labeled, t.batch_size, cfg, t.seed)
@@ -145,14 +173,15 @@ def run_local(cfg: Config, *, device: str = "cpu", log_every: int = 50) -> dict[
             shown = " ".join(f"{k}={v:.3f}" for k, v in sorted(metrics.items()) if not math.isnan(v))
             print(f"step {step + 1}: {shown}", flush=True)
     elapsed = time.perf_counter() - start
-    counts = {role: EvalCounts.zeros(num_classes) for role in models}
+    evaluated = algorithm.eval_models()
+    counts = {role: EvalCounts.zeros(num_classes) for role in evaluated}
     d = cfg.data
-    for m in models.values():
+    for m in evaluated.values():
         m.eval()
     for r in data.test:
         video = decode_eval_clips(r.path, num_frames=d.num_frames, stride=d.stride, size=d.size,
                                   num_clips=d.eval_clips)
-        for role, m in models.items():
+        for role, m in evaluated.items():
             counts[role].add(video_probs(m, torch.from_numpy(video)[None], cfg.augment, dev), torch.tensor([r.label]))
     result: dict[str, Any] = {"train_clips_per_s": clips / elapsed, "train_seconds": elapsed}
     for role, c in counts.items():

@@ -25,11 +25,16 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from ssl_core.algorithms import get_algorithm
-from ssl_core.checkpoint import load_training_state, restore_training_state, save_training_state, unwrap
+from ssl_core.checkpoint import (
+    load_checkpoint_model,
+    load_training_state,
+    restore_training_state,
+    save_training_state,
+    unwrap,
+)
 from ssl_core.config import Config, from_dict
 from ssl_core.evaluate import EvalCounts, video_probs
-from ssl_core.loop import build_optimizer, make_batches, model_names, optimize
-from ssl_core.models import build_model
+from ssl_core.loop import build_models, build_optimizer, freeze, make_batches, model_names, optimize
 from ssl_core.schedule import build_scheduler
 from workflows.plots import confusion_figure
 from workflows.tracking import Tracker
@@ -61,14 +66,25 @@ def evaluate(
     """Counts for every model over the whole test split (rank 0 only: an equal split across workers
     would drop videos to even out the shards)."""
     counts = {role: EvalCounts.zeros(num_classes) for role in models}
+    was_training = {role: m.training for role, m in models.items()}  # a frozen teacher stays in eval mode
     for m in models.values():
         m.eval()
     for batch in ray.train.get_dataset_shard("eval").iter_torch_batches(batch_size=cfg.train.batch_size):
         for role, m in models.items():
             counts[role].add(video_probs(unwrap(m), batch["clips"], cfg.augment, device), batch["label"])
-    for m in models.values():
-        m.train()
+    for role, m in models.items():
+        m.train(was_training[role])
     return counts
+
+
+def load_teacher(spec: str, tracking_uri: str) -> nn.Module:
+    """A frozen teacher from an MLflow model URI (models:/name@alias, runs:/...) or a checkpoint directory."""
+    if spec.startswith(("models:/", "runs:/")):
+        import mlflow.pytorch
+
+        mlflow.set_tracking_uri(tracking_uri)
+        return mlflow.pytorch.load_model(spec, map_location="cpu")
+    return load_checkpoint_model(spec)
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -81,7 +97,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     torch.manual_seed(cfg.train.seed * 1000 + rank)
     device = ray.train.torch.get_device()
     names = model_names(cfg)
-    models = {role: build_model(name, num_classes=num_classes) for role, name in names.items()}
+    models = build_models(cfg, num_classes)
     optimizer = build_optimizer(cfg, models)
     scheduler = build_scheduler(optimizer, warmup=cfg.train.warmup_iters, total=cfg.train.iterations)
     algorithm_cls = get_algorithm(cfg.algorithm.name)
@@ -97,6 +113,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         # Keep the workers' augmentation streams distinct after a restore.
         torch.manual_seed(cfg.train.seed * 1000 + rank + start_step)
     models = {role: ray.train.torch.prepare_model(m) for role, m in models.items()}
+    for role in algorithm_cls.frozen_roles:
+        models[role] = freeze(load_teacher(str(cfg.model.teacher), loop_config["tracking_uri"])).to(device)
     algorithm = algorithm_cls(models, cfg.algorithm.resolved_params())
     algorithm.load_state_dict(algorithm_state)
 
@@ -140,7 +158,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         metrics["data/skipped_videos"] = float(ray.get(counter.count.remote()))
         eval_counts = None
         if rank == 0 and (done % t.eval_every == 0 or last):
-            eval_counts = evaluate(models, cfg, num_classes, device)
+            eval_counts = evaluate(algorithm.eval_models(), cfg, num_classes, device)
             for role, c in eval_counts.items():
                 for key, value in c.summary().items():
                     metrics[f"eval/{key}_{role}"] = value

@@ -37,6 +37,9 @@ class Algorithm(ABC):
     description: ClassVar[str]  # one line
     Params: ClassVar[type]  # dataclass with defaults and a "why" comment per field
     roles: ClassVar[tuple[str, ...]]  # model roles, primary first
+    # Roles the worker's optimizer trains; the others (a frozen teacher) are built and loaded by the worker,
+    # put in eval mode with requires_grad off, and only called under torch.no_grad() by the algorithm.
+    frozen_roles: ClassVar[tuple[str, ...]] = ()
     needs_unlabeled: ClassVar[bool]
 
     def __init__(self, models: Mapping[str, nn.Module], params: Any = None) -> None:
@@ -53,6 +56,17 @@ class Algorithm(ABC):
 
     @abstractmethod
     def train_step(self, labeled: dict[str, Tensor], unlabeled: dict[str, Tensor] | None) -> StepOutput: ...
+
+    def trainable_models(self) -> dict[str, nn.Module]:
+        """The models whose parameters the worker's optimizer updates."""
+        return {role: m for role, m in self.models.items() if role not in self.frozen_roles}
+
+    def eval_models(self) -> dict[str, nn.Module]:
+        """Every model worth evaluating, by name (e.g. Mean Teacher adds its EMA "teacher")."""
+        return dict(self.models)
+
+    def after_optimizer_step(self) -> None:  # noqa: B027 (an optional hook, not an abstract one)
+        """Called by the worker loop right after optimizer.step() (EMA updates live here); nothing by default."""
 
     def state_dict(self) -> dict[str, Any]:
         """Algorithm state beyond the models (EMA weights, class-wise thresholds); none by default."""

@@ -1,0 +1,1 @@
+"""Video data: manifests, decoding, augmentation."""

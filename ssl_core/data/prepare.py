@@ -1,0 +1,74 @@
+"""Dataset on disk -> manifest -> labeled / unlabeled / test records, with the labeled split as a file.
+
+Generates the synthetic dataset first when the config asks for it and `data.root` has none.
+The labeled split is written to `<run_dir>/labeled_split.csv`; `data.labeled_split_file` names a split to
+reuse (or, when that file does not exist yet, where to write the new one).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from ssl_core.config import Config
+from ssl_core.data import synthetic
+from ssl_core.data.manifest import (
+    Manifest,
+    VideoRecord,
+    load_manifest,
+    read_split_file,
+    select_labeled,
+    write_split_file,
+)
+
+log = logging.getLogger("vidssl.data")
+SPLIT_FILE = "labeled_split.csv"
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    manifest: Manifest
+    labeled: list[VideoRecord]
+    unlabeled: list[VideoRecord]  # train records outside the labeled split; their labels feed metrics only
+    test: list[VideoRecord]
+    split_file: Path | None
+
+
+def ensure_synthetic(cfg: Config) -> None:
+    syn, root = cfg.data.synthetic, Path(cfg.data.root)
+    if not syn.enabled or (root / "manifest.csv").exists():
+        return
+    log.warning("generating the synthetic dataset in %s", root)
+    synthetic.generate(
+        root,
+        classes=syn.classes,
+        videos_per_class=syn.videos_per_class,
+        seed=syn.seed,
+        frames=syn.frames,
+        size=syn.size,
+        fps=syn.fps,
+    )
+
+
+def prepare_data(cfg: Config, run_dir: Path | None) -> PreparedData:
+    d = cfg.data
+    ensure_synthetic(cfg)
+    root = Path(d.root)
+    manifest = load_manifest(
+        d.layout, root, csv_path=d.csv_path, ucf_split=d.ucf_split, test_fraction=d.test_fraction, seed=d.split_seed
+    )
+    train = manifest.split("train")
+    given = Path(d.labeled_split_file) if d.labeled_split_file else None
+    if given is not None and given.exists():
+        labeled = read_split_file(given, manifest, root)
+        split_file: Path | None = given
+    else:
+        labeled = select_labeled(train, fraction=d.labeled_fraction, per_class=d.labeled_per_class, seed=d.split_seed)
+        split_file = given or (run_dir / SPLIT_FILE if run_dir is not None else None)
+        if split_file is not None:
+            split_file.parent.mkdir(parents=True, exist_ok=True)
+            write_split_file(split_file, labeled, manifest, root)
+    chosen = {r.path for r in labeled}
+    unlabeled = [r for r in train if r.path not in chosen]
+    return PreparedData(manifest, labeled, unlabeled, manifest.split("test"), split_file)

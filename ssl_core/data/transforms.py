@@ -1,0 +1,106 @@
+"""Weak / strong / eval video augmentation with torchvision.transforms.v2.
+
+Clips arrive from the data pipeline as uint8 (B, T, H, W, 3); the helpers here turn them into normalised
+float (B, 3, T, h, w) model input. Each clip is wrapped as a `tv_tensors.Video`, so v2 draws ONE set of
+random parameters per clip (crop box, flip, RandAugment ops, erased box) and applies it to every frame:
+motion stays intact while the appearance changes. (pytorchvideo.transforms does not import with this
+torchvision, hence v2.)
+
+Try it:
+    python -c "import torch; from ssl_core.data.transforms import AugmentConfig, unlabeled_views; \
+w, s = unlabeled_views(torch.randint(0, 256, (2, 8, 80, 80, 3), dtype=torch.uint8), AugmentConfig()); \
+print(w.shape, s.shape)"
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+# Kinetics statistics (pytorchvideo / SlowFast convention), on [0, 1] pixel values.
+MEAN: tuple[float, float, float] = (0.45, 0.45, 0.45)
+STD: tuple[float, float, float] = (0.225, 0.225, 0.225)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    crop_size: int = 64  # output side h = w; small default so CPU runs stay fast
+    min_scale: float = 0.5  # smallest crop area fraction: enough jitter without losing small actors
+    hflip: bool = True  # switch off for direction-dependent classes (flip swaps "left" and "right")
+    randaugment_ops: int = 2  # FixMatch's RandAugment: 2 ops per clip ...
+    randaugment_magnitude: int = 9  # ... at magnitude 9 of 31 bins (torchvision's default scale)
+    erasing_p: float = 0.5  # Cutout-like erasing, the second half of FixMatch's strong augmentation
+
+    def __post_init__(self) -> None:
+        if self.crop_size <= 0:
+            raise ValueError(f"AugmentConfig.crop_size must be > 0, got {self.crop_size}")
+        if not 0.0 < self.min_scale <= 1.0:
+            raise ValueError(f"AugmentConfig.min_scale must be in (0, 1], got {self.min_scale}")
+        if not 0.0 <= self.erasing_p <= 1.0:
+            raise ValueError(f"AugmentConfig.erasing_p must be in [0, 1], got {self.erasing_p}")
+
+
+# Every transform below maps a Video uint8 (T, 3, H, W) to float (T, 3, crop, crop) in [0, 1];
+# normalisation happens once per batch in augment_batch.
+_TO_FLOAT = v2.ToDtype(torch.float32, scale=True)
+
+
+def _weak_ops(cfg: AugmentConfig) -> list[v2.Transform]:
+    crop = v2.RandomResizedCrop(cfg.crop_size, scale=(cfg.min_scale, 1.0), antialias=True)
+    ops: list[v2.Transform] = [crop]
+    if cfg.hflip:
+        ops.append(v2.RandomHorizontalFlip())
+    return ops
+
+
+def weak_transform(cfg: AugmentConfig) -> v2.Transform:
+    return v2.Compose([*_weak_ops(cfg), _TO_FLOAT])
+
+
+def strong_transform(cfg: AugmentConfig) -> v2.Transform:
+    return v2.Compose(
+        [
+            *_weak_ops(cfg),
+            # RandAugment's photometric ops are defined on uint8, so they run before the float conversion.
+            v2.RandAugment(num_ops=cfg.randaugment_ops, magnitude=cfg.randaugment_magnitude),
+            _TO_FLOAT,
+            # Constant fill (0): one box per clip, identical across frames.
+            v2.RandomErasing(p=cfg.erasing_p),
+        ]
+    )
+
+
+def eval_transform(cfg: AugmentConfig) -> v2.Transform:
+    return v2.Compose([v2.Resize(cfg.crop_size, antialias=True), v2.CenterCrop(cfg.crop_size), _TO_FLOAT])
+
+
+def _check_clips(clips: Tensor) -> None:
+    if not isinstance(clips, Tensor) or clips.dtype != torch.uint8 or clips.ndim != 5 or clips.shape[-1] != 3:
+        shape = tuple(clips.shape) if isinstance(clips, Tensor) else type(clips).__name__
+        dtype = clips.dtype if isinstance(clips, Tensor) else None
+        raise ValueError(f"clips must be a uint8 tensor (B, T, H, W, 3); got {shape} {dtype}")
+
+
+def augment_batch(
+    clips: Tensor,  # (B, T, H, W, 3) uint8
+    transform: v2.Transform,
+) -> Tensor:  # (B, 3, T, h, w) float32, normalised
+    """Apply `transform` clip by clip (one random draw per clip), stack and normalise."""
+    _check_clips(clips)
+    frames_first = clips.permute(0, 1, 4, 2, 3)  # (B, T, 3, H, W): the layout v2 expects for Video
+    out = torch.stack([transform(tv_tensors.Video(clip)).as_subclass(Tensor) for clip in frames_first])
+    mean = torch.tensor(MEAN, dtype=out.dtype, device=out.device).view(1, 1, 3, 1, 1)
+    std = torch.tensor(STD, dtype=out.dtype, device=out.device).view(1, 1, 3, 1, 1)
+    return ((out - mean) / std).permute(0, 2, 1, 3, 4).contiguous()
+
+
+def unlabeled_views(
+    clips: Tensor,  # (B, T, H, W, 3) uint8
+    cfg: AugmentConfig,
+) -> tuple[Tensor, Tensor]:  # weak, strong: each (B, 3, T, h, w) float32
+    """Weak and strong views of the SAME decoded clips (FixMatch / CMPL consistency targets)."""
+    return augment_batch(clips, weak_transform(cfg)), augment_batch(clips, strong_transform(cfg))
