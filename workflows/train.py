@@ -18,7 +18,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,9 +99,11 @@ def init_ray() -> None:
     ray.data.DataContext.get_current().enable_progress_bars = False
 
 
-def run_training(cfg: Config, *, resume: str | None = None, overrides: Sequence[str] = ()) -> TrainOutcome:
+def run_training(
+    cfg: Config, *, resume: str | None = None, overrides: Sequence[str] = (), extra_tags: Mapping[str, str] = {}
+) -> TrainOutcome:
     """Fit one run, or continue run `resume` (its stored config plus `overrides`, e.g. more iterations),
-    and return where it lives and its last metrics."""
+    and return where it lives and its last metrics. `extra_tags` go on a new MLflow run (e.g. a parent)."""
     import ray
     import ray.train
     import torch
@@ -134,6 +136,7 @@ def run_training(cfg: Config, *, resume: str | None = None, overrides: Sequence[
             "vidssl.primary": cfg.model.primary,
             "vidssl.labeled": str(d.labeled_fraction or f"{d.labeled_per_class}/class"),
             "vidssl.run_dir": str(run_dir),
+            **extra_tags,
         }
         tracker = Tracker.start(uri, cfg.tracking.experiment, name, tags)
         tracker.log_params({**cfg.flat(), "data.num_labeled": len(data.labeled),

@@ -1,0 +1,1 @@
+"""Benchmarks: each prints or writes figures measured side by side in one run (not tests)."""
