@@ -1,6 +1,16 @@
-"""Algorithm registry; importing this package registers supervised, fixmatch and cmpl."""
+"""Algorithm registry; importing this package registers every algorithm module (supervised, fixmatch, cmpl, ...)."""
 
-from ssl_core.algorithms import cmpl, fixmatch, supervised  # noqa: F401  (imported for their registrations)
+from ssl_core.algorithms import (  # noqa: F401  (imported for their registrations)
+    cmpl,
+    distill,
+    fixmatch,
+    mean_teacher,
+    meta_pseudo_labels,
+    mixmatch,
+    noisy_student,
+    pseudo_label,
+    supervised,
+)
 from ssl_core.algorithms.registry import (
     ALGORITHMS,
     Algorithm,

@@ -5,6 +5,8 @@ Kept free of algorithm state so they can be checked one by one against an indepe
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -115,3 +117,67 @@ def joint_forward(
         )
     logits = model(torch.cat([labeled_video, weak, strong]))
     return logits.split([labeled_video.shape[0], weak.shape[0], strong.shape[0]])
+
+
+def sigmoid_rampup(step: int | float | Tensor, rampup_iters: int) -> float:
+    """Mean Teacher ramp exp(-5 (1 - t)^2), t = clip(step / rampup_iters, 0, 1); 1 when rampup_iters is 0.
+
+    Starts at exp(-5) = 0.0067 (not exactly 0), reaches 1 at step = rampup_iters.
+    """
+    if rampup_iters <= 0:
+        return 1.0
+    t = min(max(float(step) / rampup_iters, 0.0), 1.0)
+    return math.exp(-5.0 * (1.0 - t) ** 2)
+
+
+def linear_rampup(step: int | float | Tensor, rampup_iters: int) -> float:
+    """MixMatch ramp clip(step / rampup_iters, 0, 1); 1 when rampup_iters is 0."""
+    if rampup_iters <= 0:
+        return 1.0
+    return min(max(float(step) / rampup_iters, 0.0), 1.0)
+
+
+def softmax_mse(
+    student_logits: Tensor,  # (B, C)
+    teacher_logits: Tensor,  # (B, C); receives no gradient
+) -> Tensor:  # scalar
+    """Mean Teacher consistency: (1/B) sum_i ||softmax(s_i) - softmax(t_i)||^2 (squared L2 per sample, summed
+    over classes, averaged over the batch)."""
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(f"softmax_mse: shapes differ, {tuple(student_logits.shape)} vs {tuple(teacher_logits.shape)}")
+    if student_logits.shape[0] == 0:
+        return student_logits.sum() * 0.0
+    diff = student_logits.softmax(dim=-1) - teacher_logits.detach().softmax(dim=-1).to(student_logits.dtype)
+    return diff.pow(2).sum(dim=-1).mean()
+
+
+def soft_cross_entropy(
+    logits: Tensor,  # (B, C)
+    targets: Tensor,  # (B, C) probabilities (rows sum to 1); receive no gradient
+) -> Tensor:  # scalar
+    """(1/B) sum_i H(targets_i, softmax(logits_i)) = -(1/B) sum_i sum_c t_ic log softmax(logits_i)_c."""
+    if logits.shape != targets.shape:
+        raise ValueError(f"soft_cross_entropy: shapes differ, {tuple(logits.shape)} vs {tuple(targets.shape)}")
+    if logits.shape[0] == 0:
+        return logits.sum() * 0.0
+    return -(targets.detach().to(logits.dtype) * F.log_softmax(logits, dim=-1)).sum(dim=-1).mean()
+
+
+def mixmatch_losses(
+    logits_x: Tensor,  # (B_x, C) logits of the mixed labeled part
+    targets_x: Tensor,  # (B_x, C) mixed labeled targets (mixed one-hots)
+    logits_u: Tensor,  # (B_u', C) logits of the mixed unlabeled part
+    targets_u: Tensor,  # (B_u', C) mixed sharpened guesses
+) -> tuple[Tensor, Tensor]:  # L_X, L_U
+    """MixMatch: L_X = (1/|X'|) sum H(p, softmax(logits_x)); L_U = (1/(L |U'|)) sum ||q - softmax(logits_u)||^2.
+
+    L is the number of classes, so L_U is the mean over samples AND classes of the squared error.
+    Targets receive no gradient.
+    """
+    loss_x = soft_cross_entropy(logits_x, targets_x)
+    if logits_u.shape != targets_u.shape:
+        raise ValueError(f"mixmatch_losses: shapes differ, {tuple(logits_u.shape)} vs {tuple(targets_u.shape)}")
+    if logits_u.shape[0] == 0:
+        return loss_x, logits_u.sum() * 0.0
+    loss_u = (logits_u.softmax(dim=-1) - targets_u.detach().to(logits_u.dtype)).pow(2).mean()
+    return loss_x, loss_u

@@ -2,29 +2,38 @@
 
 L = CE(F(v), y) + lambda_u * (1/B_u) sum_i 1[max p_i >= tau] CE(argmax p_i, F(strong(u_i))),
 p_i = softmax(F(weak(u_i))) without gradient.
+Options (thresholds.py): `threshold` = fixed | flexmatch | freematch replaces tau by class-wise thresholds
+T_{argmax p_i}; `distribution_alignment` aligns p_i (ReMixMatch DA) before thresholding.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
-from ssl_core.algorithms.components import confidence_mask, joint_forward, masked_cross_entropy, pseudo_label
+from ssl_core.algorithms.components import joint_forward, masked_cross_entropy
 from ssl_core.algorithms.registry import Algorithm, StepOutput, register_algorithm, require_keys
+from ssl_core.algorithms.thresholds import PseudoLabeler, validate_threshold_options
 
 
 @dataclass(frozen=True)
 class FixMatchParams:
     tau: float = 0.95  # confidence threshold: high, so only reliable pseudo-labels teach (paper default)
     lambda_u: float = 1.0  # unlabeled loss weight; 1 works without ramp-up because the mask gates early noise
+    threshold: str = "fixed"  # fixed | flexmatch | freematch: class-wise adaptive thresholds (thresholds.py)
+    distribution_alignment: bool = False  # ReMixMatch DA of p before thresholding: counters class imbalance
+    stats_momentum: float = 0.999  # EMA momentum of the adaptive-threshold / DA statistics (~1000-batch memory)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.tau <= 1.0:
             raise ValueError(f"fixmatch.tau must be in [0, 1], got {self.tau}")
         if self.lambda_u < 0:
             raise ValueError(f"fixmatch.lambda_u must be >= 0, got {self.lambda_u}")
+        validate_threshold_options("fixmatch", self.threshold, self.distribution_alignment, self.stats_momentum)
 
 
 @register_algorithm("fixmatch")
@@ -34,6 +43,11 @@ class FixMatch(Algorithm):
     roles = ("primary",)
     needs_unlabeled = True
 
+    def __init__(self, models: Mapping[str, nn.Module], params: Any = None) -> None:
+        super().__init__(models, params)
+        p = self.params
+        self.labeler = PseudoLabeler(p.threshold, p.tau, p.distribution_alignment, p.stats_momentum)
+
     def train_step(self, labeled: dict[str, Tensor], unlabeled: dict[str, Tensor] | None) -> StepOutput:
         require_keys(labeled, ("video", "label"), "labeled", self.name)
         require_keys(unlabeled, ("weak", "strong"), "unlabeled", self.name)
@@ -41,8 +55,8 @@ class FixMatch(Algorithm):
             self.models["primary"], labeled["video"], unlabeled["weak"], unlabeled["strong"]
         )
         loss_sup = F.cross_entropy(logits_lab, labeled["label"])
-        max_probs, hard = pseudo_label(logits_weak)
-        mask = confidence_mask(max_probs, self.params.tau)
+        targets = self.labeler(logits_weak)
+        hard, mask = targets.hard, targets.mask
         loss_unsup = masked_cross_entropy(logits_strong, hard, mask)
         loss = loss_sup + self.params.lambda_u * loss_unsup
         return StepOutput(
@@ -52,7 +66,21 @@ class FixMatch(Algorithm):
                 "loss/unsup_primary": loss_unsup.detach(),
                 "loss/total": loss.detach(),
                 "pseudo/mask_rate_primary": mask.mean(),
+                "pseudo/threshold_mean_primary": targets.thresholds.float().mean(),
             },
             pseudo={"primary": (hard, mask.bool())},
             logits_weak={"primary": logits_weak.detach()},
         )
+
+    def state_dict(self) -> dict[str, Any]:
+        """Adaptive-threshold / DA statistics; empty with the default fixed threshold and no DA."""
+        return {"labeler": self.labeler.state_dict()} if self.labeler.stateful else {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if not self.labeler.stateful:
+            super().load_state_dict(state)
+            return
+        unknown = set(state) - {"labeler"}
+        if unknown:
+            raise KeyError(f"{self.name}: unexpected state keys {sorted(unknown)}")
+        self.labeler.load_state_dict(state.get("labeler", {}))

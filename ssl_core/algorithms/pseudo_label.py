@@ -1,0 +1,94 @@
+"""Pseudo-Label (Lee 2013), online form: the model's own confident weak-view predictions are hard targets.
+
+L = CE(F(v), y) + w(t) * (1/B_u) sum_i 1[max p_i >= T_{y_hat_i}] CE(y_hat_i, F(weak(u_i))),
+p_i = softmax(F(weak(u_i))) without gradient, y_hat_i = argmax p_i, and the CE is on the SAME weak-view
+logits with gradient (one view, as USB's PseudoLabel; the strong view is unused).
+w(t) = lambda_u * exp(-5 (1 - t)^2), t = min(step / rampup_iters, 1): the unlabeled weight ramps up from
+~0 (METHODS.md: "lambda ramped up from 0"), because early predictions are mostly wrong.
+The step counter lives in state_dict so the ramp survives a checkpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ssl_core.algorithms.components import masked_cross_entropy, sigmoid_rampup
+from ssl_core.algorithms.registry import Algorithm, StepOutput, register_algorithm, require_keys
+from ssl_core.algorithms.thresholds import PseudoLabeler, validate_threshold_options
+
+
+@dataclass(frozen=True)
+class PseudoLabelParams:
+    tau: float = 0.95  # confidence threshold: only confident self-predictions become targets
+    lambda_u: float = 1.0  # maximum unlabeled weight, reached at the end of the ramp
+    rampup_iters: int = 400  # steps of the exp(-5(1-t)^2) ramp; self-training on early noise confirms errors
+    threshold: str = "fixed"  # fixed | flexmatch | freematch: class-wise adaptive thresholds (thresholds.py)
+    distribution_alignment: bool = False  # ReMixMatch DA of p before thresholding: counters class imbalance
+    stats_momentum: float = 0.999  # EMA momentum of the adaptive-threshold / DA statistics (~1000-batch memory)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.tau <= 1.0:
+            raise ValueError(f"pseudo_label.tau must be in [0, 1], got {self.tau}")
+        if self.lambda_u < 0:
+            raise ValueError(f"pseudo_label.lambda_u must be >= 0, got {self.lambda_u}")
+        if self.rampup_iters < 0:
+            raise ValueError(f"pseudo_label.rampup_iters must be >= 0, got {self.rampup_iters}")
+        validate_threshold_options("pseudo_label", self.threshold, self.distribution_alignment, self.stats_momentum)
+
+
+@register_algorithm("pseudo_label")
+class PseudoLabel(Algorithm):
+    description = "online self-training on the model's own confident weak-view labels (Lee 2013)"
+    Params = PseudoLabelParams
+    roles = ("primary",)
+    needs_unlabeled = True
+
+    def __init__(self, models: Mapping[str, nn.Module], params: Any = None) -> None:
+        super().__init__(models, params)
+        p = self.params
+        self.labeler = PseudoLabeler(p.threshold, p.tau, p.distribution_alignment, p.stats_momentum)
+        self.step = torch.zeros((), dtype=torch.long)
+
+    def train_step(self, labeled: dict[str, Tensor], unlabeled: dict[str, Tensor] | None) -> StepOutput:
+        require_keys(labeled, ("video", "label"), "labeled", self.name)
+        require_keys(unlabeled, ("weak",), "unlabeled", self.name)
+        video, weak = labeled["video"], unlabeled["weak"]
+        if video.shape[1:] != weak.shape[1:]:
+            raise ValueError(f"labeled video {tuple(video.shape)} and weak view {tuple(weak.shape)} must match")
+        logits_lab, logits_weak = self.models["primary"](torch.cat([video, weak])).split([len(video), len(weak)])
+        loss_sup = F.cross_entropy(logits_lab, labeled["label"])
+        targets = self.labeler(logits_weak)
+        loss_unsup = masked_cross_entropy(logits_weak, targets.hard, targets.mask)
+        weight = self.params.lambda_u * sigmoid_rampup(self.step, self.params.rampup_iters)
+        self.step += 1
+        loss = loss_sup + weight * loss_unsup
+        return StepOutput(
+            loss=loss,
+            metrics={
+                "loss/sup_primary": loss_sup.detach(),
+                "loss/unsup_primary": loss_unsup.detach(),
+                "loss/total": loss.detach(),
+                "pseudo/mask_rate_primary": targets.mask.float().mean(),
+                "pseudo/threshold_mean_primary": targets.thresholds.float().mean(),
+                "train/unsup_weight": torch.tensor(weight),
+            },
+            pseudo={"primary": (targets.hard, targets.mask.bool())},
+            logits_weak={"primary": logits_weak.detach()},
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step.clone(), "labeler": self.labeler.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        unknown = set(state) - {"step", "labeler"}
+        if unknown:
+            raise KeyError(f"{self.name}: unexpected state keys {sorted(unknown)}")
+        if "step" in state:
+            self.step = torch.as_tensor(state["step"]).detach().clone().long().cpu()
+        self.labeler.load_state_dict(state.get("labeler", {}))
