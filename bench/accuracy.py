@@ -158,7 +158,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     done = {(r["method"], r["fraction"], r["seed"]) for r in state["rows"]}
     command = "python -m bench.accuracy " + " ".join(argv if argv is not None else sys.argv[1:])
     init_ray()
-    start = time.perf_counter()
     for key, cfg in configs.items():
         if key in done:
             continue
@@ -176,8 +175,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         })
         results_file.write_text(json.dumps(state, indent=1))
         print(f"{method} f={fraction} seed={seed}: top-1 {100 * m['eval/top1_primary']:.1f}%", flush=True)
-    wall = sum(r["wall_s"] for r in state["rows"]) if state["rows"] else time.perf_counter() - start
-    report = write_report(spec, state["rows"], command, wall)
+        # Rewritten after every run so that a stopped benchmark still leaves its table so far.
+        write_report(spec, state["rows"], command, sum(r["wall_s"] for r in state["rows"]))
+    report = write_report(spec, state["rows"], command, sum(r["wall_s"] for r in state["rows"]))
     parent.log_artifact(report)
     parent.log_artifact(DOCS / "results_top1.png")
     parent.log_artifact(results_file)

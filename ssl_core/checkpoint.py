@@ -78,10 +78,23 @@ def restore_training_state(
     return int(state["step"])
 
 
-def load_checkpoint_model(directory: str | Path, role: str = "primary") -> nn.Module:
-    """The `role` model of a vidssl checkpoint directory, rebuilt from its registered name."""
+def latest_checkpoint_dir(path: str | Path) -> Path:
+    """`path` if it is a checkpoint directory, else the newest `checkpoint_*` directory of a run folder."""
+    path = Path(path)
+    if (path / STATE_FILE).exists():
+        return path
+    # Ray Train names checkpoint folders with a sortable timestamp.
+    found = sorted(p.parent for p in path.glob(f"checkpoint_*/{STATE_FILE}"))
+    if not found:
+        raise FileNotFoundError(f"{path} is neither a checkpoint directory nor a run folder holding one")
+    return found[-1]
+
+
+def load_checkpoint_model(path: str | Path, role: str = "primary") -> nn.Module:
+    """The `role` model of a checkpoint directory (or of a run folder's latest checkpoint)."""
     from ssl_core.models import build_model
 
+    directory = latest_checkpoint_dir(path)
     state = load_training_state(directory)
     if role not in state["models"]:
         raise KeyError(f"checkpoint {directory} has no {role!r} model; it has {sorted(state['models'])}")

@@ -70,8 +70,8 @@ class ModelConfig:
     primary: str = "small3d"
     # Only used by algorithms with an auxiliary role (CMPL); CMPL's published pair is r3d_50 + r3d_50_w0.25.
     auxiliary: str = "small3d_w0.5"
-    # Frozen teacher for distill / noisy_student: a vidssl checkpoint directory or an MLflow model URI
-    # (models:/name@alias, runs:/<id>/model).
+    # Frozen teacher for distill / noisy_student: a vidssl checkpoint directory, a run folder (its latest
+    # checkpoint) or an MLflow model URI (models:/name@alias, runs:/<id>/model).
     teacher: str | None = None
     # Noise on the trained models (Noisy Student): dropout before the classifier, stochastic depth rate of
     # the last residual block (residual models only).

@@ -95,11 +95,38 @@ def test_cmpl_two_workers_then_resume(ray_local: None, dataset: Path, tmp_path: 
     assert client.get_run(run.info.run_id).info.status == "FINISHED"
 
 
-def test_supervised_and_fixmatch_run_the_same_pipeline(ray_local: None, dataset: Path, tmp_path: Path) -> None:
-    for name in ("supervised", "fixmatch"):
-        cfg = tiny_config(dataset, tmp_path, f"algorithm.name={name}", "scaling.num_workers=1",
-                          "train.iterations=2", "train.checkpoint_every=2")
-        outcome = run_training(cfg)
-        assert outcome.metrics["step"] == 2
-        assert "eval/top1_primary" in outcome.metrics
-        assert "eval/top1_auxiliary" not in outcome.metrics
+@pytest.mark.parametrize(
+    ("name", "models"),
+    [
+        ("fixmatch", {"primary"}),
+        ("pseudo_label", {"primary"}),
+        ("mean_teacher", {"primary", "teacher"}),  # the EMA teacher is evaluated too
+        ("mixmatch", {"primary"}),
+        ("meta_pseudo_labels", {"primary", "teacher"}),
+    ],
+)
+def test_every_ssl_algorithm_runs_the_same_pipeline(
+    ray_local: None, dataset: Path, tmp_path: Path, name: str, models: set[str]
+) -> None:
+    cfg = tiny_config(dataset, tmp_path, f"algorithm.name={name}", "scaling.num_workers=1",
+                      "train.iterations=2", "train.checkpoint_every=2", "train.eval_every=2")
+    outcome = run_training(cfg)
+    assert outcome.metrics["step"] == 2
+    evaluated = {k.removeprefix("eval/top1_") for k in outcome.metrics if k.startswith("eval/top1_")}
+    assert evaluated == models
+
+
+def test_supervised_then_distill_and_noisy_student_from_its_model(
+    ray_local: None, dataset: Path, tmp_path: Path
+) -> None:
+    """A frozen teacher comes from the Model Registry (distill) or a checkpoint directory (noisy student)."""
+    common = ("scaling.num_workers=1", "train.iterations=2", "train.checkpoint_every=2", "train.eval_every=2")
+    teacher = run_training(tiny_config(dataset, tmp_path, "algorithm.name=supervised", *common,
+                                       "tracking.registered_model=e2e-teacher"))
+    assert "eval/top1_auxiliary" not in teacher.metrics
+    # a run folder stands for its latest checkpoint
+    for name, source in (("distill", "models:/e2e-teacher/1"), ("noisy_student", str(teacher.run_dir))):
+        student = run_training(tiny_config(dataset, tmp_path, f"algorithm.name={name}", *common,
+                                           f"model.teacher={source}", "model.primary=small3d_w0.5"))
+        assert student.metrics["step"] == 2
+        assert {"eval/top1_primary", "eval/top1_teacher"} <= set(student.metrics)

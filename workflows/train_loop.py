@@ -103,7 +103,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     algorithm_cls = get_algorithm(cfg.algorithm.name)
 
     start_step = 0
-    algorithm_state: dict[str, Any] = {}
+    algorithm_state: dict[str, Any] = {}  # EMA teacher, step counters, class-wise threshold statistics
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as ckpt_dir:
@@ -116,7 +116,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     for role in algorithm_cls.frozen_roles:
         models[role] = freeze(load_teacher(str(cfg.model.teacher), loop_config["tracking_uri"])).to(device)
     algorithm = algorithm_cls(models, cfg.algorithm.resolved_params())
-    algorithm.load_state_dict(algorithm_state)
+    if checkpoint is not None:
+        algorithm.load_state_dict(algorithm_state)
 
     tracker = Tracker(loop_config["tracking_uri"], loop_config["mlflow_run_id"]) if rank == 0 else None
     counter = loop_config["skip_counter"]
