@@ -103,7 +103,9 @@ def plot(rows: list[dict[str, Any]], methods: Sequence[str], fractions: Sequence
 def write_report(spec: BenchSpec, rows: list[dict[str, Any]], command: str, wall_s: float) -> Path:
     DOCS.mkdir(exist_ok=True)
     png = DOCS / "results_top1.png"
-    plot(rows, spec.methods, spec.fractions, png)
+    ran = {r["method"] for r in rows}
+    methods = [m for m in spec.methods if m in ran] + sorted(ran - set(spec.methods))
+    plot(rows, methods, spec.fractions, png)
     header = ["method", *[f"top-1 % at {100 * f:g}% labels" for f in spec.fractions],
               "mask rate % (end)", "pseudo-label acc % (end)"]
     lines = [
@@ -118,7 +120,7 @@ def write_report(spec: BenchSpec, rows: list[dict[str, Any]], command: str, wall
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
-        *["| " + " | ".join(cells) + " |" for cells in summarise(rows, spec.methods, spec.fractions)],
+        *["| " + " | ".join(cells) + " |" for cells in summarise(rows, methods, spec.fractions)],
         "",
         f"![top-1 vs labeled fraction]({png.name})",
         "",
@@ -139,9 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         spec = load_spec(args.config)
-        if args.methods:
-            spec.methods = [m for m in args.methods.split(",") if m]
-        grid = [(m, f, s) for f in spec.fractions for s in spec.seeds for m in spec.methods]
+        chosen = [m for m in args.methods.split(",") if m] if args.methods else spec.methods
+        grid = [(m, f, s) for f in spec.fractions for s in spec.seeds for m in chosen]
         configs = {key: with_overrides(spec.base, [*args.set, *run_overrides(*key)]) for key in grid}
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -25,11 +25,7 @@ from torch import Tensor, nn
 
 from ssl_core.algorithms.components import ema_update, sigmoid_rampup, softmax_mse
 from ssl_core.algorithms.registry import Algorithm, StepOutput, register_algorithm, require_keys
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The module inside a DistributedDataParallel wrapper (its state_dict keys lack "module.")."""
-    return getattr(model, "module", model)
+from ssl_core.checkpoint import unwrap
 
 
 @dataclass(frozen=True)
@@ -56,7 +52,7 @@ class MeanTeacher(Algorithm):
 
     def __init__(self, models: Mapping[str, nn.Module], params: Any = None) -> None:
         super().__init__(models, params)
-        self.teacher = copy.deepcopy(_unwrap(self.models["primary"]))
+        self.teacher = copy.deepcopy(unwrap(self.models["primary"]))
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         self.step = torch.zeros((), dtype=torch.long)
@@ -96,7 +92,7 @@ class MeanTeacher(Algorithm):
         )
 
     def after_optimizer_step(self) -> None:
-        ema_update(self.teacher, _unwrap(self.models["primary"]), self.params.ema_decay)
+        ema_update(self.teacher, unwrap(self.models["primary"]), self.params.ema_decay)
 
     def eval_models(self) -> dict[str, nn.Module]:
         return {"primary": self.models["primary"], "teacher": self.teacher}
