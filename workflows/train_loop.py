@@ -178,7 +178,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             ckpt = None
             if report_checkpoint and rank == 0:
                 save_training_state(
-                    tmp, models=models, optimizer=optimizer, scheduler=scheduler, step=done,
+                    tmp, models=algorithm.trainable_models(), optimizer=optimizer, scheduler=scheduler, step=done,
                     algorithm_state=algorithm.state_dict(), model_names=names, num_classes=num_classes,
                 )
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
