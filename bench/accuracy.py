@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import statistics
 import sys
@@ -111,8 +112,8 @@ def write_report(spec: BenchSpec, rows: list[dict[str, Any]], command: str, wall
     lines = [
         "# Results: semi-supervised methods on the synthetic action benchmark",
         "",
-        f"Made by `{command}` on {time.strftime('%Y-%m-%d')}, {platform.machine()}, "
-        f"{platform.processor() or 'CPU'}; wall time {wall_s / 60:.1f} min for {len(rows)} runs.",
+        f"Made by `{command}` on {time.strftime('%Y-%m-%d')}, {platform.machine()} with {os.cpu_count()} CPU "
+        f"cores; wall time {wall_s / 60:.1f} min for {len(rows)} runs.",
         "Top-1 of the primary model on the test split (multi-clip), mean ± std over seeds (each seed also draws",
         "its own labeled subset). Mask rate and pseudo-label accuracy are the last logged window of training,",
         "averaged over runs (supervised has none). Every run is in MLflow, experiment "
