@@ -28,6 +28,7 @@ import yaml
 from ssl_core.config import ConfigError, with_overrides
 
 DOCS = Path("docs")
+READING = "## Reading"
 
 
 @dataclass
@@ -127,7 +128,9 @@ def write_report(spec: BenchSpec, rows: list[dict[str, Any]], command: str, wall
         "",
     ]
     out = DOCS / "results.md"
-    out.write_text("\n".join(lines))
+    # A hand-written "## Reading" section (the conclusions drawn from the numbers) survives regeneration.
+    kept = out.read_text().partition(READING)[2] if out.exists() else ""
+    out.write_text("\n".join(lines) + (READING + kept if kept else ""))
     return out
 
 
