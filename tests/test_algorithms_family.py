@@ -11,6 +11,7 @@ import math
 
 import pytest
 import torch
+from handmade import TableModel, ce, ids, softmax
 from torch import nn
 
 from ssl_core.algorithms import get_algorithm, list_algorithms
@@ -24,29 +25,11 @@ from ssl_core.algorithms.components import (
 from ssl_core.models import build_model
 
 
-def ce(logits: list[float], target: int) -> float:
-    return -logits[target] + math.log(sum(math.exp(v) for v in logits))
-
-
-def softmax(logits: list[float]) -> list[float]:
-    z = sum(math.exp(v) for v in logits)
-    return [math.exp(v) / z for v in logits]
-
-
 def soft_ce(logits: list[float], target: list[float]) -> float:
     lse = math.log(sum(math.exp(v) for v in logits))
     return -sum(t * (v - lse) for t, v in zip(target, logits, strict=True))
 
 
-class TableModel(nn.Module):
-    """Logits preset per input: an input whose every value is k gets row k of the table."""
-
-    def __init__(self, rows: list[list[float]]) -> None:
-        super().__init__()
-        self.table = nn.Parameter(torch.tensor(rows, dtype=torch.float64))
-
-    def forward(self, video: torch.Tensor) -> torch.Tensor:
-        return self.table[video.flatten(1)[:, 0].long()]
 
 
 class IdentityModel(nn.Module):
@@ -60,8 +43,6 @@ class IdentityModel(nn.Module):
         return video.flatten(1) * self.scale
 
 
-def ids(*values: int) -> torch.Tensor:
-    return torch.tensor(values, dtype=torch.float64).view(-1, 1, 1, 1, 1)
 
 
 # ---------------------------------------------------------------- components

@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from torch import nn
+from handmade import TableModel, ce, ids, softmax
 
 from ssl_core.algorithms import get_algorithm
 from ssl_core.algorithms.distill import hard_distillation_loss, soft_distillation_loss
@@ -17,26 +17,12 @@ from ssl_core.algorithms.distill import hard_distillation_loss, soft_distillatio
 DISTILL = get_algorithm("distill")
 
 
-def ce(logits: list[float], target: int) -> float:
-    return -logits[target] + math.log(sum(math.exp(v) for v in logits))
 
 
-def softmax(logits: list[float]) -> list[float]:
-    z = sum(math.exp(v) for v in logits)
-    return [math.exp(v) / z for v in logits]
 
 
-class TableModel(nn.Module):
-    def __init__(self, rows: list[list[float]]) -> None:
-        super().__init__()
-        self.table = nn.Parameter(torch.tensor(rows, dtype=torch.float64))
-
-    def forward(self, video: torch.Tensor) -> torch.Tensor:
-        return self.table[video.flatten(1)[:, 0].long()]
 
 
-def ids(*values: int) -> torch.Tensor:
-    return torch.tensor(values, dtype=torch.float64).view(-1, 1, 1, 1, 1)
 
 
 # Two classes. Rows 0, 1: labeled clips (labels 0, 1); row 2: the weak view of an unlabeled clip.

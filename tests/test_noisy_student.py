@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from handmade import ce, ids, softmax
 from torch import nn
 
 from ssl_core.algorithms import get_algorithm
@@ -16,13 +17,8 @@ from ssl_core.models.stochastic_depth import add_stochastic_depth
 NOISY = get_algorithm("noisy_student")
 
 
-def ce(logits: list[float], target: int) -> float:
-    return -logits[target] + math.log(sum(math.exp(v) for v in logits))
 
 
-def softmax(logits: list[float]) -> list[float]:
-    z = sum(math.exp(v) for v in logits)
-    return [math.exp(v) / z for v in logits]
 
 
 class RecordingTable(nn.Module):
@@ -39,8 +35,6 @@ class RecordingTable(nn.Module):
         return self.table[idx]
 
 
-def ids(*values: int) -> torch.Tensor:
-    return torch.tensor(values, dtype=torch.float64).view(-1, 1, 1, 1, 1)
 
 
 # Ids: 0 labeled (label 1); 1, 2 weak views of u0, u1; 3, 4 strong views of u0, u1.
