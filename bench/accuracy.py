@@ -130,7 +130,7 @@ def write_report(spec: BenchSpec, rows: list[dict[str, Any]], command: str, wall
     out = DOCS / "results.md"
     # A hand-written "## Reading" section (the conclusions drawn from the numbers) survives regeneration.
     kept = out.read_text().partition(READING)[2] if out.exists() else ""
-    out.write_text("\n".join(lines) + (READING + kept if kept else ""))
+    out.write_text("\n".join(lines) + ("\n" + READING + kept if kept else ""))
     return out
 
 
