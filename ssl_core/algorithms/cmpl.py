@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssl_core.algorithms.components import joint_forward, masked_cross_entropy
-from ssl_core.algorithms.registry import Algorithm, StepOutput, register_algorithm, require_keys
+from ssl_core.algorithms.registry import Algorithm, StepOutput, check_param, register_algorithm, require_keys
 from ssl_core.algorithms.thresholds import PseudoLabeler, validate_threshold_options
 
 
@@ -32,10 +32,8 @@ class CMPLParams:
     stats_momentum: float = 0.999  # EMA momentum of the adaptive-threshold / DA statistics (~1000-batch memory)
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.tau <= 1.0:
-            raise ValueError(f"cmpl.tau must be in [0, 1], got {self.tau}")
-        if self.lambda_u < 0:
-            raise ValueError(f"cmpl.lambda_u must be >= 0, got {self.lambda_u}")
+        check_param("cmpl", "tau", self.tau, "unit")
+        check_param("cmpl", "lambda_u", self.lambda_u, "non_negative")
         validate_threshold_options("cmpl", self.threshold, self.distribution_alignment, self.stats_momentum)
 
 

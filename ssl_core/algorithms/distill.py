@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ssl_core.algorithms.components import kd_loss
-from ssl_core.algorithms.registry import Algorithm, StepOutput, register_algorithm, require_keys
+from ssl_core.algorithms.registry import Algorithm, StepOutput, check_param, register_algorithm, require_keys
 
 MODES = ("soft", "hard")
 
@@ -57,10 +57,8 @@ class DistillParams:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"distill.mode must be one of {list(MODES)}, got {self.mode!r}")
-        if self.temperature <= 0:
-            raise ValueError(f"distill.temperature must be > 0, got {self.temperature}")
-        if self.lambda_kd < 0:
-            raise ValueError(f"distill.lambda_kd must be >= 0, got {self.lambda_kd}")
+        check_param("distill", "temperature", self.temperature, "positive")
+        check_param("distill", "lambda_kd", self.lambda_kd, "non_negative")
 
 
 @register_algorithm("distill")

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssl_core.algorithms.components import joint_forward, masked_cross_entropy
-from ssl_core.algorithms.registry import Algorithm, StepOutput, register_algorithm, require_keys
+from ssl_core.algorithms.registry import Algorithm, StepOutput, check_param, register_algorithm, require_keys
 from ssl_core.algorithms.thresholds import PseudoLabeler, validate_threshold_options
 
 
@@ -29,10 +29,8 @@ class FixMatchParams:
     stats_momentum: float = 0.999  # EMA momentum of the adaptive-threshold / DA statistics (~1000-batch memory)
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.tau <= 1.0:
-            raise ValueError(f"fixmatch.tau must be in [0, 1], got {self.tau}")
-        if self.lambda_u < 0:
-            raise ValueError(f"fixmatch.lambda_u must be >= 0, got {self.lambda_u}")
+        check_param("fixmatch", "tau", self.tau, "unit")
+        check_param("fixmatch", "lambda_u", self.lambda_u, "non_negative")
         validate_threshold_options("fixmatch", self.threshold, self.distribution_alignment, self.stats_momentum)
 
 

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssl_core.algorithms.components import ema_update, sigmoid_rampup, softmax_mse
-from ssl_core.algorithms.registry import Algorithm, StepOutput, register_algorithm, require_keys
+from ssl_core.algorithms.registry import Algorithm, StepOutput, check_param, register_algorithm, require_keys
 from ssl_core.checkpoint import unwrap
 
 
@@ -35,12 +35,9 @@ class MeanTeacherParams:
     rampup_iters: int = 400  # steps of the exp(-5(1-t)^2) ramp: an untrained teacher should not pull early
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.ema_decay <= 1.0:
-            raise ValueError(f"mean_teacher.ema_decay must be in [0, 1], got {self.ema_decay}")
-        if self.lambda_u < 0:
-            raise ValueError(f"mean_teacher.lambda_u must be >= 0, got {self.lambda_u}")
-        if self.rampup_iters < 0:
-            raise ValueError(f"mean_teacher.rampup_iters must be >= 0, got {self.rampup_iters}")
+        check_param("mean_teacher", "ema_decay", self.ema_decay, "unit")
+        check_param("mean_teacher", "lambda_u", self.lambda_u, "non_negative")
+        check_param("mean_teacher", "rampup_iters", self.rampup_iters, "non_negative")
 
 
 @register_algorithm("mean_teacher")

@@ -48,7 +48,7 @@ from torch.func import functional_call
 
 from ssl_core.algorithms.components import joint_forward
 from ssl_core.algorithms.noisy_student import soft_cross_entropy
-from ssl_core.algorithms.registry import Algorithm, StepOutput, register_algorithm, require_keys
+from ssl_core.algorithms.registry import Algorithm, StepOutput, check_param, register_algorithm, require_keys
 
 
 def mpl_reward(loss_before: Tensor, loss_after: Tensor) -> Tensor:  # scalar, no gradient
@@ -139,16 +139,11 @@ class MetaPseudoLabelsParams:
     # final fine-tuning on labeled data); None = never
 
     def __post_init__(self) -> None:
-        if self.student_lr_virtual <= 0:
-            raise ValueError(f"meta_pseudo_labels.student_lr_virtual must be > 0, got {self.student_lr_virtual}")
-        if not 0.0 <= self.uda_tau <= 1.0:
-            raise ValueError(f"meta_pseudo_labels.uda_tau must be in [0, 1], got {self.uda_tau}")
-        if self.uda_temperature <= 0:
-            raise ValueError(f"meta_pseudo_labels.uda_temperature must be > 0, got {self.uda_temperature}")
-        if self.lambda_uda < 0:
-            raise ValueError(f"meta_pseudo_labels.lambda_uda must be >= 0, got {self.lambda_uda}")
-        if self.uda_ramp_steps < 0:
-            raise ValueError(f"meta_pseudo_labels.uda_ramp_steps must be >= 0, got {self.uda_ramp_steps}")
+        check_param("meta_pseudo_labels", "student_lr_virtual", self.student_lr_virtual, "positive")
+        check_param("meta_pseudo_labels", "uda_tau", self.uda_tau, "unit")
+        check_param("meta_pseudo_labels", "uda_temperature", self.uda_temperature, "positive")
+        check_param("meta_pseudo_labels", "lambda_uda", self.lambda_uda, "non_negative")
+        check_param("meta_pseudo_labels", "uda_ramp_steps", self.uda_ramp_steps, "non_negative")
         if self.finetune_after is not None and self.finetune_after < 0:
             raise ValueError(f"meta_pseudo_labels.finetune_after must be >= 0 or None, got {self.finetune_after}")
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssl_core.algorithms.components import linear_rampup, mixmatch_losses, mixup, sharpen
-from ssl_core.algorithms.registry import Algorithm, StepOutput, register_algorithm, require_keys
+from ssl_core.algorithms.registry import Algorithm, StepOutput, check_param, register_algorithm, require_keys
 
 
 @dataclass(frozen=True)
@@ -36,14 +36,10 @@ class MixMatchParams:
     def __post_init__(self) -> None:
         if self.K not in (1, 2):
             raise ValueError(f"mixmatch.K must be 1 or 2 (the batch carries a weak and a strong view), got {self.K}")
-        if self.T <= 0:
-            raise ValueError(f"mixmatch.T must be > 0, got {self.T}")
-        if self.alpha <= 0:
-            raise ValueError(f"mixmatch.alpha must be > 0, got {self.alpha}")
-        if self.lambda_u < 0:
-            raise ValueError(f"mixmatch.lambda_u must be >= 0, got {self.lambda_u}")
-        if self.rampup_iters < 0:
-            raise ValueError(f"mixmatch.rampup_iters must be >= 0, got {self.rampup_iters}")
+        check_param("mixmatch", "T", self.T, "positive")
+        check_param("mixmatch", "alpha", self.alpha, "positive")
+        check_param("mixmatch", "lambda_u", self.lambda_u, "non_negative")
+        check_param("mixmatch", "rampup_iters", self.rampup_iters, "non_negative")
 
 
 @register_algorithm("mixmatch")

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ssl_core.algorithms.components import confidence_mask, masked_cross_entropy, pseudo_label
-from ssl_core.algorithms.registry import Algorithm, StepOutput, register_algorithm, require_keys
+from ssl_core.algorithms.registry import Algorithm, StepOutput, check_param, register_algorithm, require_keys
 
 
 def soft_cross_entropy(
@@ -52,10 +52,8 @@ class NoisyStudentParams:
     lambda_u: float = 1.0  # unlabeled loss weight (paper: labeled and pseudo-labeled data weigh the same)
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.tau <= 1.0:
-            raise ValueError(f"noisy_student.tau must be in [0, 1], got {self.tau}")
-        if self.lambda_u < 0:
-            raise ValueError(f"noisy_student.lambda_u must be >= 0, got {self.lambda_u}")
+        check_param("noisy_student", "tau", self.tau, "unit")
+        check_param("noisy_student", "lambda_u", self.lambda_u, "non_negative")
 
 
 @register_algorithm("noisy_student")

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssl_core.algorithms.components import masked_cross_entropy, sigmoid_rampup
-from ssl_core.algorithms.registry import Algorithm, StepOutput, register_algorithm, require_keys
+from ssl_core.algorithms.registry import Algorithm, StepOutput, check_param, register_algorithm, require_keys
 from ssl_core.algorithms.thresholds import PseudoLabeler, validate_threshold_options
 
 
@@ -33,12 +33,9 @@ class PseudoLabelParams:
     stats_momentum: float = 0.999  # EMA momentum of the adaptive-threshold / DA statistics (~1000-batch memory)
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.tau <= 1.0:
-            raise ValueError(f"pseudo_label.tau must be in [0, 1], got {self.tau}")
-        if self.lambda_u < 0:
-            raise ValueError(f"pseudo_label.lambda_u must be >= 0, got {self.lambda_u}")
-        if self.rampup_iters < 0:
-            raise ValueError(f"pseudo_label.rampup_iters must be >= 0, got {self.rampup_iters}")
+        check_param("pseudo_label", "tau", self.tau, "unit")
+        check_param("pseudo_label", "lambda_u", self.lambda_u, "non_negative")
+        check_param("pseudo_label", "rampup_iters", self.rampup_iters, "non_negative")
         validate_threshold_options("pseudo_label", self.threshold, self.distribution_alignment, self.stats_momentum)
 
 

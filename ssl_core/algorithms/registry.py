@@ -88,6 +88,17 @@ def require_keys(
         raise KeyError(f"{algorithm}: {what} batch lacks keys {missing}; it has {sorted(batch)}")
 
 
+def check_param(algorithm: str, name: str, value: float, rule: str) -> None:
+    """Params validation shared by every algorithm: `rule` is "unit" ([0, 1]), "non_negative" or "positive"."""
+    ok, text = {
+        "unit": (0.0 <= value <= 1.0, "be in [0, 1]"),
+        "non_negative": (value >= 0, "be >= 0"),
+        "positive": (value > 0, "be > 0"),
+    }[rule]
+    if not ok:
+        raise ValueError(f"{algorithm}.{name} must {text}, got {value}")
+
+
 A = TypeVar("A", bound=type[Algorithm])
 ALGORITHMS: dict[str, type[Algorithm]] = {}
 
