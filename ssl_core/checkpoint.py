@@ -7,12 +7,15 @@ so loading never unpickles arbitrary objects.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from ssl_core.config import Config
 
 STATE_FILE = "state.pt"
 
@@ -32,7 +35,9 @@ def save_training_state(
     algorithm_state: Mapping[str, Any],
     model_names: Mapping[str, str],
     num_classes: int,
+    meta: Mapping[str, Any] | None = None,
 ) -> Path:
+    """`meta` (see `model_meta`) tells evaluation and prediction how to feed the models and name classes."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {
@@ -44,12 +49,19 @@ def save_training_state(
         "step": step,
         "algorithm": dict(algorithm_state),
         "torch_rng": torch.get_rng_state(),
+        "meta": dict(meta or {}),
     }
     path = directory / STATE_FILE
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)
     return path
+
+
+def model_meta(cfg: Config, classes: Sequence[str]) -> dict[str, Any]:
+    """What a trained model needs beside its weights: class names and the clip it was trained on."""
+    return {"classes": list(classes), "num_frames": cfg.data.num_frames, "stride": cfg.data.stride,
+            "size": cfg.data.size, "crop_size": cfg.augment.crop_size}
 
 
 def load_training_state(directory: str | Path) -> dict[str, Any]:

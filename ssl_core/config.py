@@ -114,7 +114,8 @@ class TrackingConfig:
     # None: $MLFLOW_TRACKING_URI if set, else a SQLite file in the working directory.
     uri: str | None = None
     experiment: str = "vidssl"
-    registered_model: str = "vidssl-primary"
+    # Model Registry name of the primary model (a new version per run); null: logged, not registered.
+    registered_model: str | None = "vidssl-primary"
     run_name: str | None = None
 
 

@@ -88,18 +88,22 @@ class Tracker:
     def log_figure(self, figure: Any, artifact_file: str) -> None:
         self.client.log_figure(self.run_id, figure, artifact_file)
 
-    def log_model(self, model: Any, registered_name: str | None, input_example: Any) -> str | None:
-        """Log the deployable model (with a signature inferred from `input_example`); register it and
-        return the version when a name is given."""
+    def log_model(
+        self, model: Any, registered_name: str | None, input_example: Any, meta: Mapping[str, Any]
+    ) -> tuple[str, str | None]:
+        """Log the deployable model (with a signature inferred from `input_example` and `meta`, see
+        ssl_core.checkpoint.model_meta, as MLflow model metadata); register it when a name is given.
+        Returns the model URI (also tagged on the run as `vidssl.model_uri`) and the registered version."""
         mlflow.set_tracking_uri(self.uri)
         with mlflow.start_run(run_id=self.run_id):
             info = mlflow.pytorch.log_model(
                 model, name="model", registered_model_name=registered_name, input_example=input_example,
                 # pickle keeps any batch size at load time; pt2 would fix the traced example's shape.
-                serialization_format="pickle",
+                serialization_format="pickle", metadata={"vidssl": dict(meta)},
             )
+        self.client.set_tag(self.run_id, "vidssl.model_uri", info.model_uri)
         version = getattr(info, "registered_model_version", None)
-        return str(version) if version is not None else None
+        return info.model_uri, (str(version) if version is not None else None)
 
     def finish(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)

@@ -60,6 +60,7 @@ class TrainOutcome:
     mlflow_run_id: str
     tracking_uri: str
     metrics: dict[str, Any]
+    model_uri: str
     model_version: str | None
 
 
@@ -110,7 +111,7 @@ def run_training(
     from ray.train.torch import TorchTrainer
 
     from ssl_core.algorithms import get_algorithm
-    from ssl_core.checkpoint import load_training_state
+    from ssl_core.checkpoint import load_training_state, model_meta
     from ssl_core.data.prepare import prepare_data
     from ssl_core.models import build_model
     from workflows.data import SkipCounter, build_datasets
@@ -191,9 +192,10 @@ def run_training(
     model = build_model(final["model_names"]["primary"], num_classes=final["num_classes"])
     model.load_state_dict(final["models"]["primary"])
     example = torch.zeros(1, 3, cfg.data.num_frames, cfg.augment.crop_size, cfg.augment.crop_size)
-    version = tracker.log_model(model.eval(), cfg.tracking.registered_model, example.numpy())
+    meta = model_meta(cfg, data.manifest.classes)
+    model_uri, version = tracker.log_model(model.eval(), cfg.tracking.registered_model, example.numpy(), meta)
     tracker.finish()
-    return TrainOutcome(run_dir, state.mlflow_run_id, state.tracking_uri, dict(result.metrics), version)
+    return TrainOutcome(run_dir, state.mlflow_run_id, state.tracking_uri, dict(result.metrics), model_uri, version)
 
 
 def summary_table(outcome: TrainOutcome, roles: Sequence[str]) -> str:
@@ -233,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{cfg.algorithm.name} on {cfg.data.root}: step {outcome.metrics.get('step')}")
     print(summary_table(outcome, get_algorithm(cfg.algorithm.name).roles))
     print(f"run folder: {outcome.run_dir}")
-    print(f"MLflow run: {outcome.mlflow_run_id}  model version: {outcome.model_version}")
+    print(f"MLflow run: {outcome.mlflow_run_id}  model: {outcome.model_uri}  version: {outcome.model_version}")
     print(f"review it:  {ui_command(outcome.tracking_uri)}")
     return 0
 

@@ -28,6 +28,7 @@ from ssl_core.algorithms import get_algorithm
 from ssl_core.checkpoint import (
     load_checkpoint_model,
     load_training_state,
+    model_meta,
     restore_training_state,
     save_training_state,
     unwrap,
@@ -180,6 +181,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 save_training_state(
                     tmp, models=algorithm.trainable_models(), optimizer=optimizer, scheduler=scheduler, step=done,
                     algorithm_state=algorithm.state_dict(), model_names=names, num_classes=num_classes,
+                    meta=model_meta(cfg, classes),
                 )
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=ckpt)
