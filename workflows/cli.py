@@ -2,6 +2,9 @@
 
     vidssl synth --out data/synth --classes 8 --videos-per-class 30 --seed 0
     vidssl train --config configs/demo.yaml --set algorithm.name=fixmatch
+    vidssl sweep --config configs/sweep_demo.yaml [--dry-run] [--resume]
+    vidssl evaluate --model models:/vidssl-sweep-demo-primary@champion --data configs/demo.yaml
+    vidssl predict --model models:/vidssl-sweep-demo-primary@champion --videos data/synth --out predictions.parquet
     vidssl list algorithms | vidssl list models
 """
 
@@ -9,10 +12,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+
+# Subcommands that are whole workflows: `vidssl <name> ...` is `python -m workflows.<name> ...`.
+WORKFLOWS = {
+    "train": "train one run",
+    "sweep": "Ray Tune sweep over tau, lambda and the labeled fraction",
+    "evaluate": "multi-clip x multi-crop evaluation of a model, logged to MLflow",
+    "predict": "batch prediction over videos into a Parquet file",
+}
 
 
 def _synth(args: argparse.Namespace) -> int:
@@ -45,13 +57,12 @@ def _list(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["train"]:
-        from workflows.train import main as train_main
-
-        return train_main(argv[1:])
+    if argv[:1] and argv[0] in WORKFLOWS:
+        return int(importlib.import_module(f"workflows.{argv[0]}").main(argv[1:]) or 0)
     parser = argparse.ArgumentParser(prog="vidssl", description="Semi-supervised video action recognition.")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("train", help="train one run (see: vidssl train --help)")
+    for name, what in WORKFLOWS.items():
+        sub.add_parser(name, help=f"{what} (see: vidssl {name} --help)")
     synth = sub.add_parser("synth", help="write the synthetic action dataset (real mp4 files)")
     synth.add_argument("--out", required=True)
     synth.add_argument("--classes", type=int, default=8)
