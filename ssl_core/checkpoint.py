@@ -102,14 +102,18 @@ def latest_checkpoint_dir(path: str | Path) -> Path:
     return found[-1]
 
 
-def load_checkpoint_model(path: str | Path, role: str = "primary") -> nn.Module:
-    """The `role` model of a checkpoint directory (or of a run folder's latest checkpoint)."""
+def model_from_state(state: Mapping[str, Any], role: str, where: str | Path) -> nn.Module:
+    """The `role` model of a loaded training state; `where` names the checkpoint in errors."""
     from ssl_core.models import build_model
 
-    directory = latest_checkpoint_dir(path)
-    state = load_training_state(directory)
     if role not in state["models"]:
-        raise KeyError(f"checkpoint {directory} has no {role!r} model; it has {sorted(state['models'])}")
+        raise KeyError(f"checkpoint {where} has no {role!r} model; it has {sorted(state['models'])}")
     model = build_model(state["model_names"][role], num_classes=state["num_classes"])
     model.load_state_dict(state["models"][role])
     return model
+
+
+def load_checkpoint_model(path: str | Path, role: str = "primary") -> nn.Module:
+    """The `role` model of a checkpoint directory (or of a run folder's latest checkpoint)."""
+    directory = latest_checkpoint_dir(path)
+    return model_from_state(load_training_state(directory), role, directory)

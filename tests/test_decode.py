@@ -8,7 +8,7 @@ import av
 import numpy as np
 import pytest
 
-from ssl_core.data.decode import DecodeError, decode_clip, decode_eval_clips, probe
+from ssl_core.data.decode import DecodeError, decode_clip, decode_eval_clips, probe, spatial_crops
 
 FPS = 16
 TOL = 3.0  # grey levels: lossless H.264 plus RGB <-> YUV rounding
@@ -153,3 +153,40 @@ def test_start_past_the_end_is_an_error(tmp_path: Path) -> None:
     path = str(_painted(tmp_path / "p.mp4", 10))
     with pytest.raises(ValueError, match="past the end"):
         decode_clip(path, num_frames=2, stride=1, size=16, start_s=5.0)
+
+
+def test_keep_aspect_eval_clips_resize_the_short_side_only(tmp_path: Path) -> None:
+    path = str(_write(tmp_path / "wide.mp4", np.full((8, 64, 96, 3), 90, np.uint8)))
+    clips = decode_eval_clips(path, num_frames=2, stride=1, size=32, num_clips=3, keep_aspect=True)
+    assert clips.shape == (3, 2, 32, 48, 3) and clips.dtype == np.uint8
+    tall = str(_write(tmp_path / "tall.mp4", np.full((8, 96, 64, 3), 90, np.uint8)))
+    assert decode_eval_clips(tall, num_frames=2, stride=1, size=32, num_clips=1, keep_aspect=True).shape == (
+        1, 2, 48, 32, 3)
+
+
+@pytest.mark.parametrize("shape", [(96, 64), (64, 96), (64, 64)])
+def test_one_spatial_crop_equals_the_centre_cropped_decode(tmp_path: Path, shape: tuple[int, int]) -> None:
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (10, shape[1], shape[0], 3), dtype=np.uint8)
+    path = str(_write(tmp_path / "v.mp4", frames))
+    square = decode_eval_clips(path, num_frames=3, stride=2, size=40, num_clips=2)
+    wide = decode_eval_clips(path, num_frames=3, stride=2, size=40, num_clips=2, keep_aspect=True)
+    crops = spatial_crops(wide, 1)
+    assert crops.shape == (2, 1, 3, 40, 40, 3)
+    assert np.array_equal(crops[:, 0], square)
+
+
+def test_spatial_crops_are_evenly_spaced_along_the_long_side() -> None:
+    clips = np.zeros((2, 3, 10, 30, 3), np.uint8)
+    clips[..., 0] = np.arange(30, dtype=np.uint8)  # every pixel holds its column index
+    crops = spatial_crops(clips, 3)
+    assert crops.shape == (2, 3, 3, 10, 10, 3)
+    assert [int(crops[0, k, 0, 0, 0, 0]) for k in range(3)] == [0, 10, 20]  # left edge, centre, right edge
+    assert np.array_equal(spatial_crops(clips, 1)[:, 0], crops[:, 1])  # the middle of three is the centre crop
+    tall = np.zeros((1, 2, 25, 10, 3), np.uint8)
+    tall[..., 1] = np.arange(25, dtype=np.uint8)[:, None]  # row index
+    assert [int(spatial_crops(tall, 4)[0, k, 0, 0, 0, 1]) for k in range(4)] == [0, 5, 10, 15]
+    square = np.ones((1, 2, 8, 8, 3), np.uint8)
+    assert np.array_equal(spatial_crops(square, 3)[0, 2], square[0])
+    with pytest.raises(ValueError, match="num_crops"):
+        spatial_crops(clips, 0)

@@ -69,9 +69,11 @@ class Tracker:
         for i in range(0, len(items), _PARAM_BATCH):
             self.client.log_batch(self.run_id, params=items[i : i + _PARAM_BATCH])
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+    def log_metrics(self, metrics: Mapping[str, float], step: int, model_id: str | None = None) -> None:
+        """`model_id` also links the metrics to that MLflow LoggedModel (e.g. an evaluation of it)."""
         now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if not math.isnan(float(v))]
+        batch = [Metric(k, float(v), now, step, model_id=model_id) for k, v in metrics.items()
+                 if not math.isnan(float(v))]
         if batch:
             self.client.log_batch(self.run_id, metrics=batch)
 

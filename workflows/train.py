@@ -97,14 +97,19 @@ def init_ray() -> None:
         return
     # RAY_ADDRESS (set by `ray job submit`) connects to the cluster; otherwise Ray starts in-process.
     ray.init(logging_level=logging.WARNING)
-    ray.data.DataContext.get_current().enable_progress_bars = False
 
 
 def run_training(
-    cfg: Config, *, resume: str | None = None, overrides: Sequence[str] = (), extra_tags: Mapping[str, str] = {}
+    cfg: Config,
+    *,
+    resume: str | None = None,
+    overrides: Sequence[str] = (),
+    extra_tags: Mapping[str, str] = {},
+    callbacks: Sequence[Any] = (),
 ) -> TrainOutcome:
     """Fit one run, or continue run `resume` (its stored config plus `overrides`, e.g. more iterations),
-    and return where it lives and its last metrics. `extra_tags` go on a new MLflow run (e.g. a parent)."""
+    and return where it lives and its last metrics. `extra_tags` go on a new MLflow run (e.g. a parent);
+    `callbacks` are Ray Train callbacks (a Tune sweep passes the one that reports to Tune)."""
     import ray
     import ray.train
     import torch
@@ -149,6 +154,8 @@ def run_training(
         state.save()
 
     init_ray()
+    # Per process: a Tune trial actor has its own DataContext.
+    ray.data.DataContext.get_current().enable_progress_bars = False
     counter = SkipCounter.remote()
     algorithm_cls = get_algorithm(cfg.algorithm.name)
     datasets = build_datasets(cfg, data.labeled, data.unlabeled, data.test, counter,
@@ -172,6 +179,7 @@ def run_training(
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
             # Ray Train's INFO log repeats every report's metrics; the rank-0 worker prints one line instead.
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
+            callbacks=list(callbacks),
         ),
         datasets=datasets,
         # The test split is evaluated whole on rank 0; the training streams are split across workers.

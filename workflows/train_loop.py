@@ -26,7 +26,6 @@ from torch import Tensor, nn
 
 from ssl_core.algorithms import get_algorithm
 from ssl_core.checkpoint import (
-    load_checkpoint_model,
     load_training_state,
     model_meta,
     restore_training_state,
@@ -78,14 +77,15 @@ def evaluate(
     return counts
 
 
-def load_teacher(spec: str, tracking_uri: str) -> nn.Module:
-    """A frozen teacher from an MLflow model URI (models:/name@alias, runs:/...) or a checkpoint directory."""
-    if spec.startswith(("models:/", "runs:/")):
-        import mlflow.pytorch
+def load_teacher(spec: str, tracking_uri: str, classes: list[str]) -> nn.Module:
+    """A frozen teacher from an MLflow model URI (models:/name@alias, runs:/...), a checkpoint directory or a
+    run folder; it must know the run's classes in the run's order, or its pseudo-labels would name others."""
+    from workflows.inference import load_for_inference
 
-        mlflow.set_tracking_uri(tracking_uri)
-        return mlflow.pytorch.load_model(spec, map_location="cpu")
-    return load_checkpoint_model(spec)
+    loaded = load_for_inference(spec, tracking_uri)
+    if loaded.classes != classes:
+        raise ValueError(f"model.teacher {spec}: its classes {loaded.classes} differ from this run's {classes}")
+    return loaded.model
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -115,7 +115,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         torch.manual_seed(cfg.train.seed * 1000 + rank + start_step)
     models = {role: ray.train.torch.prepare_model(m) for role, m in models.items()}
     for role in algorithm_cls.frozen_roles:
-        models[role] = freeze(load_teacher(str(cfg.model.teacher), loop_config["tracking_uri"])).to(device)
+        teacher = load_teacher(str(cfg.model.teacher), loop_config["tracking_uri"], classes)
+        models[role] = freeze(teacher).to(device)
     algorithm = algorithm_cls(models, cfg.algorithm.resolved_params())
     if checkpoint is not None:
         algorithm.load_state_dict(algorithm_state)

@@ -4,6 +4,8 @@ A clip is `num_frames` frames taken every `stride` frames. The decoder seeks to 
 clip, decodes forward and keeps, for each wanted time, the frame whose timestamp is nearest (timestamps,
 not frame counts, so variable frame rate works). Frames are resized on the decode side (short side ->
 `size`, swscale) and centre-cropped, so every clip stacks. Videos shorter than a clip are looped.
+Evaluation can keep the aspect ratio instead (`keep_aspect=True`) and take several square crops along the
+long side with `spatial_crops` (the multi-crop test protocol); one crop equals the centre-cropped decode.
 
 Try it:
     python -c "from ssl_core.data.decode import decode_clip; \
@@ -70,13 +72,43 @@ def probe(path: str) -> VideoInfo:
         return _info(str(path), container)
 
 
-def _to_rgb(frame: av.VideoFrame, size: int) -> np.ndarray:  # -> (size, size, 3) uint8
+def _to_rgb(frame: av.VideoFrame, size: int, keep_aspect: bool = False) -> np.ndarray:  # -> (H, W, 3) uint8
+    """Short side -> size, then a centre crop to (size, size) unless keep_aspect."""
     w, h = frame.width, frame.height
     scale = size / min(w, h)
     new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
     rgb = frame.reformat(width=new_w, height=new_h, format="rgb24").to_ndarray()
-    top, left = (new_h - size) // 2, (new_w - size) // 2
+    if keep_aspect:
+        return rgb
+    top, left = _crop_offsets(new_h, size, 1)[0], _crop_offsets(new_w, size, 1)[0]
     return rgb[top : top + size, left : left + size]
+
+
+def _crop_offsets(length: int, side: int, num_crops: int) -> list[int]:
+    """Start offsets of `num_crops` windows of `side` evenly spaced over `length` (one crop: the centre)."""
+    if num_crops == 1:
+        return [(length - side) // 2]
+    # Floor division keeps the middle of an odd count on the centre crop's offset.
+    return [(length - side) * i // (num_crops - 1) for i in range(num_crops)]
+
+
+def spatial_crops(
+    clips: np.ndarray,  # (N, T, H, W, C)
+    num_crops: int,
+) -> np.ndarray:  # (N, num_crops, T, S, S, C), S = min(H, W)
+    """`num_crops` square crops of side = the short side, evenly spaced along the long side (left to right,
+    or top to bottom), the first and last touching the edges. One crop is the centre crop."""
+    if clips.ndim != 5:
+        raise ValueError(f"clips must be (N, T, H, W, C), got shape {clips.shape}")
+    if num_crops < 1:
+        raise ValueError(f"num_crops must be >= 1, got {num_crops}")
+    h, w = clips.shape[2:4]
+    side = min(h, w)
+    if w >= h:
+        crops = [clips[:, :, :, x : x + side] for x in _crop_offsets(w, side, num_crops)]
+    else:
+        crops = [clips[:, :, y : y + side] for y in _crop_offsets(h, side, num_crops)]
+    return np.stack(crops, axis=1)
 
 
 def _nearest_frames(
@@ -85,8 +117,9 @@ def _nearest_frames(
     wanted: np.ndarray,  # (N,) float seconds from the first frame, non-decreasing
     size: int,
     seek: bool,
+    keep_aspect: bool = False,
 ) -> list[np.ndarray]:  # a prefix of N: wanted times past the end of the video get nothing
-    """For each wanted time, the RGB frame (size, size, 3) with the nearest timestamp."""
+    """For each wanted time, the RGB frame (see _to_rgb) with the nearest timestamp."""
     stream = container.streams.video[0]
     time_base: Fraction = stream.time_base
     origin = stream.start_time or 0
@@ -100,7 +133,7 @@ def _nearest_frames(
     def take(frame: av.VideoFrame) -> None:
         nonlocal converted
         if converted is None or converted[0] is not frame:
-            converted = (frame, _to_rgb(frame, size))
+            converted = (frame, _to_rgb(frame, size, keep_aspect))
         out.append(converted[1])
 
     prev: av.VideoFrame | None = None
@@ -112,7 +145,7 @@ def _nearest_frames(
             if seek and prev is None and t > wanted[0] + 0.5 / fps:
                 # The demuxer landed after the clip start (imprecise index): decode from the beginning.
                 container.seek(origin, stream=stream, backward=True, any_frame=False)
-                return _nearest_frames(path, container, wanted, size, seek=False)
+                return _nearest_frames(path, container, wanted, size, seek=False, keep_aspect=keep_aspect)
             while i < len(wanted) and t >= wanted[i]:
                 take(prev if prev is not None and wanted[i] - prev_t < t - wanted[i] else frame)
                 i += 1
@@ -180,8 +213,12 @@ def decode_eval_clips(
     stride: int,
     size: int,
     num_clips: int,
+    keep_aspect: bool = False,
 ) -> np.ndarray:  # (num_clips, T, H, W, 3) uint8
-    """`num_clips` clips at uniformly spaced starts over the whole video (the evaluation protocol)."""
+    """`num_clips` clips at uniformly spaced starts over the whole video (the evaluation protocol).
+
+    H = W = size, centre-cropped; with keep_aspect the short side is `size` and nothing is cropped (feed
+    `spatial_crops`)."""
     _check_args(num_frames, stride, size)
     if num_clips < 1:
         raise ValueError(f"num_clips must be >= 1, got {num_clips}")
@@ -196,7 +233,7 @@ def decode_eval_clips(
             # One forward pass over all wanted times, sorted (clips may overlap), then put back per clip.
             wanted = np.concatenate(clip_frames)
             order = np.argsort(wanted, kind="stable")
-            found = _nearest_frames(path, container, wanted[order], size, seek=False)
+            found = _nearest_frames(path, container, wanted[order], size, seek=False, keep_aspect=keep_aspect)
             by_time: list[np.ndarray | None] = [None] * len(wanted)
             for j, frame in zip(order, found, strict=False):  # found is a prefix: past-end times stay None
                 by_time[j] = frame
@@ -204,5 +241,5 @@ def decode_eval_clips(
                 [f for f in by_time[k * num_frames : (k + 1) * num_frames] if f is not None] for k in range(num_clips)
             ]
         else:
-            clips = [_nearest_frames(path, container, w, size, seek=True) for w in clip_frames]
+            clips = [_nearest_frames(path, container, w, size, seek=True, keep_aspect=keep_aspect) for w in clip_frames]
     return np.stack([_loop(c, num_frames, path) for c in clips])
