@@ -43,6 +43,8 @@ def sweep_run(ray_local: None, tmp_path_factory: pytest.TempPathFactory) -> dict
         "base": str(DEMO),
         "set": [
             f"data.root={root}", "data.synthetic.enabled=false", "data.num_frames=4", "data.size=40",
+            # two trials at a time on 2 CPUs (auto concurrency: 1 worker x 0.5 CPU + a 0.25 CPU decode task)
+            "scaling.cpus_per_worker=0.5", "data.decode_cpus=0.25",
             "data.eval_clips=1", "augment.crop_size=32", "train.iterations=4", "train.batch_size=2", "train.mu=1",
             "train.log_every=2", "train.eval_every=2", "train.checkpoint_every=2", "train.warmup_iters=1",
             f"tracking.uri=sqlite:///{tmp}/mlflow.db", "tracking.experiment=e2e-sweep",
@@ -105,8 +107,9 @@ def test_resume_of_a_finished_sweep_reruns_nothing(sweep_run: dict) -> None:
     spec, state, client = sweep_run["spec"], sweep_run["state"], sweep_run["client"]
     assert SweepState.load(state.sweep_dir).parent_run_id == state.parent_run_id
     assert (state.sweep_dir / SWEEP_FILE).exists()
-    _, rows, _ = run_sweep(spec, resume=True)
+    _, rows, champion = run_sweep(spec, resume=True)
     assert sorted(r["mlflow_run_id"] for r in rows) == sorted(r["mlflow_run_id"] for r in sweep_run["rows"])
+    assert champion.version == sweep_run["champion"].version  # the same champion, not a second copy
     children = client.search_runs([client.get_run(state.parent_run_id).info.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{state.parent_run_id}'")
     assert len(children) == 4
@@ -125,12 +128,12 @@ def test_evaluate_and_predict_the_champion(sweep_run: dict) -> None:
     version = client.get_model_version_by_alias("e2e-sweep-primary", "champion")
     eval_run = client.get_run(version.tags["vidssl.evaluation_run"])
     assert 0.0 <= eval_run.data.metrics["top1"] <= eval_run.data.metrics["top5"] <= 1.0
-    assert eval_run.data.tags["vidssl.model_version"] == version.version
+    assert eval_run.data.tags["vidssl.model_version"] == str(version.version)
 
     out = tmp / "predictions.parquet"
     assert predict.main(["--model", champion, "--videos", str(tmp / "synth"), "--out", str(out),
                          "--top-k", "2", "--tracking-uri", uri]) == 0
     table = pd.read_parquet(out)
     assert len(table) == 18 and table["error"].isna().all()
-    assert set(table["model_version"].astype(str)) == {version.version}
+    assert set(table["model_version"].astype(str)) == {str(version.version)}
     assert all(len(labels) == 2 for labels in table["top_labels"])

@@ -239,9 +239,14 @@ def crown_champion(client: Any, spec: SweepSpec, rows: list[dict[str, Any]], par
         return None
     best = finished[0]  # rows are sorted best first
     name = str(spec.base_config.tracking.registered_model)
-    mlflow.set_tracking_uri(client.tracking_uri)
-    version = mlflow.register_model(best["model_uri"], name, tags={
-        "vidssl.sweep": spec.name, "vidssl.trial": best["trial"], spec.metric: str(best[spec.metric])})
+    # A resumed sweep whose best trial did not change keeps its version instead of registering a copy.
+    same = [v for v in client.search_model_versions(f"name='{name}'") if v.source == best["model_uri"]]
+    if same:
+        version = same[0]
+    else:
+        mlflow.set_tracking_uri(client.tracking_uri)
+        version = mlflow.register_model(best["model_uri"], name, tags={
+            "vidssl.sweep": spec.name, "vidssl.trial": best["trial"], spec.metric: str(best[spec.metric])})
     client.set_registered_model_alias(name, CHAMPION, version.version)
     client.set_tag(parent_run_id, "vidssl.champion", f"models:/{name}/{version.version}")
     client.set_tag(parent_run_id, "vidssl.champion_run", best["mlflow_run_id"])
