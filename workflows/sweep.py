@@ -3,6 +3,7 @@
     python -m workflows.sweep --config configs/sweep_demo.yaml --dry-run   # search space + trial count
     python -m workflows.sweep --config configs/sweep_demo.yaml             # run it (also: vidssl sweep ...)
     python -m workflows.sweep --config configs/sweep_demo.yaml --resume    # continue a stopped sweep
+    python -m workflows.sweep --config configs/sweep_demo.yaml --name sweep-demo-2   # a second, new sweep
     ray job submit --working-dir . -- python -m workflows.sweep --config configs/sweep_demo.yaml
 
 Each trial is a full training run (workflows.train.run_training: Ray Data + a Ray Train TorchTrainer),
@@ -25,7 +26,7 @@ import math
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +34,15 @@ import yaml
 
 from ssl_core.config import ConfigError
 from ssl_core.data.manifest import ManifestError
-from workflows.sweep_spec import SweepSpec, load_sweep, trial_config
+from workflows.sweep_spec import SweepSpec, check_name, load_sweep, trial_config
 
 SWEEP_FILE = "vidssl_sweep.json"
 CHAMPION = "champion"
 log = logging.getLogger("vidssl.sweep")
+
+
+class SweepInterrupted(RuntimeError):
+    """Tune stopped before every trial ended; its state is saved for `--resume`."""
 
 
 @dataclass
@@ -142,17 +147,32 @@ def run_trial(point: dict[str, Any], *, base: dict[str, Any], trials_dir: str, s
     tune.report(tune_metrics(outcome.metrics))
 
 
-def build_tuner(spec: SweepSpec, state: SweepState, resume: bool) -> Any:
+def make_trainable(spec: SweepSpec, state: SweepState) -> Any:
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
 
-    trainable = tune.with_resources(
+    return tune.with_resources(
         tune.with_parameters(run_trial, base=state.base, trials_dir=str(state.sweep_dir / "trials"),
                              sweep_name=spec.name, parent_run_id=state.parent_run_id, metric=spec.metric),
         # The trial function only drives a TorchTrainer, whose workers request their own resources (Tune
         # refuses an empty request, hence a token share).
         {"CPU": 0.01},
     )
+
+
+def is_complete(spec: SweepSpec, state: SweepState) -> bool:
+    """Every trial ended, judged from Tune's saved state: on Ctrl+C Tune saves the state with the running
+    trials still RUNNING, then stops them, so the in-memory results would show them as ended."""
+    from ray import tune
+
+    saved = tune.Tuner.restore(str(state.sweep_dir / "tune"), trainable=make_trainable(spec, state)).get_results()
+    return len(saved) >= spec.num_trials() and saved.num_terminated + saved.num_errors == len(saved)
+
+
+def build_tuner(spec: SweepSpec, state: SweepState, resume: bool) -> Any:
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    trainable = make_trainable(spec, state)
     tune_dir = state.sweep_dir / "tune"
     if resume and tune.Tuner.can_restore(str(tune_dir)):
         return tune.Tuner.restore(str(tune_dir), trainable=trainable, resume_unfinished=True, restart_errored=True)
@@ -311,6 +331,11 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False) -> tuple[SweepState, lis
     for result in results:
         if result.error is not None:
             log.warning("trial %s failed: %s", result.path, str(result.error).splitlines()[0])
+    if not is_complete(spec, state):
+        # Interrupted (Ctrl+C, SIGTERM): Tune saved its state; unfinished trials are not "stopped early",
+        # and there is no champion yet. `--resume` continues.
+        raise SweepInterrupted(f"sweep {spec.name} interrupted before every trial ended; continue it with "
+                               f"--resume (state in {state.sweep_dir})")
     rows, champion = report(spec, state, results)
     return state, rows, champion
 
@@ -321,11 +346,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a key of the base training config (repeatable)")
     parser.add_argument("--dry-run", action="store_true", help="print the search space and trial count, then exit")
+    parser.add_argument("--name", help="sweep name (overrides sweep.name: a new sweep needs a new folder)")
     parser.add_argument("--resume", action="store_true", help="continue this sweep without re-running finished trials")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         spec = load_sweep(args.config, args.set)
+        if args.name:
+            spec = replace(spec, name=check_name(args.name))
         if args.dry_run:
             print(spec.describe())
             if spec.search == "grid":
@@ -336,6 +364,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, ManifestError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except SweepInterrupted as err:
+        print(str(err), file=sys.stderr)
+        return 130
     from workflows.tracking import ui_command
 
     keys = ["trial", "status", *[d.key for d in spec.space], "step", spec.metric]

@@ -203,12 +203,16 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> SweepSpe
     concurrency = s.get("max_concurrent_trials")
     if concurrency is not None and (not isinstance(concurrency, int) or concurrency < 1):
         raise ConfigError("sweep.max_concurrent_trials: must be null or an integer >= 1")
-    name = str(s.get("name") or path.stem)
-    if "/" in name or name.startswith("."):
-        raise ConfigError(f"sweep.name: must be a plain folder name, got {name!r}")
+    name = check_name(str(s.get("name") or path.stem))
     if base_cfg.tracking.registered_model is None:
         raise ConfigError("tracking.registered_model: a sweep registers its champion, so it needs a name")
     return SweepSpec(base, name, search, num_samples, space, metric, mode, asha, concurrency)
+
+
+def check_name(name: str) -> str:
+    if not name or "/" in name or name.startswith("."):
+        raise ConfigError(f"sweep.name: must be a plain folder name, got {name!r}")
+    return name
 
 
 def trial_config(base: dict[str, Any], point: dict[str, Any], *extra: str) -> Config:

@@ -40,6 +40,16 @@ def ui_command(uri: str) -> str:
     return f"open {uri} in a browser"
 
 
+def model_requirements() -> list[str]:
+    """What loading a logged model needs: torch and cloudpickle (MLflow's defaults) and pytorchvideo, whose
+    classes the r3d models pickle. The pickled models also reference ssl_core: install vidssl to load them."""
+    from importlib.metadata import version
+
+    import mlflow.pytorch
+
+    return [*mlflow.pytorch.get_default_pip_requirements(), f"pytorchvideo=={version('pytorchvideo')}"]
+
+
 class Tracker:
     """A handle on one MLflow run, usable from the driver and from the rank-0 Train worker."""
 
@@ -102,6 +112,8 @@ class Tracker:
                 model, name="model", registered_model_name=registered_name, input_example=input_example,
                 # pickle keeps any batch size at load time; pt2 would fix the traced example's shape.
                 serialization_format="pickle", metadata={"vidssl": dict(meta)},
+                # Given, not inferred: inference re-imports the model in a subprocess (~9 s per run here).
+                pip_requirements=model_requirements(),
             )
         self.client.set_tag(self.run_id, "vidssl.model_uri", info.model_uri)
         version = getattr(info, "registered_model_version", None)
