@@ -79,7 +79,8 @@ def tau_lambda_heatmap(rows: list[dict[str, Any]], metric: str) -> Figure | None
         for (a, t, lam), value in best.items():
             if a == algorithm:
                 grid[taus.index(t), lambdas.index(lam)] = value
-        ax.imshow(grid, cmap="viridis", aspect="auto")
+        # One colour scale for every panel, so algorithms compare by colour too.
+        ax.imshow(grid, cmap="viridis", aspect="auto", vmin=min(best.values()), vmax=max(best.values()))
         ax.set_xticks(range(len(lambdas)), [f"{v:g}" for v in lambdas])
         ax.set_yticks(range(len(taus)), [f"{v:g}" for v in taus])
         ax.set_xlabel("lambda_u")
