@@ -3,8 +3,8 @@
     vidssl synth --out data/synth --classes 8 --videos-per-class 30 --seed 0
     vidssl train --config configs/demo.yaml --set algorithm.name=fixmatch
     vidssl sweep --config configs/sweep_demo.yaml [--dry-run] [--resume]
-    vidssl evaluate --model models:/vidssl-sweep-demo-primary@champion --data configs/demo.yaml
-    vidssl predict --model models:/vidssl-sweep-demo-primary@champion --videos data/synth --out predictions.parquet
+    vidssl evaluate --model models:/vidssl-sweep-demo-primary@champion --data data/synth_sweep/manifest.csv
+    vidssl predict --model models:/vidssl-demo-primary/latest --videos data/synth --out predictions.parquet
     vidssl list algorithms | vidssl list models
 """
 

@@ -1,6 +1,6 @@
 """Evaluate a trained model on a labeled video set with the multi-clip x multi-crop protocol, logged to MLflow.
 
-    python -m workflows.evaluate --model models:/vidssl-demo-primary@champion --data configs/demo.yaml
+    python -m workflows.evaluate --model models:/vidssl-demo-primary/latest --data configs/demo.yaml
     python -m workflows.evaluate --model runs/cmpl-20250101-120000 --data data/ucf/test.csv --clips 10 --crops 3
 
 Per video the softmax is averaged over `--clips` uniformly spaced clips x `--crops` square crops along the

@@ -1,6 +1,6 @@
 """Trained model -> video scores: the part `workflows.evaluate` and `workflows.predict` share.
 
-    python -m workflows.evaluate --model models:/vidssl-demo-primary@champion --data configs/demo.yaml
+    python -m workflows.evaluate --model models:/vidssl-demo-primary/latest --data configs/demo.yaml
     python -m workflows.predict --model runs/cmpl-20250101-120000 --videos data/synth --out predictions.parquet
 
 `load_for_inference` accepts an MLflow model URI (models:/name@alias, models:/name/3, models:/m-<model id>,

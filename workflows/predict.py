@@ -1,6 +1,6 @@
 """Batch prediction with Ray Data: every video under a folder (or listed in a CSV) -> one Parquet file.
 
-    python -m workflows.predict --model models:/vidssl-demo-primary@champion --videos data/synth \
+    python -m workflows.predict --model models:/vidssl-demo-primary/latest --videos data/synth \
         --out predictions.parquet [--top-k 5] [--all-probs] [--overwrite]
 
 One row per video: path, label (the top class), confidence, top_labels / top_probs (best first), with
