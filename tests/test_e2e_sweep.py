@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import ray
 import yaml
 from mlflow import MlflowClient
 
@@ -23,14 +21,6 @@ from workflows.sweep_spec import load_sweep
 
 pytestmark = pytest.mark.e2e
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
-
-
-@pytest.fixture(scope="module")
-def ray_local() -> Iterator[None]:
-    ray.init(num_cpus=2, logging_level="ERROR")
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

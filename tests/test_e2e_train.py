@@ -7,11 +7,9 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import ray
 from mlflow import MlflowClient
 
 from ssl_core.config import Config, load_config
@@ -20,14 +18,6 @@ from workflows.train import RUN_FILE, run_training
 
 pytestmark = pytest.mark.e2e
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
-
-
-@pytest.fixture(scope="module")
-def ray_local() -> Iterator[None]:
-    ray.init(num_cpus=2, logging_level="ERROR")
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +15,6 @@ import mlflow
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import ray
 import torch
 import yaml
 from mlflow import MlflowClient
@@ -34,14 +32,6 @@ pytestmark = pytest.mark.e2e
 MODEL = "inf-model"
 # Tiny clips keep the module fast on two cores.
 CLIPS = ("--clips", "2", "--crops", "3")
-
-
-@pytest.fixture(scope="module")
-def ray_local() -> Iterator[None]:
-    ray.init(num_cpus=2, logging_level="ERROR")
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
