@@ -26,7 +26,13 @@ import numpy as np
 
 from ssl_core.config import ConfigError, load_config
 from ssl_core.data.manifest import SPLITS, Manifest, ManifestError, VideoRecord, load_manifest
-from workflows.inference import InferenceError, InferenceModel, load_for_inference, score_videos
+from workflows.inference import (
+    InferenceError,
+    InferenceModel,
+    add_scoring_args,
+    load_for_inference,
+    score_videos,
+)
 
 log = logging.getLogger("vidssl.evaluate")
 
@@ -179,23 +185,13 @@ def _table(metrics: dict[str, float]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vidssl evaluate", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, metavar="SPEC",
-                        help="models:/name@alias, models:/name/N, runs:/<run id>/model, a checkpoint directory "
-                             "or a training run folder (its latest checkpoint)")
     parser.add_argument("--data", required=True, metavar="CONFIG|CSV|DIR",
                         help="a training config (its data section's --split, with the same hold-out as "
                              "training), a CSV manifest path,label[,split] (its --split rows when it has a split "
                              "column, else all rows) or a folder root/<class>/<video> (all videos) or "
                              "root/{train,test}/<class>/<video> (--split)")
     parser.add_argument("--split", default="test", choices=SPLITS)
-    parser.add_argument("--clips", type=int, default=10, help="uniformly spaced clips per video (default 10)")
-    parser.add_argument("--crops", type=int, default=3, help="square crops along the long side (default 3)")
-    parser.add_argument("--batch-size", type=int, default=4, help="videos per forward pass of an actor")
-    parser.add_argument("--actors", type=int, default=None,
-                        help="model replicas (default: one per GPU, else a quarter of the CPUs)")
-    parser.add_argument("--decode-cpus", type=float, default=0.5, help="CPUs per decode task")
-    parser.add_argument("--tracking-uri", default=None,
-                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite ./mlflow.db)")
+    add_scoring_args(parser, clips=10, crops=3, clips_help="uniformly spaced clips per video (default 10)")
     parser.add_argument("--experiment", default="vidssl-evaluation")
     return parser
 

@@ -18,6 +18,7 @@ from. Workflows.train_loop loads frozen teachers through it too.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -222,3 +223,20 @@ def score_videos(
         compute=ray.data.ActorPoolStrategy(size=actors),
         num_gpus=1 if gpus else 0,
     )
+
+
+def add_scoring_args(parser: argparse.ArgumentParser, *, clips: int, crops: int, clips_help: str) -> None:
+    """The options evaluate and predict share: the model, the views per video, the pipeline's resources."""
+    parser.add_argument("--model", required=True, metavar="SPEC",
+                        help="models:/name@alias, models:/name/N, runs:/<run id>/model, a checkpoint directory "
+                             "or a training run folder (its latest checkpoint)")
+    parser.add_argument("--clips", type=int, default=clips, help=clips_help)
+    parser.add_argument("--crops", type=int, default=crops,
+                        help=f"square crops along the long side (default {crops}{': centre' if crops == 1 else ''})")
+    parser.add_argument("--batch-size", type=int, default=4, help="videos per forward pass of an actor")
+    parser.add_argument("--actors", type=int, default=None,
+                        help="model replicas (default: one per GPU, else a quarter of the CPUs)")
+    parser.add_argument("--decode-cpus", type=float, default=0.5, help="CPUs per decode task")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="MLflow tracking URI for models:/ and runs:/ (default: $MLFLOW_TRACKING_URI, "
+                             "else sqlite ./mlflow.db)")

@@ -28,7 +28,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ssl_core.data.manifest import VIDEO_EXTENSIONS
-from workflows.inference import InferenceError, InferenceModel, load_for_inference, score_videos
+from workflows.inference import (
+    InferenceError,
+    InferenceModel,
+    add_scoring_args,
+    load_for_inference,
+    score_videos,
+)
 
 log = logging.getLogger("vidssl.predict")
 
@@ -139,9 +145,6 @@ def write_predictions(ds: Any, out: Path, loaded: InferenceModel, top_k: int, al
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vidssl predict", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, metavar="SPEC",
-                        help="models:/name@alias, models:/name/N, runs:/<run id>/model, a checkpoint directory "
-                             "or a training run folder (its latest checkpoint)")
     parser.add_argument("--videos", required=True, metavar="DIR|CSV",
                         help="a folder (every video file under it, recursively) or a CSV with a path column "
                              "(relative paths are relative to the CSV)")
@@ -149,17 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     parser.add_argument("--top-k", type=int, default=5, help="classes listed per video (default 5)")
     parser.add_argument("--all-probs", action="store_true", help="add the full probability vector (soft labels)")
-    parser.add_argument("--clips", type=int, default=4,
-                        help="uniformly spaced clips per video (default 4, with 1 crop: a 7.5x cheaper view set "
-                             "than evaluate's 10 clips x 3 crops, for bulk prediction; raise both for best accuracy)")
-    parser.add_argument("--crops", type=int, default=1, help="square crops along the long side (default 1: centre)")
-    parser.add_argument("--batch-size", type=int, default=4, help="videos per forward pass of an actor")
-    parser.add_argument("--actors", type=int, default=None,
-                        help="model replicas (default: one per GPU, else a quarter of the CPUs)")
-    parser.add_argument("--decode-cpus", type=float, default=0.5, help="CPUs per decode task")
-    parser.add_argument("--tracking-uri", default=None,
-                        help="MLflow tracking URI for models:/ and runs:/ (default: $MLFLOW_TRACKING_URI, "
-                             "else sqlite ./mlflow.db)")
+    add_scoring_args(parser, clips=4, crops=1,
+                     clips_help="uniformly spaced clips per video (default 4, with 1 crop: a 7.5x cheaper view "
+                                "set than evaluate's 10 clips x 3 crops, for bulk prediction; raise both for best "
+                                "accuracy)")
     return parser
 
 
