@@ -62,6 +62,10 @@ class DataConfig:
     eval_clips: int = 2
     # CPUs per decode task; fractional so decode tasks share cores with the training workers.
     decode_cpus: float = 0.5
+    # A pseudo-labeled set (Parquet: path, probs; written by workflows/noisy_student.py): the unlabeled stream
+    # becomes exactly these videos, each with its stored teacher probabilities. Only for algorithms that
+    # learn stored targets (noisy_student_offline).
+    pseudo_labels: str | None = None
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
@@ -183,6 +187,19 @@ def with_overrides(raw: dict[str, Any], overrides: typing.Sequence[str]) -> Conf
     for item in overrides:
         _apply_override(raw, item)
     return from_dict(raw)
+
+
+def pin_paths(raw: dict[str, Any], tracking_uri: str) -> dict[str, Any]:
+    """A resolved config dict (Config.to_dict()) with every path absolute and the tracking URI fixed: runs
+    started later from another working directory (Tune actors, resumed workflows) see the same files."""
+    out = copy.deepcopy(raw)
+    data = out["data"]
+    for key in ("root", "csv_path", "labeled_split_file", "pseudo_labels"):
+        if data.get(key):
+            data[key] = str(Path(data[key]).expanduser().resolve())
+    out["output"]["storage"] = str(Path(out["output"]["storage"]).expanduser().resolve())
+    out["tracking"]["uri"] = tracking_uri
+    return out
 
 
 def from_dict(raw: dict[str, Any]) -> Config:
@@ -307,7 +324,13 @@ def validate(cfg: Config) -> None:
             parse_model_name(name)
         except KeyError:
             _check(False, f"model.{key}", f"unknown model {name!r}; choose from {[n for n, _ in list_models()]}")
-    frozen = get_algorithm(cfg.algorithm.name).frozen_roles
+    algorithm_cls = get_algorithm(cfg.algorithm.name)
+    frozen = algorithm_cls.frozen_roles
+    _check(algorithm_cls.needs_targets == (d.pseudo_labels is not None), "data.pseudo_labels",
+           f"algorithm {cfg.algorithm.name} needs a pseudo-labeled set (a Parquet file from workflows.noisy_student)"
+           if algorithm_cls.needs_targets else
+           f"only algorithms that learn stored targets (noisy_student_offline) read it; {cfg.algorithm.name} would "
+           "ignore it")
     _check(not frozen or cfg.model.teacher is not None, "model.teacher",
            f"algorithm {cfg.algorithm.name} needs a teacher: a checkpoint directory or models:/<name>@<alias>")
     _check(0 <= cfg.model.dropout < 1, "model.dropout", "must be in [0, 1)")

@@ -77,6 +77,7 @@ def make_batches(
     true_labels: Tensor | None,  # (B_u,) int64, metrics only
     aug: AugmentConfig,
     device: torch.device,
+    targets: Tensor | None = None,  # (B_u, C) stored teacher probabilities (data.pseudo_labels)
 ) -> tuple[dict[str, Tensor], dict[str, Tensor] | None]:
     """Augmented, normalised batches in the algorithm contract (the unlabeled clip yields weak + strong)."""
     labeled = {"video": augment_batch(labeled_clips, weak_transform(aug)).to(device), "label": labels.to(device)}
@@ -86,6 +87,8 @@ def make_batches(
     unlabeled = {"weak": weak.to(device), "strong": strong.to(device)}
     if true_labels is not None:
         unlabeled[TRUE_LABEL_KEY] = true_labels.to(device)
+    if targets is not None:
+        unlabeled["target"] = targets.float().to(device)
     return labeled, unlabeled
 
 
@@ -153,6 +156,9 @@ def run_local(cfg: Config, *, device: str = "cpu", log_every: int = 50) -> dict[
     models = {r: m.to(dev) for r, m in build_models(cfg, num_classes).items()}
     optimizer = build_optimizer(cfg, models)
     algorithm_cls = get_algorithm(cfg.algorithm.name)
+    if algorithm_cls.needs_targets:
+        raise ValueError(f"{cfg.algorithm.name} learns a stored pseudo-labeled set, which only the Ray pipeline "
+                         "streams: run it with python -m workflows.train")
     for role in algorithm_cls.frozen_roles:
         models[role] = freeze(load_checkpoint_model(str(cfg.model.teacher))).to(dev)
     algorithm = algorithm_cls(models, cfg.algorithm.resolved_params())

@@ -56,13 +56,13 @@ def mask_rate(mask: Tensor) -> float:
 def pseudo_label_accuracy(
     pseudo: Tensor,  # (B,) int64 hard pseudo-labels
     mask: Tensor,  # (B,) bool or {0, 1}
-    truth: Tensor,  # (B,) int64 true labels (benchmarks only; never reach a loss)
+    truth: Tensor,  # (B,) int64 true labels, -1 unknown (benchmarks only; never reach a loss)
 ) -> float:
-    """Pseudo-label quality: among masked samples, the fraction equal to the truth; nan if none masked."""
+    """Pseudo-label quality: among masked samples with a known truth, the fraction equal to it; nan if none."""
     if not pseudo.shape == mask.shape == truth.shape:
         raise ValueError(f"pseudo_label_accuracy: shapes differ: pseudo {tuple(pseudo.shape)}, "
                          f"mask {tuple(mask.shape)}, truth {tuple(truth.shape)}")
-    selected = mask.bool()
+    selected = mask.bool() & (truth.to(mask.device) >= 0)
     if not selected.any():
         return math.nan
     return float((pseudo[selected] == truth.to(pseudo.device)[selected]).float().mean())

@@ -2,7 +2,8 @@
 
 Three datasets, each split across the workers by Ray Train:
   labeled   {"clip": (T, H, W, 3) uint8, "label": int64}           repeats (random clip position each time)
-  unlabeled {"clip": (T, H, W, 3) uint8, "true_label": int64}      each video once per epoch
+  unlabeled {"clip": (T, H, W, 3) uint8, "true_label": int64       each video once per epoch
+             [, "target": (C,) float32 stored teacher probabilities, with data.pseudo_labels]}
   eval      {"clips": (N, T, H, W, 3) uint8, "label": int64}       N uniformly spaced clips per video
 A bad video (zero-byte, truncated, not a video) is skipped, warned and counted by a `SkipCounter` actor;
 the worker reports the count as `data/skipped_videos`.
@@ -15,7 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -48,9 +49,14 @@ class SkipCounter:
 
 
 def repeated_items(
-    records: Sequence[VideoRecord], num_rows: int, seed: int, label_key: str
+    records: Sequence[VideoRecord],
+    num_rows: int,
+    seed: int,
+    label_key: str,
+    targets: Mapping[str, np.ndarray] | None = None,
 ) -> list[dict[str, Any]]:
-    """`num_rows` rows cycling through `records`, reshuffled each pass (the repeating stream).
+    """`num_rows` rows cycling through `records`, reshuffled each pass (the repeating stream); with
+    `targets`, each row also carries its video's stored probabilities as "target".
 
     Each row carries its own seed so the random clip position is reproducible."""
     if not records:
@@ -61,7 +67,10 @@ def repeated_items(
         order = np.random.default_rng([seed, epoch]).permutation(len(records))
         for i in order[: num_rows - len(items)]:
             r = records[int(i)]
-            items.append({"path": r.path, label_key: r.label, "seed": len(items) + seed * 1_000_003})
+            item = {"path": r.path, label_key: r.label, "seed": len(items) + seed * 1_000_003}
+            if targets is not None:
+                item["target"] = targets[r.path]
+            items.append(item)
         epoch += 1
     return items
 
@@ -97,6 +106,7 @@ def build_datasets(
     counter: Any,
     *,
     with_unlabeled: bool,
+    targets: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, ray.data.Dataset]:
     """The Ray datasets a training run consumes, sized so every worker gets `train.iterations` batches."""
     d, t, workers = cfg.data, cfg.train, cfg.scaling.num_workers
@@ -118,7 +128,7 @@ def build_datasets(
     if with_unlabeled:
         unl_batch = t.batch_size * t.mu
         datasets["unlabeled"] = stream(
-            repeated_items(unlabeled, steps * unl_batch * workers, t.seed + 1, "true_label"), unl_batch
+            repeated_items(unlabeled, steps * unl_batch * workers, t.seed + 1, "true_label", targets), unl_batch
         )
     eval_items = [{"path": r.path, "label": r.label} for r in test]
     eval_ds = ray.data.from_items(eval_items, override_num_blocks=max(1, math.ceil(len(eval_items) / 8)))

@@ -32,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from ssl_core.config import ConfigError
+from ssl_core.config import ConfigError, pin_paths
 from ssl_core.data.manifest import ManifestError
 from workflows.sweep_spec import SweepSpec, check_name, load_sweep, trial_config
 
@@ -64,18 +64,6 @@ class SweepState:
     def load(cls, sweep_dir: Path) -> SweepState:
         payload = json.loads((sweep_dir / SWEEP_FILE).read_text())
         return cls(sweep_dir, payload["parent_run_id"], payload["tracking_uri"], payload["base"])
-
-
-def absolute_base(base: dict[str, Any], tracking_uri: str) -> dict[str, Any]:
-    """Trials run in Tune's actors, whose working directory is not the driver's: pin every path."""
-    out = json.loads(json.dumps(base))
-    data = out["data"]
-    for key in ("root", "csv_path", "labeled_split_file"):
-        if data.get(key):
-            data[key] = str(Path(data[key]).expanduser().resolve())
-    out["output"]["storage"] = str(Path(out["output"]["storage"]).expanduser().resolve())
-    out["tracking"]["uri"] = tracking_uri
-    return out
 
 
 def tune_space(spec: SweepSpec) -> dict[str, Any]:
@@ -314,7 +302,7 @@ def start_or_resume(spec: SweepSpec, resume: bool) -> SweepState:
     parent.log_params({"sweep.search": spec.search, "sweep.num_samples": spec.num_samples, "sweep.metric": spec.metric,
                        "sweep.asha": spec.asha.enabled, **{f"sweep.space.{d.key}": d.describe() for d in spec.space}})
     parent.log_text(yaml.safe_dump(spec.base, sort_keys=False), "base_config.yaml")
-    state = SweepState(sweep_dir, parent.run_id, uri, absolute_base(spec.base, uri))
+    state = SweepState(sweep_dir, parent.run_id, uri, pin_paths(spec.base, uri))
     state.save()
     return state
 

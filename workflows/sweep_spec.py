@@ -130,7 +130,7 @@ def _dimension(key: str, raw: Any, search: str) -> Dimension:
     raise ConfigError(f"{where}: expected a list of values or one of {{uniform|loguniform|randint: [low, high]}}")
 
 
-def _load_base(raw: Any, sweep_file: Path) -> dict[str, Any]:
+def load_base(raw: Any, sweep_file: Path) -> dict[str, Any]:
     if isinstance(raw, dict):
         return raw
     if isinstance(raw, str):
@@ -162,7 +162,7 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> SweepSpe
     sets = raw.get("set") or []
     if not isinstance(sets, list):
         raise ConfigError("set: expected a list of KEY=VALUE")
-    base_cfg = with_overrides(_load_base(raw.get("base") or {}, path), [*map(str, sets), *(overrides or [])])
+    base_cfg = with_overrides(load_base(raw.get("base") or {}, path), [*map(str, sets), *(overrides or [])])
     s = raw.get("sweep")
     if not isinstance(s, dict):
         raise ConfigError("sweep: missing or not a mapping")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,20 @@ class Tracker:
         self.client.set_tag(self.run_id, "vidssl.model_uri", info.model_uri)
         version = getattr(info, "registered_model_version", None)
         return info.model_uri, (str(version) if version is not None else None)
+
+    def log_dataset(self, table: Any, source: str, name: str, digest: str, context: str) -> None:
+        """Record a dataset this run made or consumed (MLflow's Datasets panel, `digest` as its version).
+        `table`: a pandas DataFrame whose schema and row count are recorded, not its rows."""
+        import mlflow.data
+        from mlflow.entities import DatasetInput, InputTag
+
+        with warnings.catch_warnings():
+            # A local path matches two equivalent MLflow source types; it warns and picks one, which is fine.
+            warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+            dataset = mlflow.data.from_pandas(table, source=source, name=name, digest=digest)
+        tags = [InputTag(key="mlflow.data.context", value=context)]
+        # The client call, not mlflow.log_input: that needs the active run, whose exit would end the run.
+        self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), tags=tags)])
 
     def finish(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)

@@ -159,7 +159,7 @@ def run_training(
     counter = SkipCounter.remote()
     algorithm_cls = get_algorithm(cfg.algorithm.name)
     datasets = build_datasets(cfg, data.labeled, data.unlabeled, data.test, counter,
-                              with_unlabeled=algorithm_cls.needs_unlabeled)
+                              with_unlabeled=algorithm_cls.needs_unlabeled, targets=data.targets)
     s = cfg.scaling
     trainer = TorchTrainer(
         train_loop_per_worker,

@@ -139,7 +139,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         ub = next(unlabeled_it) if unlabeled_it is not None else None
         labeled, unlabeled = make_batches(
             lb["clip"], lb["label"], None if ub is None else ub["clip"], None if ub is None else ub["true_label"],
-            cfg.augment, device,
+            cfg.augment, device, targets=None if ub is None else ub.get("target"),
         )
         _, step_metrics = optimize(algorithm, optimizer, scheduler, labeled, unlabeled, grad_clip=t.grad_clip)
         window_clips += lb["clip"].shape[0] + (0 if ub is None else ub["clip"].shape[0])

@@ -10,7 +10,8 @@ student learns.
 The student's noise: RandAugment on the strong view (input noise) plus its own dropout / stochastic depth,
 which the worker builds into the model (model.dropout, model.stochastic_depth; see
 ssl_core/models/stochastic_depth.py). The paper's "equal-or-larger student" is the user's model choice:
-nothing here checks sizes. Rounds (student becomes the next teacher) are a workflow, not this step.
+nothing here checks sizes. Rounds (student becomes the next teacher) are workflows/noisy_student.py, whose
+students use `noisy_student_offline` below: the teacher labels the set once, the student learns stored targets.
 """
 
 from __future__ import annotations
@@ -92,4 +93,58 @@ class NoisyStudent(Algorithm):
             },
             pseudo={"primary": (hard, mask.bool())},
             logits_weak={"teacher": logits_teacher.detach()},
+        )
+
+
+@dataclass(frozen=True)
+class NoisyStudentOfflineParams:
+    soft: bool = False  # learn the stored distributions q_i instead of their argmax (see NoisyStudentParams.soft)
+    tau: float = 0.0  # filter on the stored max probability; 0: keep the set as the labeling stage filtered it
+    lambda_u: float = 1.0  # pseudo-labeled loss weight (paper: labeled and pseudo-labeled data weigh the same)
+
+    def __post_init__(self) -> None:
+        check_param("noisy_student_offline", "tau", self.tau, "unit")
+        check_param("noisy_student_offline", "lambda_u", self.lambda_u, "non_negative")
+
+
+@register_algorithm("noisy_student_offline")
+class NoisyStudentOffline(Algorithm):
+    """The paper's actual procedure: the teacher labeled the unlabeled set ONCE (a batch-inference stage that
+    stored q_i = softmax(T(u_i)) in data.pseudo_labels); the noised student learns those stored targets.
+
+        m_i = 1[max q_i >= tau]
+        hard: L_u = (1/B_u) sum_i m_i CE(argmax q_i, S(strong(u_i)));  soft: H(q_i, S(strong(u_i)))
+        L = CE(S(v), y) + lambda_u * L_u
+    """
+
+    description = "a noised student learns a stored pseudo-labeled set (data.pseudo_labels; Noisy Student rounds)"
+    Params = NoisyStudentOfflineParams
+    roles = ("primary",)
+    needs_unlabeled = True
+    needs_targets = True
+
+    def train_step(self, labeled: dict[str, Tensor], unlabeled: dict[str, Tensor] | None) -> StepOutput:
+        require_keys(labeled, ("video", "label"), "labeled", self.name)
+        require_keys(unlabeled, ("strong", "target"), "unlabeled", self.name)
+        video, strong, target = labeled["video"], unlabeled["strong"], unlabeled["target"]
+        max_probs, hard = target.max(dim=-1)
+        mask = confidence_mask(max_probs, self.params.tau)
+        logits_lab, logits_strong = self.models["primary"](torch.cat([video, strong])).split(
+            [video.shape[0], strong.shape[0]]
+        )
+        loss_sup = F.cross_entropy(logits_lab, labeled["label"])
+        if self.params.soft:
+            loss_unsup = soft_cross_entropy(logits_strong, target.to(logits_strong.dtype), mask)
+        else:
+            loss_unsup = masked_cross_entropy(logits_strong, hard, mask)
+        loss = loss_sup + self.params.lambda_u * loss_unsup
+        return StepOutput(
+            loss=loss,
+            metrics={
+                "loss/sup_primary": loss_sup.detach(),
+                "loss/unsup_primary": loss_unsup.detach(),
+                "loss/total": loss.detach(),
+                "pseudo/mask_rate_primary": mask.float().mean(),
+            },
+            pseudo={"primary": (hard, mask.bool())},
         )

@@ -4,9 +4,10 @@ An algorithm owns its models (by role, primary first), declares its hyper-parame
 turns one labeled + unlabeled batch into a loss. It does no device handling, no optimizer stepping and no
 backward: the worker loop does those in plain view.
 
-Batches (already augmented and normalised, see /tmp/contracts.md):
+Batches (already augmented and normalised by ssl_core.loop.make_batches):
     labeled   = {"video": float (B_l, 3, T, h, w), "label": int64 (B_l,)}
-    unlabeled = {"weak": float (B_u, 3, T, h, w), "strong": float (B_u, 3, T, h, w)}
+    unlabeled = {"weak": float (B_u, 3, T, h, w), "strong": float (B_u, 3, T, h, w)
+                 [, "target": float (B_u, C) stored teacher probabilities, when needs_targets]}
 
 Try it:
     python -c "from ssl_core.algorithms import list_algorithms; print(*list_algorithms(), sep='\\n')"
@@ -41,6 +42,9 @@ class Algorithm(ABC):
     # put in eval mode with requires_grad off, and only called under torch.no_grad() by the algorithm.
     frozen_roles: ClassVar[tuple[str, ...]] = ()
     needs_unlabeled: ClassVar[bool]
+    # The unlabeled batch carries stored teacher targets ("target": (B_u, C) class probabilities) read from a
+    # pseudo-labeled set (data.pseudo_labels) instead of a live teacher: the Noisy Student workflow's students.
+    needs_targets: ClassVar[bool] = False
 
     def __init__(self, models: Mapping[str, nn.Module], params: Any = None) -> None:
         if set(models) != set(self.roles):

@@ -1,6 +1,8 @@
 """Dataset on disk -> manifest -> labeled / unlabeled / test records, with the labeled split as a file.
 
 Generates the synthetic dataset first when the config asks for it and `data.root` has none.
+With `data.pseudo_labels` the unlabeled records are the videos of that pseudo-labeled set (with their stored
+teacher probabilities as `targets`); a video of the set that is labeled or in the test split is an error.
 The labeled split is written to `<run_dir>/labeled_split.csv`; `data.labeled_split_file` names a split to
 reuse (or, when that file does not exist yet, where to write the new one).
 """
@@ -10,6 +12,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from ssl_core.config import Config
 from ssl_core.data import synthetic
@@ -21,6 +25,7 @@ from ssl_core.data.manifest import (
     select_labeled,
     write_split_file,
 )
+from ssl_core.data.pseudo_labels import PseudoLabelError, read_pseudo_labels
 
 log = logging.getLogger("vidssl.data")
 SPLIT_FILE = "labeled_split.csv"
@@ -33,6 +38,8 @@ class PreparedData:
     unlabeled: list[VideoRecord]  # train records outside the labeled split; their labels feed metrics only
     test: list[VideoRecord]
     split_file: Path | None
+    # video path -> (C,) stored teacher probabilities, when data.pseudo_labels is set
+    targets: dict[str, np.ndarray] | None = None
 
 
 def ensure_synthetic(cfg: Config) -> None:
@@ -70,5 +77,17 @@ def prepare_data(cfg: Config, run_dir: Path | None) -> PreparedData:
             split_file.parent.mkdir(parents=True, exist_ok=True)
             write_split_file(split_file, labeled, manifest, root)
     chosen = {r.path for r in labeled}
-    unlabeled = [r for r in train if r.path not in chosen]
-    return PreparedData(manifest, labeled, unlabeled, manifest.split("test"), split_file)
+    test = manifest.split("test")
+    if d.pseudo_labels is None:
+        unlabeled = [r for r in train if r.path not in chosen]
+        return PreparedData(manifest, labeled, unlabeled, test, split_file)
+    targets, _ = read_pseudo_labels(d.pseudo_labels, manifest.classes)
+    held_out = {r.path for r in test}
+    for path in targets:
+        if path in chosen or path in held_out:
+            raise PseudoLabelError(f"{d.pseudo_labels}: {path} is in the {'labeled' if path in chosen else 'test'} "
+                                   "split; a pseudo-labeled set may only hold unlabeled videos")
+    by_path = {r.path: r for r in train}
+    # A video outside the manifest (an extra unlabeled collection) has no known truth: label -1.
+    unlabeled = [by_path.get(path, VideoRecord(path, -1, "train")) for path in sorted(targets)]
+    return PreparedData(manifest, labeled, unlabeled, test, split_file, targets)
