@@ -175,9 +175,6 @@ def _check_stages(spec: NoisyStudentSpec, *, allow_smaller: bool) -> None:
             cfg = spec.stage_config(stage, *_placeholder_paths(stage))
         except ConfigError as err:
             raise ConfigError(f"{where}: {stage.key} gives an invalid config: {err}") from err
-        if stage.kind == "teacher" and cfg.algorithm.name == STUDENT_ALGORITHM:
-            raise ConfigError(f"noisy_student.teacher: round 0 has no pseudo-labeled set to learn; choose another "
-                              f"algorithm than {STUDENT_ALGORITHM} (supervised is the paper's)")
         if previous is not None and not allow_smaller:
             teacher_size = _num_params(previous.model.primary, num_classes)
             student_size = _num_params(cfg.model.primary, num_classes)
