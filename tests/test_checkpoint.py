@@ -36,7 +36,9 @@ def batches(step: int) -> tuple[dict, dict]:
     g = torch.Generator().manual_seed(100 + step)
     video = torch.randn(2, 3, 4, 16, 16, generator=g)
     weak, strong = torch.randn(2, 2, 3, 4, 16, 16, generator=g)
-    return {"video": video, "label": torch.tensor([0, 2])}, {"weak": weak, "strong": strong}
+    # stored teacher probabilities, for noisy_student_offline (the other algorithms ignore the key)
+    target = torch.softmax(torch.randn(2, 3, generator=g), dim=-1)
+    return {"video": video, "label": torch.tensor([0, 2])}, {"weak": weak, "strong": strong, "target": target}
 
 
 def run_steps(run: tuple, steps: range) -> list[float]:
