@@ -156,6 +156,8 @@ def test_spec_stages_and_per_round_students(tmp_path: Path) -> None:
     assert [spec.student_point(r)["model.primary"] for r in (1, 2, 3)] == ["small3d_w0.5", "small3d", "small3d"]
     student = spec.stage_config(spec.stages()[2], "data.pseudo_labels=x.parquet")
     assert student.algorithm.name == "noisy_student_offline"
+    # the base's tau (demo: CMPL's 0.95) must not filter the already-filtered set a second time
+    assert student.algorithm.resolved_params().tau == 0.0
 
 
 @pytest.mark.parametrize(("noisy", "message"), [

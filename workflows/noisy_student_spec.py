@@ -19,6 +19,7 @@ compared) and the stage list are plain Python, so `--dry-run` answers without st
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,7 +76,10 @@ class NoisyStudentSpec:
             return trial_config(self.base, self.teacher, *extra)
         if stage.kind == "student":
             soft = yaml.safe_dump(self.labels.soft).strip().removesuffix("...").strip()
-            return trial_config(self.base, self.student_point(stage.round), f"algorithm.name={STUDENT_ALGORITHM}",
+            # The labeling stage already filtered the set: a base's tau (e.g. FixMatch's 0.95) would filter it
+            # again, so students learn every stored label unless their overrides set algorithm.tau.
+            point = {"algorithm.tau": 0.0, **self.student_point(stage.round)}
+            return trial_config(self.base, point, f"algorithm.name={STUDENT_ALGORITHM}",
                                 f"algorithm.soft={soft}", *extra)
         raise ValueError(f"stage {stage.key} trains nothing")
 
@@ -86,8 +90,10 @@ class NoisyStudentSpec:
                 lines.append(f"  {stage.key}: the round-{stage.round - 1} model labels the unlabeled train videos")
                 continue
             cfg = self.stage_config(stage, *_placeholder_paths(stage))
-            lines.append(f"  {stage.key}: {cfg.algorithm.name} {cfg.model.primary} (dropout {cfg.model.dropout}, "
-                         f"stochastic depth {cfg.model.stochastic_depth}), {cfg.train.iterations} iterations")
+            params = [f"{k} {v}" for k, v in dataclasses.asdict(cfg.algorithm.resolved_params()).items()]
+            noise = [f"dropout {cfg.model.dropout}", f"stochastic depth {cfg.model.stochastic_depth}"]
+            lines.append(f"  {stage.key}: {cfg.algorithm.name} {cfg.model.primary} ({', '.join(noise + params)}), "
+                         f"{cfg.train.iterations} iterations")
         return "\n".join(lines)
 
 
