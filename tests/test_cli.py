@@ -30,3 +30,14 @@ def test_synth_writes_videos_and_manifest(tmp_path: Path) -> None:
                  "--size", "32"]) == 0
     assert len(list(out.glob("*/*.mp4"))) == 4
     assert (out / "manifest.csv").read_text().startswith("path,label,split")
+
+
+def test_workflow_subcommands_reach_their_modules(capsys: pytest.CaptureFixture[str]) -> None:
+    config = str(Path(__file__).resolve().parents[1] / "configs" / "noisy_student_demo.yaml")
+    assert main(["noisy-student", "--config", config, "--dry-run"]) == 0
+    assert "round-2-student: noisy_student_offline small3d" in capsys.readouterr().out
+    for command in ("distill", "label-queue", "sweep", "predict"):
+        with pytest.raises(SystemExit) as exit_info:
+            main([command, "--help"])
+        assert exit_info.value.code == 0
+        assert "usage: " in capsys.readouterr().out

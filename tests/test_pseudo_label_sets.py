@@ -163,7 +163,8 @@ def test_spec_stages_and_per_round_students(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("noisy", "message"), [
     ({"students": [{"model.primary": "small3d_w0.25"}]}, r"smaller than its teacher small3d \("),
     ({"student": {"algorithm.name": "fixmatch"}}, "algorithm.name is fixed to noisy_student_offline"),
-    ({"teacher": {"algorithm.name": "noisy_student_offline"}}, "round-0-teacher gives an invalid config: data.pseudo_labels"),
+    ({"teacher": {"algorithm.name": "noisy_student_offline"}},
+     "round-0-teacher gives an invalid config: data.pseudo_labels"),
     ({"rounds": 0}, "noisy_student.rounds: must be an integer >= 1"),
     ({"pseudo_labels": {"min_confidence": 2}}, "min_confidence: must be in"),
     ({"pseudo_labels": {"treshold": 0.5}}, "noisy_student.pseudo_labels: expected a mapping with keys"),

@@ -5,6 +5,9 @@
     vidssl sweep --config configs/sweep_demo.yaml [--dry-run] [--resume]
     vidssl evaluate --model models:/vidssl-sweep-demo-primary@champion --data data/synth_sweep/manifest.csv
     vidssl predict --model models:/vidssl-demo-primary/latest --videos data/synth --out predictions.parquet
+    vidssl noisy-student --config configs/noisy_student_demo.yaml [--dry-run] [--resume]
+    vidssl distill --teacher models:/vidssl-demo-primary/latest --student small3d_w0.25
+    vidssl label-queue --model runs/<run> --videos configs/demo.yaml --budget 16 --out queue.csv
     vidssl list algorithms | vidssl list models
 """
 
@@ -18,12 +21,15 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-# Subcommands that are whole workflows: `vidssl <name> ...` is `python -m workflows.<name> ...`.
+# Subcommands that are whole workflows: `vidssl <name> ...` is `python -m workflows.<name> ...` (with - as _).
 WORKFLOWS = {
     "train": "train one run",
     "sweep": "Ray Tune sweep over tau, lambda and the labeled fraction",
     "evaluate": "multi-clip x multi-crop evaluation of a model, logged to MLflow",
     "predict": "batch prediction over videos into a Parquet file",
+    "noisy-student": "Noisy Student rounds: teacher, pseudo-labeled sets, noised students",
+    "distill": "distil a model into a smaller student for deployment, with the trade-off table",
+    "label-queue": "rank unlabeled videos for annotation (uncertainty, model disagreement)",
 }
 
 
@@ -58,7 +64,8 @@ def _list(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] and argv[0] in WORKFLOWS:
-        return int(importlib.import_module(f"workflows.{argv[0]}").main(argv[1:]) or 0)
+        module = importlib.import_module(f"workflows.{argv[0].replace('-', '_')}")
+        return int(module.main(argv[1:]) or 0)
     parser = argparse.ArgumentParser(prog="vidssl", description="Semi-supervised video action recognition.")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, what in WORKFLOWS.items():

@@ -4,7 +4,8 @@
     python -m workflows.predict --model runs/cmpl-20250101-120000 --videos data/synth --out predictions.parquet
 
 `load_for_inference` accepts an MLflow model URI (models:/name@alias, models:/name/3, models:/m-<model id>,
-runs:/<run id>/model), a checkpoint directory, or a training run folder (its latest checkpoint), and returns
+runs:/<run id>/model), a checkpoint directory, or a training run folder (its latest checkpoint; append
+`#auxiliary` for another model role it holds, e.g. CMPL's auxiliary), and returns
 the model with its metadata (class names, clip shape; see ssl_core.checkpoint.model_meta) and where it came
 from. Workflows.train_loop loads frozen teachers through it too.
 
@@ -109,12 +110,21 @@ def _load_mlflow(spec: str, tracking_uri: str) -> InferenceModel:
     return InferenceModel(model.eval(), meta, source)
 
 
+def _checkpoint_role(spec: str) -> tuple[str, str]:
+    """`PATH#role` names another model of a checkpoint (e.g. CMPL's `#auxiliary`); a plain PATH its primary."""
+    path, sep, role = spec.rpartition("#")
+    if not sep or not path or not role or Path(spec).expanduser().exists():
+        return spec, "primary"
+    return path, role
+
+
 def _load_checkpoint(spec: str) -> InferenceModel:
     from ssl_core.checkpoint import latest_checkpoint_dir, load_training_state, model_from_state
 
+    path, role = _checkpoint_role(spec)
     try:
         # Absolute: Ray workers reload it from their own working directory.
-        directory = latest_checkpoint_dir(Path(spec).expanduser().resolve())
+        directory = latest_checkpoint_dir(Path(path).expanduser().resolve())
     except FileNotFoundError as err:
         raise InferenceError(
             f"{spec}: not an MLflow model URI (models:/..., runs:/...) nor a checkpoint directory or run folder"
@@ -125,10 +135,12 @@ def _load_checkpoint(spec: str) -> InferenceModel:
         raise InferenceError(f"{spec}: checkpoint {directory} names {len(meta['classes'])} classes but its models "
                              f"have {state['num_classes']} outputs")
     try:
-        model = model_from_state(state, "primary", directory)
+        model = model_from_state(state, role, directory)
     except KeyError as err:
         raise InferenceError(f"{spec}: {err.args[0]}") from err
-    source = {"spec": spec, "kind": "checkpoint", "uri": str(directory), "tracking_uri": None, "name": None,
+    # The role travels in the uri: the scoring actors reload the model from it.
+    uri = str(directory) if role == "primary" else f"{directory}#{role}"
+    source = {"spec": spec, "kind": "checkpoint", "uri": uri, "tracking_uri": None, "name": None,
               "version": None, "model_id": None, "run_id": None, "checkpoint": str(directory),
               "step": int(state["step"])}
     return InferenceModel(model.eval(), meta, source)
