@@ -111,6 +111,8 @@ class ScalingConfig:
     cpus_per_worker: float = 1.0
     # torch intra-op threads per worker.
     torch_threads: int = 1
+    # Worker-group restarts (from the latest checkpoint) after a training worker dies; -1: unlimited, 0: none.
+    max_failures: int = 2
 
 
 @dataclass
@@ -356,6 +358,7 @@ def validate(cfg: Config) -> None:
     _check(s.num_workers >= 1, "scaling.num_workers", "must be >= 1")
     _check(s.cpus_per_worker > 0, "scaling.cpus_per_worker", "must be > 0")
     _check(s.torch_threads >= 1, "scaling.torch_threads", "must be >= 1")
+    _check(s.max_failures >= -1, "scaling.max_failures", "must be >= 0, or -1 for unlimited restarts")
     syn = d.synthetic
     _check(syn.classes >= 2, "data.synthetic.classes", "must be >= 2")
     _check(syn.videos_per_class >= 2, "data.synthetic.videos_per_class", "must be >= 2")

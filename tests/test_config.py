@@ -49,6 +49,7 @@ def test_switching_algorithm_keeps_shared_keys_valid() -> None:
         ("model.primary=resnet9000", "model.primary"),
         ("augment.crop_size=500", "augment.crop_size"),
         ("data.layout=zip", "data.layout"),
+        ("scaling.max_failures=-2", "scaling.max_failures"),
     ],
 )
 def test_bad_values_name_the_key(override: str, key: str) -> None:

@@ -235,3 +235,37 @@ def test_read_split_file_rejects_test_videos_and_wrong_labels(tmp_path: Path) ->
     bad.write_text("path,label\na/1.mp4,b\n")
     with pytest.raises(ManifestError, match=r"bad\.csv row 2: label 'b'"):
         read_split_file(bad, m, tmp_path)
+
+
+@pytest.mark.parametrize("escape", ["../../etc/passwd", "/etc/passwd", "v/../../outside.mp4"])
+def test_csv_paths_escaping_the_root_are_rejected(tmp_path: Path, escape: str) -> None:
+    root = tmp_path / "data"
+    _touch(root / "v" / "x.mp4")
+    (root / "manifest.csv").write_text(f"path,label\nv/x.mp4,a\n{escape},a\n")
+    with pytest.raises(ManifestError, match=rf"manifest\.csv row 3: path '{escape}' escapes the dataset root"):
+        load_manifest("csv", root, check_files=False)
+
+
+def test_absolute_paths_inside_the_root_are_accepted(tmp_path: Path) -> None:
+    inside = _touch(tmp_path / "v" / "x.mp4").resolve()
+    (tmp_path / "manifest.csv").write_text(f"path,label,split\n{inside},a,train\n")
+    assert load_manifest("csv", tmp_path).records == (VideoRecord(str(inside), 0, "train"),)
+
+
+def test_ucf101_and_kinetics_paths_escaping_the_root_are_rejected(tmp_path: Path) -> None:
+    _ucf_tree(tmp_path, tmp_path)
+    (tmp_path / "testlist01.txt").write_text("Archery/../../../etc/passwd\n")
+    with pytest.raises(ManifestError, match=r"testlist01\.txt line 1: path .* escapes the dataset root"):
+        load_manifest("ucf101", tmp_path, check_files=False)
+    csv_path = tmp_path / "k.csv"
+    csv_path.write_text("label,youtube_id,time_start,time_end,split\n../../../x,abc,0,10,train\n")
+    with pytest.raises(ManifestError, match=r"k\.csv row 2: path .* escapes the dataset root"):
+        load_manifest("kinetics", tmp_path, csv_path=csv_path, check_files=False)
+
+
+def test_split_file_paths_escaping_the_root_are_rejected(tmp_path: Path) -> None:
+    m = _manifest(tmp_path)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("path,label\na/1.mp4,a\n../secret.mp4,a\n")
+    with pytest.raises(ManifestError, match=r"bad\.csv row 3: path '\.\./secret\.mp4' escapes the dataset root"):
+        read_split_file(bad, m, tmp_path)

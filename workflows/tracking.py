@@ -3,15 +3,25 @@
 Review what it records with the command `vidssl train` prints at the end, e.g.
 
     .venv/bin/mlflow ui --backend-store-uri sqlite:///$PWD/mlflow.db
+
+Metrics a run could not deliver while the server was away (left in its newest checkpoint) are sent with
+
+    python -m workflows.tracking --upload-unsent runs/<run name>
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import json
+import logging
 import math
 import os
+import re
+import sys
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +29,18 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 
+from ssl_core.config import ConfigError
+
 DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlartifacts"
+# Metrics a buffering Tracker could not deliver, as JSON lines in a checkpoint directory (see upload_unsent).
+UNSENT_FILE = "unsent_metrics.jsonl"
+# MLflow's limit on metrics per log_batch request; sending chunk by chunk keeps a partial failure exact.
+_METRIC_BATCH = 1000
 # MLflow rejects param values over 6000 characters and batches over 100 params.
 _MAX_PARAM_LEN = 6000
 _PARAM_BATCH = 100
+log = logging.getLogger("vidssl.tracking")
 
 
 def resolve_uri(configured: str | None) -> str:
@@ -33,6 +50,76 @@ def resolve_uri(configured: str | None) -> str:
     if uri:
         return uri
     return f"sqlite:///{Path(DEFAULT_DB).resolve()}"
+
+
+class TrackingUnreachable(ConfigError):
+    """The configured MLflow tracking server does not answer; raised before any training starts."""
+
+
+@contextlib.contextmanager
+def quick_requests(retries: int, timeout_s: int) -> Iterator[None]:
+    """MLflow HTTP calls that give up in seconds, not minutes (its defaults retry with backoff); values the
+    user exported win."""
+    wanted = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(retries), "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_s)}
+    added = [k for k in wanted if k not in os.environ]
+    os.environ.update({k: wanted[k] for k in added})
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
+
+
+def check_reachable(uri: str) -> None:
+    """Fail with one line naming `uri` when an http(s) tracking server does not answer. File stores and
+    SQLite are created on demand, so only remote servers are checked."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with quick_requests(retries=1, timeout_s=15):
+            MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    except Exception as err:  # connection refused, timeout, proxy or HTTP error: all mean "not usable"
+        # MLflow's message nests the whole urllib3 retry story; the OS reason is the useful part.
+        reason = re.search(r"\[Errno -?\d+\][^'\")]*", str(err))
+        detail = reason.group(0) if reason else " ".join(str(err).split())[:300]
+        raise TrackingUnreachable(f"MLflow tracking server {uri} is unreachable: {detail}") from err
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def read_unsent(directory: str | Path) -> list[dict[str, Any]]:
+    """The metrics a Tracker left in `directory` (write_unsent), oldest first; [] when there are none."""
+    path = Path(directory) / UNSENT_FILE
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def upload_unsent(directory: str | Path) -> int:
+    """Deliver the metrics left in a checkpoint directory, or in a run folder's newest checkpoint, to their
+    run; returns how many. Only the newest counts: its writer still held whatever older checkpoints list and
+    had not delivered. The file is removed once delivered, so a second upload sends nothing twice."""
+    directory = Path(directory)
+    if not (directory / UNSENT_FILE).is_file():
+        checkpoints = sorted(directory.glob("checkpoint_*"))  # Ray Train names them with a sortable timestamp
+        directory = checkpoints[-1] if checkpoints else directory
+    records = read_unsent(directory)
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in records:
+        groups.setdefault((r["uri"], r["run_id"]), []).append(r)
+    for (uri, run_id), group in groups.items():
+        tracker = Tracker(uri, run_id, buffer_metrics=True)
+        tracker.requeue(group)
+        if not tracker.flush():
+            raise TrackingUnreachable(f"MLflow tracking server {uri} is unreachable; {directory / UNSENT_FILE} kept"
+                                      f" for `python -m workflows.tracking --upload-unsent {directory}`")
+    if records:
+        (directory / UNSENT_FILE).unlink()
+    return len(records)
 
 
 def ui_command(uri: str) -> str:
@@ -54,10 +141,14 @@ def model_requirements() -> list[str]:
 class Tracker:
     """A handle on one MLflow run, usable from the driver and from the rank-0 Train worker."""
 
-    def __init__(self, uri: str, run_id: str):
+    def __init__(self, uri: str, run_id: str, *, buffer_metrics: bool = False):
+        """`buffer_metrics`: log_metrics never raises; what the server does not take is kept, oldest first,
+        and sent before the next metrics (training must not stop because the tracking server is away)."""
         self.uri = uri
         self.run_id = run_id
         self.client = MlflowClient(tracking_uri=uri)
+        self.buffer_metrics = buffer_metrics
+        self.unsent: list[Metric] = []
 
     @classmethod
     def start(cls, uri: str, experiment: str, run_name: str | None, tags: Mapping[str, str]) -> Tracker:
@@ -85,8 +176,44 @@ class Tracker:
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, step, model_id=model_id) for k, v in metrics.items()
                  if not math.isnan(float(v))]
-        if batch:
-            self.client.log_batch(self.run_id, metrics=batch)
+        if not self.buffer_metrics:
+            if batch:
+                self.client.log_batch(self.run_id, metrics=batch)
+            return
+        self.unsent += batch
+        self.flush()
+
+    def flush(self) -> bool:
+        """Send the buffered metrics, oldest first; True when nothing is left. A chunk leaves the buffer only
+        once the server took it, so nothing is sent twice or dropped (barring a reply lost after a write)."""
+        try:
+            # No retry loop here: the next call retries. A generous timeout: a slow but alive server must not
+            # time out after it stored a batch, or the resend would log that batch twice.
+            with quick_requests(retries=0, timeout_s=30):
+                while self.unsent:
+                    self.client.log_batch(self.run_id, metrics=self.unsent[:_METRIC_BATCH])
+                    del self.unsent[:_METRIC_BATCH]
+        except Exception as err:  # any transport or server error: keep the metrics for the next try
+            log.warning("MLflow %s unreachable, %d metrics buffered: %s", self.uri, len(self.unsent),
+                        " ".join(str(err).split())[:200])
+            return False
+        return True
+
+    def write_unsent(self, directory: str | Path) -> int:
+        """Write the still-buffered metrics to `directory`/UNSENT_FILE (e.g. a checkpoint), for a restarted
+        worker or `python -m workflows.tracking --upload-unsent` to deliver later; returns how many."""
+        if not self.unsent:
+            return 0
+        lines = [json.dumps({"uri": self.uri, "run_id": self.run_id, "key": m.key, "value": m.value,
+                             "timestamp": m.timestamp, "step": m.step, "model_id": m.model_id})
+                 for m in self.unsent]
+        _write_atomic(Path(directory) / UNSENT_FILE, "".join(line + "\n" for line in lines))
+        return len(lines)
+
+    def requeue(self, records: list[dict[str, Any]]) -> None:
+        """Put metrics read back by read_unsent at the front of the buffer: they are older than any new one."""
+        self.unsent[:0] = [Metric(r["key"], r["value"], r["timestamp"], r["step"], model_id=r["model_id"])
+                           for r in records]
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         for key, value in tags.items():
@@ -137,5 +264,29 @@ class Tracker:
     def finish(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)
 
+    def last_logged_step(self, key: str = "step") -> int:
+        """The highest step at which `key` was logged (0 if never): MLflow keeps a metric's latest value by
+        step, and the `step` metric's value is its step."""
+        value = self.client.get_run(self.run_id).data.metrics.get(key)
+        return 0 if value is None else int(value)
+
     def metric_history(self, key: str) -> list[tuple[int, float]]:
         return [(m.step, m.value) for m in self.client.get_metric_history(self.run_id, key)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Deliver metrics a run buffered while MLflow was unreachable.")
+    parser.add_argument("--upload-unsent", metavar="DIR", required=True,
+                        help=f"a checkpoint directory or a run folder holding {UNSENT_FILE} files")
+    args = parser.parse_args(argv)
+    try:
+        sent = upload_unsent(args.upload_unsent)
+    except TrackingUnreachable as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"uploaded {sent} metrics from {args.upload_unsent}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -120,12 +120,13 @@ def run_training(
     from ssl_core.data.prepare import prepare_data
     from ssl_core.models import build_model
     from workflows.data import SkipCounter, build_datasets
-    from workflows.tracking import Tracker, resolve_uri
+    from workflows.tracking import Tracker, check_reachable, resolve_uri, upload_unsent
     from workflows.train_loop import train_loop_per_worker
 
     if resume is not None:
         run_dir = find_run(Path(cfg.output.storage).resolve(), resume)
         state = RunState.load(run_dir)
+        check_reachable(state.tracking_uri)
         cfg = with_overrides(state.config, overrides)
         state.config = cfg.to_dict()
         state.save()
@@ -133,9 +134,11 @@ def run_training(
         tracker.client.update_run(state.mlflow_run_id, status="RUNNING")
         data = prepare_data(cfg, run_dir)
     else:
+        uri = resolve_uri(cfg.tracking.uri)
+        # Before the run folder and the data: an unreachable server leaves nothing behind.
+        check_reachable(uri)
         name, run_dir = new_run_dir(cfg)
         data = prepare_data(cfg, run_dir)
-        uri = resolve_uri(cfg.tracking.uri)
         d = cfg.data
         tags = {
             "vidssl.algorithm": cfg.algorithm.name,
@@ -177,6 +180,8 @@ def run_training(
             name=state.name,
             storage_path=str(run_dir.parent),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+            # A dead worker restarts the whole group from the latest checkpoint, into the same MLflow run.
+            failure_config=ray.train.FailureConfig(max_failures=s.max_failures),
             # Ray Train's INFO log repeats every report's metrics; the rank-0 worker prints one line instead.
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
             callbacks=list(callbacks),
@@ -197,6 +202,8 @@ def run_training(
         log.warning("skipped %d unreadable videos (listed in MLflow artifact data/skipped_videos.tsv)", len(skipped))
     with result.checkpoint.as_directory() as ckpt_dir:
         final = load_training_state(ckpt_dir)
+        # Metrics the rank-0 worker could not deliver while the server was away (see Tracker.write_unsent).
+        upload_unsent(ckpt_dir)
     model = build_model(final["model_names"]["primary"], num_classes=final["num_classes"])
     model.load_state_dict(final["models"]["primary"])
     example = torch.zeros(1, 3, cfg.data.num_frames, cfg.augment.crop_size, cfg.augment.crop_size)

@@ -37,7 +37,7 @@ from ssl_core.evaluate import EvalCounts, video_probs
 from ssl_core.loop import build_models, build_optimizer, freeze, make_batches, model_names, optimize
 from ssl_core.schedule import build_scheduler
 from workflows.plots import confusion_figure
-from workflows.tracking import Tracker
+from workflows.tracking import Tracker, read_unsent
 
 
 def cycle(shard: Any, batch_size: int) -> Iterator[dict[str, Tensor]]:
@@ -105,10 +105,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     start_step = 0
     algorithm_state: dict[str, Any] = {}  # EMA teacher, step counters, class-wise threshold statistics
+    unsent: list[dict[str, Any]] = []  # metrics the previous attempt could not deliver to MLflow
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as ckpt_dir:
             state = load_training_state(ckpt_dir)
+            unsent = read_unsent(ckpt_dir)
         start_step = restore_training_state(state, models=models, optimizer=optimizer, scheduler=scheduler)
         algorithm_state = state["algorithm"]
         # Keep the workers' augmentation streams distinct after a restore.
@@ -121,7 +123,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if checkpoint is not None:
         algorithm.load_state_dict(algorithm_state)
 
-    tracker = Tracker(loop_config["tracking_uri"], loop_config["mlflow_run_id"]) if rank == 0 else None
+    tracker = None
+    if rank == 0:
+        tracker = Tracker(loop_config["tracking_uri"], loop_config["mlflow_run_id"], buffer_metrics=True)
+    logged_until = resume_tracking(tracker, checkpoint is not None, start_step, unsent)
     counter = loop_config["skip_counter"]
     t = cfg.train
     labeled_it = cycle(ray.train.get_dataset_shard("labeled"), t.batch_size)
@@ -172,7 +177,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             # Written to stdout directly: Ray Train's patched print() would echo the line twice.
             sys.stdout.write(progress_line(metrics, t.iterations) + "\n")
             sys.stdout.flush()
-            tracker.log_metrics(metrics, step=done)
+            if done > logged_until:
+                tracker.log_metrics(metrics, step=done)
             if last and eval_counts is not None:
                 log_final_evaluation(tracker, eval_counts, classes)
         report_checkpoint = done % t.checkpoint_every == 0 or last
@@ -184,9 +190,27 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                     algorithm_state=algorithm.state_dict(), model_names=names, num_classes=num_classes,
                     meta=model_meta(cfg, classes),
                 )
+                if tracker is not None:
+                    tracker.write_unsent(tmp)
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=ckpt)
         window_start, window_clips = time.perf_counter(), 0
+
+
+def resume_tracking(tracker: Tracker | None, restored: bool, start_step: int, unsent: list[dict[str, Any]]) -> int:
+    """The last step this run's MLflow history holds (0 off rank 0). After a worker-group restart the steps
+    between the checkpoint and the failure are trained again, but MLflow already has them: logging them again
+    would put two values at one step. `step` is the last key of each logged batch, so a logged `step` means
+    the whole batch arrived. The checkpoint's undelivered metrics are queued again unless the failed attempt
+    delivered them later (it sends oldest first, so all at or below the last logged step arrived). A restore
+    is recorded as `train/restored_from_step`."""
+    if tracker is None:
+        return 0
+    logged = tracker.last_logged_step()
+    tracker.requeue([m for m in unsent if m["step"] > logged])
+    if restored:
+        tracker.log_metrics({"train/restored_from_step": float(start_step)}, step=start_step)
+    return logged
 
 
 def progress_line(metrics: Mapping[str, float], iterations: int) -> str:
@@ -202,12 +226,16 @@ def progress_line(metrics: Mapping[str, float], iterations: int) -> str:
 
 
 def log_final_evaluation(tracker: Tracker, counts: Mapping[str, EvalCounts], classes: list[str]) -> None:
-    """Per-class accuracy table and confusion-matrix PNG of every model."""
+    """Per-class accuracy table and confusion-matrix PNG of every model. Without a tracking server they are
+    skipped with a warning: failing here would discard the finished training (the final checkpoint comes next)."""
     rows = ["class," + ",".join(counts)]
     per_class = {role: c.per_class().tolist() for role, c in counts.items()}
     for i, name in enumerate(classes):
         rows.append(name + "," + ",".join(f"{per_class[r][i]:.4f}" for r in counts))
-    tracker.log_text("\n".join(rows) + "\n", "eval/per_class_accuracy.csv")
-    for role, c in counts.items():
-        tracker.log_figure(confusion_figure(c.confusion, classes, title=f"{role} confusion"),
-                           f"eval/confusion_{role}.png")
+    try:
+        tracker.log_text("\n".join(rows) + "\n", "eval/per_class_accuracy.csv")
+        for role, c in counts.items():
+            tracker.log_figure(confusion_figure(c.confusion, classes, title=f"{role} confusion"),
+                               f"eval/confusion_{role}.png")
+    except Exception as err:  # MLflow unreachable: the metrics are buffered, these artifacts are not
+        sys.stderr.write(f"warning: final evaluation artifacts not logged to MLflow: {err}\n")

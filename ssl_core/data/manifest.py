@@ -67,6 +67,20 @@ def _where(file: Path, row: int, kind: str = "row") -> str:
     return f"{file} {kind} {row}"
 
 
+def _within(path: str, root: Path) -> bool:
+    return os.path.commonpath([path, str(root)]) == str(root)
+
+
+def _inside(root: Path, base: Path, path: str, where: str) -> str:
+    """`path` (relative to `base`, or absolute) as an absolute path under the dataset `root` (resolved).
+    A manifest row must not make the loader read, and Ray ship, any file (`../../etc/passwd`); a path that
+    reaches the root only through a symlinked prefix counts as inside."""
+    full = _abs(base, path)
+    if not (_within(full, root) or _within(os.path.realpath(full), root)):
+        raise ManifestError(f"{where}: path {path!r} escapes the dataset root {root}")
+    return full
+
+
 def _check_file(path: str, file: Path, row: int, kind: str = "row") -> None:
     if not os.path.isfile(path):
         raise ManifestError(f"{_where(file, row, kind)}: file not found: {path}")
@@ -171,7 +185,7 @@ def _load_csv(
             raise ManifestError(f"{_where(csv_path, n)}: empty path or label")
         if row["label"] not in index:
             raise ManifestError(f"{_where(csv_path, n)}: unknown class {row['label']!r} (not in {class_file})")
-        path = _abs(root, row["path"])
+        path = _inside(root, root, row["path"], _where(csv_path, n))
         if check_files:
             _check_file(path, csv_path, n)
         paths.append(path)
@@ -219,7 +233,7 @@ def _load_ucf101(root: Path, split: int, check_files: bool) -> tuple[tuple[str, 
                     f"{_where(file, n, 'line')}: class index {fields[1]} does not match folder "
                     f"{folder!r} (index {label + 1} in {class_file})"
                 )
-            path = _abs(videos, rel)
+            path = _inside(root, videos, rel, _where(file, n, "line"))
             if check_files:
                 _check_file(path, file, n, "line")
             records.append(VideoRecord(path, label, name))
@@ -246,8 +260,8 @@ def _load_kinetics(root: Path, csv_path: Path, check_files: bool) -> tuple[tuple
         start = _integer_time(row["time_start"], csv_path, n)
         end = _integer_time(row["time_end"], csv_path, n)
         name = f"{row['youtube_id']}_{start:06d}_{end:06d}.mp4"
-        flat = _abs(root, os.path.join(row["split"], name))
-        nested = _abs(root, os.path.join(row["split"], row["label"], name))
+        flat = _inside(root, root, os.path.join(row["split"], name), _where(csv_path, n))
+        nested = _inside(root, root, os.path.join(row["split"], row["label"], name), _where(csv_path, n))
         path = nested if not os.path.isfile(flat) and os.path.isfile(nested) else flat
         if check_files and not os.path.isfile(path):
             raise ManifestError(f"{_where(csv_path, n)}: file not found: {flat} (nor {nested})")
@@ -366,7 +380,7 @@ def read_split_file(path: Path, manifest: Manifest, root: Path) -> list[VideoRec
     chosen: list[VideoRecord] = []
     seen: set[str] = set()
     for n, row in _read_csv(path, ("path", "label")):
-        full = _abs(root, row["path"])
+        full = _inside(root, root, row["path"], _where(path, n))
         record = train.get(full)
         if record is None:
             raise ManifestError(f"{_where(path, n)}: {full} is not in the manifest's train split")
