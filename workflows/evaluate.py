@@ -60,7 +60,8 @@ def _records(data: str, split: str) -> tuple[Manifest, list[VideoRecord], str]:
                                  test_fraction=d.test_fraction, seed=d.split_seed)
         return manifest, manifest.split(split), f"{data} [{split}]"
     if path.suffix.lower() == ".csv":
-        manifest = load_manifest("csv", path.parent, csv_path=path)
+        # A listing named on the command line may point anywhere (absolute paths), as predict's --videos CSV.
+        manifest = load_manifest("csv", path.parent, csv_path=path, confine=False)
         has_split = _csv_has_split(path)
     elif path.is_dir():
         manifest = load_manifest("folder", path)

@@ -172,7 +172,7 @@ def _read_class_list(file: Path) -> tuple[str, ...]:
 
 
 def _load_csv(
-    root: Path, csv_path: Path, test_fraction: float, seed: int, check_files: bool
+    root: Path, csv_path: Path, test_fraction: float, seed: int, check_files: bool, confine: bool = True
 ) -> tuple[tuple[str, ...], list[VideoRecord]]:
     rows = list(_read_csv(csv_path, ("path", "label")))
     class_file = root / "classes.txt"
@@ -185,7 +185,7 @@ def _load_csv(
             raise ManifestError(f"{_where(csv_path, n)}: empty path or label")
         if row["label"] not in index:
             raise ManifestError(f"{_where(csv_path, n)}: unknown class {row['label']!r} (not in {class_file})")
-        path = _inside(root, root, row["path"], _where(csv_path, n))
+        path = _inside(root, root, row["path"], _where(csv_path, n)) if confine else _abs(root, row["path"])
         if check_files:
             _check_file(path, csv_path, n)
         paths.append(path)
@@ -278,8 +278,12 @@ def load_manifest(
     test_fraction: float = 0.2,
     seed: int = 0,
     check_files: bool = True,
+    confine: bool = True,
 ) -> Manifest:
-    """Read a dataset in one of LAYOUTS into a Manifest; see the module docstring for the layouts."""
+    """Read a dataset in one of LAYOUTS into a Manifest; see the module docstring for the layouts.
+
+    confine=False lets a csv row name a video outside `root` (an absolute path): for a listing the user
+    names on the command line (evaluate --data F.csv), never for a dataset a config points at."""
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
         raise ManifestError(f"{root}: dataset root is not a directory")
@@ -287,7 +291,7 @@ def load_manifest(
         classes, records = _load_folder(root, test_fraction, seed)
     elif layout == "csv":
         classes, records = _load_csv(
-            root, Path(csv_path) if csv_path else root / "manifest.csv", test_fraction, seed, check_files
+            root, Path(csv_path) if csv_path else root / "manifest.csv", test_fraction, seed, check_files, confine
         )
     elif layout == "ucf101":
         classes, records = _load_ucf101(root, ucf_split, check_files)
