@@ -57,6 +57,38 @@ class NoisyStudentParams:
         check_param("noisy_student", "lambda_u", self.lambda_u, "non_negative")
 
 
+def student_step(
+    student: torch.nn.Module,
+    labeled: dict[str, Tensor],
+    strong: Tensor,  # (B_u, ...) the noised view the student learns
+    teacher_probs: Tensor,  # (B_u, C) the teacher's distribution; its argmax is the hard label
+    mask: Tensor,  # (B_u,) float
+    params: NoisyStudentParams | NoisyStudentOfflineParams,
+) -> StepOutput:
+    """The student's side, shared by the live-teacher and the stored-set steps: CE on labeled clips plus
+    lambda_u times the masked hard (or soft) loss on the strong view."""
+    video = labeled["video"]
+    # One student forward over labeled + strong, so BatchNorm sees one batch (as joint_forward).
+    logits_lab, logits_strong = student(torch.cat([video, strong])).split([video.shape[0], strong.shape[0]])
+    hard = teacher_probs.argmax(dim=-1)
+    loss_sup = F.cross_entropy(logits_lab, labeled["label"])
+    if params.soft:
+        loss_unsup = soft_cross_entropy(logits_strong, teacher_probs.to(logits_strong.dtype), mask)
+    else:
+        loss_unsup = masked_cross_entropy(logits_strong, hard, mask)
+    loss = loss_sup + params.lambda_u * loss_unsup
+    return StepOutput(
+        loss=loss,
+        metrics={
+            "loss/sup_primary": loss_sup.detach(),
+            "loss/unsup_primary": loss_unsup.detach(),
+            "loss/total": loss.detach(),
+            "pseudo/mask_rate_primary": mask.float().mean(),
+        },
+        pseudo={"primary": (hard, mask.bool())},
+    )
+
+
 @register_algorithm("noisy_student")
 class NoisyStudent(Algorithm):
     description = "a frozen un-noised teacher labels the weak view; a noised student learns the strong (Xie 2020)"
@@ -68,32 +100,14 @@ class NoisyStudent(Algorithm):
     def train_step(self, labeled: dict[str, Tensor], unlabeled: dict[str, Tensor] | None) -> StepOutput:
         require_keys(labeled, ("video", "label"), "labeled", self.name)
         require_keys(unlabeled, ("weak", "strong"), "unlabeled", self.name)
-        video, strong = labeled["video"], unlabeled["strong"]
         with torch.no_grad():
             logits_teacher = self.models["teacher"](unlabeled["weak"])
-        max_probs, hard = pseudo_label(logits_teacher)
+        max_probs, _ = pseudo_label(logits_teacher)
         mask = confidence_mask(max_probs, self.params.tau)
-        # One student forward over labeled + strong, so BatchNorm sees one batch (as joint_forward).
-        logits_lab, logits_strong = self.models["primary"](torch.cat([video, strong])).split(
-            [video.shape[0], strong.shape[0]]
-        )
-        loss_sup = F.cross_entropy(logits_lab, labeled["label"])
-        if self.params.soft:
-            loss_unsup = soft_cross_entropy(logits_strong, logits_teacher.softmax(dim=-1), mask)
-        else:
-            loss_unsup = masked_cross_entropy(logits_strong, hard, mask)
-        loss = loss_sup + self.params.lambda_u * loss_unsup
-        return StepOutput(
-            loss=loss,
-            metrics={
-                "loss/sup_primary": loss_sup.detach(),
-                "loss/unsup_primary": loss_unsup.detach(),
-                "loss/total": loss.detach(),
-                "pseudo/mask_rate_primary": mask.mean(),
-            },
-            pseudo={"primary": (hard, mask.bool())},
-            logits_weak={"teacher": logits_teacher.detach()},
-        )
+        out = student_step(self.models["primary"], labeled, unlabeled["strong"], logits_teacher.softmax(dim=-1),
+                           mask, self.params)
+        out.logits_weak = {"teacher": logits_teacher.detach()}
+        return out
 
 
 @dataclass(frozen=True)
@@ -126,25 +140,6 @@ class NoisyStudentOffline(Algorithm):
     def train_step(self, labeled: dict[str, Tensor], unlabeled: dict[str, Tensor] | None) -> StepOutput:
         require_keys(labeled, ("video", "label"), "labeled", self.name)
         require_keys(unlabeled, ("strong", "target"), "unlabeled", self.name)
-        video, strong, target = labeled["video"], unlabeled["strong"], unlabeled["target"]
-        max_probs, hard = target.max(dim=-1)
-        mask = confidence_mask(max_probs, self.params.tau)
-        logits_lab, logits_strong = self.models["primary"](torch.cat([video, strong])).split(
-            [video.shape[0], strong.shape[0]]
-        )
-        loss_sup = F.cross_entropy(logits_lab, labeled["label"])
-        if self.params.soft:
-            loss_unsup = soft_cross_entropy(logits_strong, target.to(logits_strong.dtype), mask)
-        else:
-            loss_unsup = masked_cross_entropy(logits_strong, hard, mask)
-        loss = loss_sup + self.params.lambda_u * loss_unsup
-        return StepOutput(
-            loss=loss,
-            metrics={
-                "loss/sup_primary": loss_sup.detach(),
-                "loss/unsup_primary": loss_unsup.detach(),
-                "loss/total": loss.detach(),
-                "pseudo/mask_rate_primary": mask.float().mean(),
-            },
-            pseudo={"primary": (hard, mask.bool())},
-        )
+        target = unlabeled["target"]
+        mask = confidence_mask(target.max(dim=-1).values, self.params.tau)
+        return student_step(self.models["primary"], labeled, unlabeled["strong"], target, mask, self.params)
