@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from ssl_core.algorithms.distill import MODES
-from ssl_core.config import Config, ConfigError, dump_yaml, with_overrides
+from ssl_core.config import Config, ConfigError, dump_yaml, read_config_file, with_overrides
 from ssl_core.data.manifest import ManifestError
 from workflows.inference import InferenceError, InferenceModel, load_for_inference
 
@@ -120,20 +120,6 @@ def teacher_architecture(teacher: InferenceModel, teacher_cfg: Mapping[str, Any]
     role = src["uri"][len(src["checkpoint"]) + 1:] if src["kind"] == "checkpoint" else ""
     name = (teacher_cfg or {}).get("model", {}).get(role or "primary")
     return str(name) if name else type(teacher.model).__name__
-
-
-def read_yaml_config(path: str) -> dict[str, Any]:
-    """A config file as a raw mapping: validated only once the distillation keys are in (a base file may name
-    algorithm distill without a teacher, which would not validate on its own)."""
-    try:
-        raw = yaml.safe_load(Path(path).read_text()) or {}
-    except FileNotFoundError as err:
-        raise ConfigError(f"config file not found: {path}") from err
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: invalid YAML: {err}") from err
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: top level must be a mapping of sections")
-    return raw
 
 
 def check_student(student: str, teacher: InferenceModel, allow_larger: bool) -> None:
@@ -369,7 +355,8 @@ def prepare(args: argparse.Namespace) -> tuple[Config, InferenceModel, str]:
     check_student(args.student, teacher, args.allow_larger)
     teacher_cfg = teacher_training_config(teacher)
     if args.config is not None:
-        base = read_yaml_config(args.config)
+        # validated only once the distillation keys are in (a base naming distill has no teacher yet)
+        base = read_config_file(args.config)
     elif teacher_cfg is not None:
         base = teacher_cfg
     else:

@@ -47,7 +47,7 @@ import numpy as np
 from ssl_core.config import ConfigError, load_config
 from ssl_core.data.manifest import ManifestError, load_manifest, read_split_file
 from workflows.inference import InferenceError, InferenceModel, add_scoring_args, load_for_inference, score_videos
-from workflows.predict import InputError, list_videos
+from workflows.predict import InputError, csv_path_column, list_videos
 
 STRATEGIES: tuple[str, ...] = ("auto", "margin", "entropy", "disagreement")
 COLUMNS: tuple[str, ...] = ("rank", "path", "suggested_label", "confidence", "margin", "entropy")
@@ -176,14 +176,11 @@ def read_excluded(csv_path: str, root: Path) -> set[str]:
     source = Path(csv_path).expanduser().resolve()
     if not source.is_file():
         raise InputError(f"--exclude {csv_path}: no such file")
-    with source.open(newline="") as f:
-        reader = csv.DictReader(f)
-        header = [h.strip() for h in reader.fieldnames or []]
-        if "path" not in header:
-            raise InputError(f"--exclude {source}: header {header} has no 'path' column")
-        reader.fieldnames = header
-        listed = [(row.get("path") or "").strip() for row in reader]
-    return {os.path.normpath(base / p) for p in listed if p for base in (source.parent, root)}
+    try:
+        listed = csv_path_column(source)
+    except InputError as err:
+        raise InputError(f"--exclude {err}") from err
+    return {os.path.normpath(base / p) for p in listed for base in (source.parent, root)}
 
 
 def collect_candidates(videos: str, exclude: Iterable[str]) -> Candidates:

@@ -43,20 +43,24 @@ class InputError(ValueError):
     """Bad --videos or --out; the message names the path."""
 
 
+def csv_path_column(source: Path) -> list[str]:
+    """The non-empty values of a CSV's `path` column, as written (header names may carry spaces)."""
+    with source.open(newline="") as f:
+        reader = csv.DictReader(f)
+        header = [h.strip() for h in reader.fieldnames or []]
+        if "path" not in header:
+            raise InputError(f"{source}: header {header} has no 'path' column")
+        reader.fieldnames = header
+        return [value for row in reader if (value := (row.get("path") or "").strip())]
+
+
 def list_videos(videos: str) -> list[str]:
     """Absolute paths: the `path` column of a CSV (relative to the CSV's folder), or every video file with a
     VIDEO_EXTENSIONS suffix under a folder, recursively (hidden files and folders skipped), sorted."""
     source = Path(videos).expanduser().resolve()
     if source.is_file() and source.suffix.lower() == ".csv":
-        with source.open(newline="") as f:
-            reader = csv.DictReader(f)
-            header = [h.strip() for h in reader.fieldnames or []]
-            if "path" not in header:
-                raise InputError(f"{source}: header {header} has no 'path' column")
-            reader.fieldnames = header
-            # A listed file that is missing becomes a row with an error, like any unreadable video.
-            paths = [os.path.normpath(source.parent / row["path"].strip()) for row in reader
-                     if (row.get("path") or "").strip()]
+        # A listed file that is missing becomes a row with an error, like any unreadable video.
+        paths = [os.path.normpath(source.parent / p) for p in csv_path_column(source)]
     elif source.is_dir():
         paths = sorted(
             str(p) for p in source.rglob("*")
