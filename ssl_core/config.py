@@ -62,6 +62,10 @@ class DataConfig:
     eval_clips: int = 2
     # CPUs per decode task; fractional so decode tasks share cores with the training workers.
     decode_cpus: float = 0.5
+    # pyav (always there) | torchcodec (optional package + system FFmpeg libraries; can decode on NVIDIA GPUs)
+    decoder: str = "pyav"
+    # A video whose decode runs longer than this is skipped and counted like a corrupt one.
+    decode_timeout_s: float = 60.0
     # A pseudo-labeled set (Parquet: path, probs; written by workflows/noisy_student.py): the unlabeled stream
     # becomes exactly these videos, each with its stored teacher probabilities. Only for algorithms that
     # learn stored targets (noisy_student_offline).
@@ -303,6 +307,8 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
 # --- validation ----------------------------------------------------------------------------------
 
 LAYOUTS = ("folder", "csv", "ucf101", "kinetics")
+DECODERS = ("pyav", "torchcodec")
+PLACEMENTS = ("auto", "device", "data")
 
 
 def validate(cfg: Config) -> None:
@@ -321,6 +327,9 @@ def validate(cfg: Config) -> None:
     for key in ("num_frames", "stride", "size", "eval_clips"):
         _check(getattr(d, key) >= 1, f"data.{key}", "must be >= 1")
     _check(d.decode_cpus > 0, "data.decode_cpus", "must be > 0")
+    _check(d.decoder in DECODERS, "data.decoder", f"must be one of {DECODERS}, got {d.decoder!r}")
+    _check(d.decode_timeout_s > 0, "data.decode_timeout_s", "must be > 0")
+    _check(a.placement in PLACEMENTS, "augment.placement", f"must be one of {PLACEMENTS}, got {a.placement!r}")
     _check(a.crop_size <= d.size, "augment.crop_size", f"must be <= data.size ({d.size})")
     _check(0 < a.min_scale <= 1, "augment.min_scale", "must be in (0, 1]")
     _check(0 <= a.erasing_p <= 1, "augment.erasing_p", "must be in [0, 1]")

@@ -34,6 +34,10 @@ class AugmentConfig:
     randaugment_ops: int = 2  # FixMatch's RandAugment: 2 ops per clip ...
     randaugment_magnitude: int = 9  # ... at magnitude 9 of 31 bins (torchvision's default scale)
     erasing_p: float = 0.5  # Cutout-like erasing, the second half of FixMatch's strong augmentation
+    # Where training clips are augmented: "device" = on the training device, batched, after the uint8 clips
+    # arrive (cheap transfers; the GPU does the work); "data" = on Ray Data CPU workers, in parallel with the
+    # step; "auto" = device on a GPU, data otherwise. Evaluation clips are always transformed on the device.
+    placement: str = "auto"
 
     def __post_init__(self) -> None:
         if self.crop_size <= 0:
