@@ -141,7 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--methods", help="comma-separated subset of the config's methods")
     args = parser.parse_args(argv)
     from workflows.tracking import Tracker, resolve_uri
-    from workflows.train import init_ray, run_training
+    from workflows.ray_session import init_ray
+    from workflows.train import run_training
 
     try:
         spec = load_spec(args.config)

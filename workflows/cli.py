@@ -8,6 +8,7 @@
     vidssl noisy-student --config configs/noisy_student_demo.yaml [--dry-run] [--resume]
     vidssl distill --teacher models:/vidssl-demo-primary/latest --student small3d_w0.25
     vidssl label-queue --model runs/<run> --videos configs/demo.yaml --budget 16 --out queue.csv
+    vidssl prepare --config configs/prepare_demo.yaml [--dry-run] [--set prepare.short_side=96]
     vidssl list algorithms | vidssl list models
 """
 
@@ -30,6 +31,7 @@ WORKFLOWS = {
     "noisy-student": "Noisy Student rounds: teacher, pseudo-labeled sets, noised students",
     "distill": "distil a model into a smaller student for deployment, with the trade-off table",
     "label-queue": "rank unlabeled videos for annotation (uncertainty, model disagreement)",
+    "prepare": "re-encode a dataset into a training-friendly copy (short side, CFR, short GOP) with Ray Data",
 }
 
 

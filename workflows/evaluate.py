@@ -100,7 +100,7 @@ class EvalResult:
 
 
 def run_scoring(eval_set: EvalSet, loaded: InferenceModel, args: argparse.Namespace) -> EvalResult:
-    from workflows.train import init_ray
+    from workflows.ray_session import init_ray
 
     init_ray()
     ds = score_videos(eval_set.items, loaded, clips=args.clips, crops=args.crops, batch_size=args.batch_size,

@@ -229,7 +229,7 @@ def score_candidates(paths: Sequence[str], model: InferenceModel, aux: Inference
                      options: Mapping[str, Any]) -> tuple[Scores, dict[str, str]]:
     """Scores of the readable candidates and {unreadable path: error}. `options`: score_videos' keywords
     (clips, crops, batch_size, decode_cpus, actors). Each model decodes at its own clip shape."""
-    from workflows.train import init_ray
+    from workflows.ray_session import init_ray
 
     init_ray()
     skipped: dict[str, str] = {}

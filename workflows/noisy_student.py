@@ -273,7 +273,7 @@ def run_workflow(spec: NoisyStudentSpec, *, resume: bool = False, until: str | N
     from mlflow import MlflowClient
 
     from ssl_core.data.prepare import ensure_synthetic
-    from workflows.train import init_ray
+    from workflows.ray_session import init_ray
 
     state = start_or_resume(spec, resume)
     # The workflow as stored at its start (paths pinned): a resumed one must not change its stages under it.

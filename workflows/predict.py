@@ -181,7 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (InputError, InferenceError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    from workflows.train import init_ray
+    from workflows.ray_session import init_ray
 
     init_ray()
     ds = score_videos([{"path": p, "label": -1} for p in paths], loaded, clips=args.clips, crops=args.crops,

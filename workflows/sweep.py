@@ -309,7 +309,7 @@ def start_or_resume(spec: SweepSpec, resume: bool) -> SweepState:
 
 def run_sweep(spec: SweepSpec, *, resume: bool = False) -> tuple[SweepState, list[dict[str, Any]], Any]:
     from ssl_core.data.prepare import ensure_synthetic
-    from workflows.train import init_ray
+    from workflows.ray_session import init_ray
 
     state = start_or_resume(spec, resume)
     # Generate the synthetic set once here, not in concurrent trials racing to write the same files.

@@ -25,6 +25,7 @@ from typing import Any
 
 from ssl_core.config import Config, ConfigError, dump_yaml, from_dict, load_config, with_overrides
 from ssl_core.data.manifest import ManifestError
+from workflows.ray_session import init_ray
 
 RUN_FILE = "vidssl_run.json"
 SMOKE_TEST = ("train.iterations=4", "train.log_every=2", "train.eval_every=4", "train.checkpoint_every=4")
@@ -88,15 +89,6 @@ def new_run_dir(cfg: Config) -> tuple[str, Path]:
         name = f"{base}-{k}"
     (storage / name).mkdir(parents=True)
     return name, storage / name
-
-
-def init_ray() -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    # RAY_ADDRESS (set by `ray job submit`) connects to the cluster; otherwise Ray starts in-process.
-    ray.init(logging_level=logging.WARNING)
 
 
 def run_training(
