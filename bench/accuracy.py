@@ -140,8 +140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a base key")
     parser.add_argument("--methods", help="comma-separated subset of the config's methods")
     args = parser.parse_args(argv)
-    from workflows.tracking import Tracker, resolve_uri
     from workflows.ray_session import init_ray
+    from workflows.tracking import Tracker, resolve_uri
     from workflows.train import run_training
 
     try:
