@@ -329,6 +329,11 @@ def validate(cfg: Config) -> None:
     _check(d.decode_cpus > 0, "data.decode_cpus", "must be > 0")
     _check(d.decoder in DECODERS, "data.decoder", f"must be one of {DECODERS}, got {d.decoder!r}")
     _check(d.decode_timeout_s > 0, "data.decode_timeout_s", "must be > 0")
+    if d.decoder == "torchcodec":
+        from ssl_core.data.decode import torchcodec_unavailable
+
+        why = torchcodec_unavailable()  # None, or the install hint (it starts with "data.decoder: ")
+        _check(why is None, "data.decoder", str(why).removeprefix("data.decoder: "))
     _check(a.placement in PLACEMENTS, "augment.placement", f"must be one of {PLACEMENTS}, got {a.placement!r}")
     _check(a.crop_size <= d.size, "augment.crop_size", f"must be <= data.size ({d.size})")
     _check(0 < a.min_scale <= 1, "augment.min_scale", "must be in (0, 1]")

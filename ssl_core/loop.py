@@ -79,16 +79,42 @@ def make_batches(
     device: torch.device,
     targets: Tensor | None = None,  # (B_u, C) stored teacher probabilities (data.pseudo_labels)
 ) -> tuple[dict[str, Tensor], dict[str, Tensor] | None]:
-    """Augmented, normalised batches in the algorithm contract (the unlabeled clip yields weak + strong)."""
-    labeled = {"video": augment_batch(labeled_clips, weak_transform(aug)).to(device), "label": labels.to(device)}
+    """Augmented, normalised batches in the algorithm contract (the unlabeled clip yields weak + strong).
+
+    The uint8 clips move to `device` first and are augmented there: a quarter of the bytes of float views
+    cross the bus, and a GPU does the augmentation work."""
+    labeled = {"video": augment_batch(labeled_clips.to(device), weak_transform(aug)), "label": labels.to(device)}
     if unlabeled_clips is None:
         return labeled, None
-    weak, strong = unlabeled_views(unlabeled_clips, aug)
-    unlabeled = {"weak": weak.to(device), "strong": strong.to(device)}
+    weak, strong = unlabeled_views(unlabeled_clips.to(device), aug)
+    unlabeled = {"weak": weak, "strong": strong}
     if true_labels is not None:
         unlabeled[TRUE_LABEL_KEY] = true_labels.to(device)
     if targets is not None:
         unlabeled["target"] = targets.float().to(device)
+    return labeled, unlabeled
+
+
+def stream_batches(
+    lb: Mapping[str, Tensor],  # {"clip", "label"} or, augmented on the data workers, {"video", "label"}
+    ub: Mapping[str, Tensor] | None,  # {"clip" | "weak", "strong", "true_label"[, "target"]}
+    aug: AugmentConfig,
+    device: torch.device,
+) -> tuple[dict[str, Tensor], dict[str, Tensor] | None]:
+    """Batches from the Ray Data streams in the algorithm contract: uint8 clips are augmented here (on the
+    training device); views the data workers already made (augment.placement = data) only move."""
+    if "clip" in lb:
+        return make_batches(
+            lb["clip"], lb["label"], None if ub is None else ub["clip"], None if ub is None else ub["true_label"],
+            aug, device, targets=None if ub is None else ub.get("target"),
+        )
+    labeled = {"video": lb["video"].to(device), "label": lb["label"].to(device)}
+    if ub is None:
+        return labeled, None
+    unlabeled = {"weak": ub["weak"].to(device), "strong": ub["strong"].to(device),
+                 TRUE_LABEL_KEY: ub["true_label"].to(device)}
+    if "target" in ub:
+        unlabeled["target"] = ub["target"].float().to(device)
     return labeled, unlabeled
 
 

@@ -1,12 +1,16 @@
-"""Manifest records -> Ray Data streams of decoded uint8 clips for the Train workers.
+"""Manifest records -> Ray Data streams of decoded clips for the Train workers.
 
 Three datasets, each split across the workers by Ray Train:
   labeled   {"clip": (T, H, W, 3) uint8, "label": int64}           repeats (random clip position each time)
-  unlabeled {"clip": (T, H, W, 3) uint8, "true_label": int64       each video once per epoch
+  unlabeled {"clip": (T, H, W, 3) uint8, "true_label": int64       each video once per pass
              [, "target": (C,) float32 stored teacher probabilities, with data.pseudo_labels]}
   eval      {"clips": (N, T, H, W, 3) uint8, "label": int64}       N uniformly spaced clips per video
-A bad video (zero-byte, truncated, not a video) is skipped, warned and counted by a `SkipCounter` actor;
-the worker reports the count as `data/skipped_videos`.
+With augment.placement = data (the default on CPU) the training streams carry augmented, normalised views
+instead of "clip": labeled "video", unlabeled "weak" + "strong", each (3, T, h, w) float32.
+The training streams are lazy (row numbers -> rows -> clips inside the tasks): the driver never holds a
+list as long as the run, and Ray Data's backpressure bounds the object store.
+A bad video (zero-byte, truncated, not a video, too slow to decode) is skipped, warned and counted by a
+`SkipCounter` actor; the worker reports the count as `data/skipped_videos`.
 
 Try it alone: python -m workflows.data --config configs/demo.yaml
 """
@@ -14,6 +18,7 @@ Try it alone: python -m workflows.data --config configs/demo.yaml
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -22,13 +27,18 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import ray
 
-from ssl_core.data.decode import DecodeError, decode_clip, decode_eval_clips
+from ssl_core.data.decode import DecodeError, get_decoder
 from ssl_core.data.manifest import VideoRecord
 
 if TYPE_CHECKING:  # the decode tasks import this module: keep torch and the model zoo out of them
     from ssl_core.config import Config
 
 log = logging.getLogger("vidssl.data")
+# Plan size cap for the repeating streams (blocks are made lazily, but each has its read-task entry).
+_MAX_BLOCKS = 20_000
+# Rows per task at the least: on 2 cores (128 px videos, 8 x 112^2 clips) 8-row blocks streamed ~0.4 of the
+# raw decode rate per core, 32-row ~0.8, 64-row ~1.0 (docs/benchmarks.md); a task then runs ~1 s.
+_MIN_BLOCK_ROWS = 64
 
 
 @ray.remote(num_cpus=0)
@@ -48,49 +58,134 @@ class SkipCounter:
         return dict(self.paths)
 
 
-def repeated_items(
-    records: Sequence[VideoRecord],
-    num_rows: int,
-    seed: int,
-    label_key: str,
-    targets: Mapping[str, np.ndarray] | None = None,
-) -> list[dict[str, Any]]:
-    """`num_rows` rows cycling through `records`, reshuffled each pass (the repeating stream); with
-    `targets`, each row also carries its video's stored probabilities as "target".
+# Rows are made from row numbers inside the decode tasks, so nothing proportional to `iterations x batch`
+# ever exists on the driver: only this table (one entry per video) travels, once, through the object store.
+_TABLES: dict[str, dict[str, np.ndarray]] = {}
+_ORDERS: dict[tuple[str, int, int], np.ndarray] = {}
 
-    Each row carries its own seed so the random clip position is reproducible."""
+
+def record_table(records: Sequence[VideoRecord], targets: Mapping[str, np.ndarray] | None = None) -> dict[str, Any]:
+    """Column arrays of a stream's videos: path, label[, target (N, C) stored probabilities]."""
     if not records:
         raise ValueError("no records to stream")
-    items: list[dict[str, Any]] = []
-    epoch = 0
-    while len(items) < num_rows:
-        order = np.random.default_rng([seed, epoch]).permutation(len(records))
-        for i in order[: num_rows - len(items)]:
-            r = records[int(i)]
-            item = {"path": r.path, label_key: r.label, "seed": len(items) + seed * 1_000_003}
-            if targets is not None:
-                item["target"] = targets[r.path]
-            items.append(item)
-        epoch += 1
-    return items
+    table: dict[str, Any] = {
+        "path": np.array([r.path for r in records], dtype=object),
+        "label": np.array([r.label for r in records], dtype=np.int64),
+    }
+    if targets is not None:
+        table["target"] = np.stack([targets[r.path] for r in records]).astype(np.float32)
+    return table
 
 
-def _decode_train_row(row: dict[str, Any], *, cfg: dict[str, int], counter: Any) -> list[dict[str, Any]]:
-    rng = np.random.default_rng(int(row["seed"]))
+def _table(ref: Any) -> dict[str, np.ndarray]:
+    key = ref.hex()
+    if key not in _TABLES:
+        _TABLES.clear()  # one run's tables per worker process at a time
+        _TABLES[key] = ray.get(ref)
+    return _TABLES[key]
+
+
+def _epoch_order(key: str, seed: int, epoch: int, n: int) -> np.ndarray:
+    if (key, seed, epoch) not in _ORDERS:
+        if len(_ORDERS) > 8:
+            _ORDERS.clear()
+        _ORDERS[(key, seed, epoch)] = np.random.default_rng([seed, epoch]).permutation(n)
+    return _ORDERS[(key, seed, epoch)]
+
+
+def rows_for_ids(
+    ids: np.ndarray, table: Mapping[str, np.ndarray], seed: int, label_key: str, key: str = ""
+) -> dict[str, np.ndarray]:
+    """Rows `ids` of the repeating stream over `table`: pass e = id // N visits every video once, in the
+    order of a permutation seeded by (seed, e). Each row carries its own seed, so the random clip position
+    (and augmentation) is reproducible whichever worker decodes it."""
+    ids = np.asarray(ids, dtype=np.int64)
+    n = len(table["path"])
+    index = np.empty(len(ids), dtype=np.int64)
+    for epoch in np.unique(ids // n):
+        at = ids // n == epoch
+        index[at] = _epoch_order(key, seed, int(epoch), n)[ids[at] % n]
+    rows: dict[str, np.ndarray] = {
+        "path": table["path"][index],
+        label_key: table["label"][index],
+        "seed": ids + seed * 1_000_003,
+    }
+    if "target" in table:
+        rows["target"] = table["target"][index]
+    return rows
+
+
+def _augment(clips: np.ndarray, seeds: np.ndarray, augment: dict[str, Any], views: tuple[str, ...]
+             ) -> dict[str, np.ndarray]:
+    """augment.placement = data: uint8 clips (B, T, H, W, 3) -> normalised float views (B, 3, T, h, w)."""
+    import torch
+
+    from ssl_core.data.transforms import AugmentConfig, augment_batch, strong_transform, weak_transform
+
+    torch.set_num_threads(1)  # many decode tasks share the cores; intra-op threads would oversubscribe them
+    aug = AugmentConfig(**augment)
+    makers = {"video": weak_transform, "weak": weak_transform, "strong": strong_transform}
+    frames = torch.from_numpy(np.ascontiguousarray(clips))
+    out = {}
+    for view in views:
+        made = []
+        for i, seed in enumerate(seeds):
+            torch.manual_seed(int(seed) * 7 + len(view))  # per-row draws, distinct per view
+            made.append(augment_batch(frames[i : i + 1], makers[view](aug))[0])
+        shape = (0, 3, clips.shape[1], aug.crop_size, aug.crop_size)
+        out[view] = torch.stack(made).numpy() if made else np.empty(shape, dtype=np.float32)
+    return out
+
+
+def train_batch(
+    batch: dict[str, np.ndarray],
+    *,
+    table: Any,
+    seed: int,
+    label_key: str,
+    cfg: dict[str, Any],
+    counter: Any,
+    augment: dict[str, Any] | None = None,
+    views: tuple[str, ...] = (),
+) -> dict[str, np.ndarray]:
+    """Row numbers -> rows -> decoded clips [-> augmented views]: one Ray Data task does all of it on a block,
+    so clips are stacked into one array per block (no per-row conversion) and only its output is stored.
+
+    cfg: num_frames, stride, size [, decoder ("pyav" | "torchcodec"), timeout_s (seconds or None), threads]."""
+    rows = rows_for_ids(batch["id"], _table(table), seed, label_key, key=table.hex())
+    opts = dict(cfg)
+    backend = get_decoder(opts.pop("decoder", "pyav"))  # outside the try: a missing backend is not a bad video
+    kept, clips = [], []
+    for i, (path, row_seed) in enumerate(zip(rows["path"], rows["seed"], strict=True)):
+        try:
+            clips.append(backend.decode_clip(path, rng=np.random.default_rng(int(row_seed)), **opts))
+            kept.append(i)
+        except DecodeError as err:
+            log.warning("skipping unreadable video %s: %s", path, err)
+            counter.add.remote(path, str(err))
+    out = {k: v[kept] for k, v in rows.items() if k not in ("path", "seed")}
+    shape = (0, cfg["num_frames"], cfg["size"], cfg["size"], 3)
+    stacked = np.stack(clips) if clips else np.empty(shape, dtype=np.uint8)
+    if augment is None:
+        out["clip"] = stacked
+    else:
+        out.update(_augment(stacked, rows["seed"][kept], augment, views))
+    return out
+
+
+def resolve_placement(placement: str, use_gpu: bool) -> str:
+    """augment.placement "auto": on the training device when it is a GPU, on the data workers otherwise."""
+    if placement == "auto":
+        return "device" if use_gpu else "data"
+    return placement
+
+
+def _decode_eval_row(row: dict[str, Any], *, cfg: dict[str, Any], counter: Any) -> list[dict[str, Any]]:
+    """cfg: num_frames, stride, size, num_clips [, decoder, timeout_s, threads] (as in train_batch)."""
+    opts = dict(cfg)
+    backend = get_decoder(opts.pop("decoder", "pyav"))
     try:
-        clip = decode_clip(row["path"], rng=rng, **cfg)
-    except DecodeError as err:
-        log.warning("skipping unreadable video %s: %s", row["path"], err)
-        counter.add.remote(row["path"], str(err))
-        return []
-    out = {k: v for k, v in row.items() if k not in ("path", "seed")}
-    out["clip"] = clip
-    return [out]
-
-
-def _decode_eval_row(row: dict[str, Any], *, cfg: dict[str, int], counter: Any) -> list[dict[str, Any]]:
-    try:
-        clips = decode_eval_clips(row["path"], **cfg)
+        clips = backend.decode_eval_clips(row["path"], **opts)
     except DecodeError as err:
         log.warning("skipping unreadable video %s: %s", row["path"], err)
         counter.add.remote(row["path"], str(err))
@@ -108,33 +203,43 @@ def build_datasets(
     with_unlabeled: bool,
     targets: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, ray.data.Dataset]:
-    """The Ray datasets a training run consumes, sized so every worker gets `train.iterations` batches."""
+    """The Ray datasets a training run consumes, sized so every worker gets `train.iterations` batches.
+
+    Streams are lazy: row numbers -> rows -> decoded clips (-> augmented views), each step fused into one
+    task, so Ray Data's backpressure bounds what is in flight however long the run or large the manifest."""
     d, t, workers = cfg.data, cfg.train, cfg.scaling.num_workers
     clip_cfg = {"num_frames": d.num_frames, "stride": d.stride, "size": d.size}
+    # Each decode task has its share of a core: FFmpeg's own threads would only oversubscribe it.
+    decode_cfg = {**clip_cfg, "decoder": d.decoder, "timeout_s": d.decode_timeout_s,
+                  "threads": max(1, int(d.decode_cpus))}
+    on_data = resolve_placement(cfg.augment.placement, cfg.scaling.use_gpu) == "data"
+    augment = dataclasses.asdict(cfg.augment)
     # A little slack beyond the exact need keeps `drop_last` from starving the last step of a worker.
     steps = t.iterations + 1
 
-    def stream(items: list[dict[str, Any]], batch: int) -> ray.data.Dataset:
-        blocks = max(1, math.ceil(len(items) / max(batch, 1)))
-        ds = ray.data.from_items(items, override_num_blocks=blocks)
-        return ds.flat_map(_decode_train_row, fn_kwargs={"cfg": clip_cfg, "counter": counter},
-                           num_cpus=d.decode_cpus)
+    def stream(table: dict[str, Any], num_rows: int, seed: int, label_key: str, batch: int,
+               views: tuple[str, ...]) -> ray.data.Dataset:
+        # Blocks of at least _MIN_BLOCK_ROWS rows amortise a task's overhead over enough decodes; the cap keeps
+        # the plan small for a very long run (its blocks just grow).
+        blocks = min(max(1, math.ceil(num_rows / max(batch, _MIN_BLOCK_ROWS))), _MAX_BLOCKS)
+        kwargs = {"table": ray.put(table), "seed": seed, "label_key": label_key, "cfg": decode_cfg,
+                  "counter": counter, "augment": augment if on_data else None, "views": views}
+        return ray.data.range(num_rows, override_num_blocks=blocks).map_batches(
+            train_batch, fn_kwargs=kwargs, batch_size=None, num_cpus=d.decode_cpus)
 
     datasets = {
-        "labeled": stream(
-            repeated_items(labeled, steps * t.batch_size * workers, t.seed, "label"), t.batch_size
-        )
+        "labeled": stream(record_table(labeled), steps * t.batch_size * workers, t.seed, "label", t.batch_size,
+                          ("video",))
     }
     if with_unlabeled:
         unl_batch = t.batch_size * t.mu
-        datasets["unlabeled"] = stream(
-            repeated_items(unlabeled, steps * unl_batch * workers, t.seed + 1, "true_label", targets), unl_batch
-        )
+        datasets["unlabeled"] = stream(record_table(unlabeled, targets), steps * unl_batch * workers, t.seed + 1,
+                                       "true_label", unl_batch, ("weak", "strong"))
     eval_items = [{"path": r.path, "label": r.label} for r in test]
     eval_ds = ray.data.from_items(eval_items, override_num_blocks=max(1, math.ceil(len(eval_items) / 8)))
     datasets["eval"] = eval_ds.flat_map(
         _decode_eval_row,
-        fn_kwargs={"cfg": {**clip_cfg, "num_clips": d.eval_clips}, "counter": counter},
+        fn_kwargs={"cfg": {**decode_cfg, "num_clips": d.eval_clips}, "counter": counter},
         num_cpus=d.decode_cpus,
     )
     return datasets

@@ -34,7 +34,7 @@ from ssl_core.checkpoint import (
 )
 from ssl_core.config import Config, from_dict
 from ssl_core.evaluate import EvalCounts, video_probs
-from ssl_core.loop import build_models, build_optimizer, freeze, make_batches, model_names, optimize
+from ssl_core.loop import build_models, build_optimizer, freeze, model_names, optimize, stream_batches
 from ssl_core.schedule import build_scheduler
 from workflows.plots import confusion_figure
 from workflows.tracking import Tracker, read_unsent
@@ -142,12 +142,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     for step in range(start_step, t.iterations):
         lb = next(labeled_it)
         ub = next(unlabeled_it) if unlabeled_it is not None else None
-        labeled, unlabeled = make_batches(
-            lb["clip"], lb["label"], None if ub is None else ub["clip"], None if ub is None else ub["true_label"],
-            cfg.augment, device, targets=None if ub is None else ub.get("target"),
-        )
+        labeled, unlabeled = stream_batches(lb, ub, cfg.augment, device)
         _, step_metrics = optimize(algorithm, optimizer, scheduler, labeled, unlabeled, grad_clip=t.grad_clip)
-        window_clips += lb["clip"].shape[0] + (0 if ub is None else ub["clip"].shape[0])
+        window_clips += len(lb["label"]) + (0 if ub is None else len(ub["true_label"]))
         for key, value in step_metrics.items():
             # nan (e.g. pseudo-label accuracy with nothing above tau) counts as "no sample", not as a value
             sums[key] += 0.0 if math.isnan(value) else value
