@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-slow lint clean-demo
+.PHONY: install install-torchcodec demo test test-slow lint clean-demo
 
 install: $(STAMP)
 
@@ -16,6 +16,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
+
+# Optional torchcodec decode backend (data.decoder: torchcodec): the package and the system FFmpeg libraries it
+# links against (Debian 12 names; needs root). Without it the torchcodec tests skip.
+install-torchcodec: $(STAMP)
+	apt-get install -y -qq --no-install-recommends libavcodec59 libavformat59 libavutil57 libswscale6 \
+		libavfilter8 libswresample4 libavdevice59 >/dev/null || \
+		(apt-get update -qq && apt-get install -y -qq --no-install-recommends libavcodec59 libavformat59 \
+		libavutil57 libswscale6 libavfilter8 libswresample4 libavdevice59 >/dev/null)
+	$(BIN)/pip install -q -e '.[dev,torchcodec]'
 
 demo: $(STAMP)
 	$(BIN)/python -m workflows.train --config configs/demo.yaml

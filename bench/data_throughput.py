@@ -15,9 +15,9 @@ crop), using the same number of CPU processes (`--cpus`, default: all cores):
                `--cpus` worker processes; frames subsampled at the stride, resized and cropped in the worker;
   (d) read_videos ray.data.read_videos (one row per FRAME, needs decord) regrouped into the same clips with
                groupby(path).map_groups; skipped with the reason when decord is missing.
-Then the pipeline streams a fixed number of clips from manifests of `--memory-videos` sizes (hard links of the
-same files) while a thread samples the driver's RSS and the object store's use; and, in the full run, the
-time from reading a 100,000-row manifest to the first batch.
+Then (full run only) the pipeline streams a fixed number of clips from manifests of `--memory-videos` sizes
+(hard links to the same files) to a consumer slower than the decoders, while a thread samples the driver's RSS
+and the object store's use; and it times reading a 100,000-row manifest up to the first decoded batch.
 
 The last line is the figure: `pipeline_vs_raw=<b / (a * cpus)> pipeline_vs_pytorchvideo=<b / c>`.
 Results also go to bench/out/data_throughput.json.
@@ -142,11 +142,14 @@ def run_raw(clips: Sequence[tuple[str, int]], spec: ClipSpec) -> float:
     return len(clips) / (time.perf_counter() - start)
 
 
-def consume(batches: Iterator[dict[str, Any]], n: int, key: str) -> tuple[float, float, tuple[int, ...]]:
-    """(clips/s over the whole stream, first batch included; seconds to the first batch; clip shape)."""
+def consume(batches: Iterator[dict[str, Any]], n: int, key: str, delay_s: float = 0.0
+            ) -> tuple[float, float, tuple[int, ...]]:
+    """(clips/s over the whole stream, first batch included; seconds to the first batch; clip shape).
+    delay_s per batch plays a training step slower than the decoders (what backpressure is for)."""
     start = time.perf_counter()
     first_at, seen, shape = None, 0, ()
     for batch in batches:
+        time.sleep(delay_s)
         seen += len(batch[key])
         if first_at is None:
             first_at, shape = time.perf_counter(), tuple(batch[key].shape[1:])
@@ -158,9 +161,10 @@ def consume(batches: Iterator[dict[str, Any]], n: int, key: str) -> tuple[float,
     return seen / (end - start), first_at - start, shape
 
 
-def run_pipeline(cfg: Config, records: Sequence[VideoRecord], n: int) -> tuple[float, float, tuple[int, ...]]:
+def run_pipeline(cfg: Config, records: Sequence[VideoRecord], n: int, delay_s: float = 0.0
+                 ) -> tuple[float, float, tuple[int, ...]]:
     ds = pipeline_stream(cfg, records)
-    return consume(ds.iter_batches(batch_size=cfg.train.batch_size, batch_format="numpy"), n, "clip")
+    return consume(ds.iter_batches(batch_size=cfg.train.batch_size, batch_format="numpy"), n, "clip", delay_s)
 
 
 def _resize_crop(frames: Any, size: int) -> Any:  # (T, C, H, W) float 0..255 -> (T, size, size, 3) uint8
@@ -243,15 +247,18 @@ class MemorySampler:
 
     def __init__(self, every: float = 0.25) -> None:
         import psutil
+        import ray
 
         self.every, self.proc = every, psutil.Process()
+        # This session's GCS: the summary call would refuse to guess when other Ray instances run here.
+        self.address = ray.get_runtime_context().gcs_address
         self.peak_rss = self.peak_store = 0
         self._stop = threading.Event()
 
     def _store_bytes(self) -> int:
         from ray._private.internal_api import memory_summary
 
-        found = re.search(r"Plasma memory usage (\d+) MiB", memory_summary(stats_only=True))
+        found = re.search(r"Plasma memory usage (\d+) MiB", memory_summary(address=self.address, stats_only=True))
         return int(found.group(1)) * 2**20 if found else 0
 
     def _run(self) -> None:
@@ -277,7 +284,8 @@ def memory_run(base: Sequence[VideoRecord], work: Path, n_videos: int, spec: Cli
     cfg = pipeline_config(root, spec, clips, batch, decode_cpus=1.0)
     records = load_manifest("csv", root).records
     with MemorySampler() as mem:
-        rate, _, _ = run_pipeline(cfg, records, clips)
+        # A consumer at ~30 clips/s, slower than the decoders: without backpressure the store would fill.
+        rate, _, _ = run_pipeline(cfg, records, clips, delay_s=batch / 30)
     return {"videos": n_videos, "clips_per_s": rate, "peak_driver_rss_mb": mem.peak_rss / 2**20,
             "peak_object_store_mb": mem.peak_store / 2**20}
 
@@ -324,7 +332,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=112, help="short side after decode (centre-cropped square)")
     parser.add_argument("--video-frames", type=int, default=None, help="frames per generated video")
     parser.add_argument("--video-size", type=int, default=256, help="short side of the generated videos")
-    parser.add_argument("--memory-videos", default="200,2000", help="manifest sizes for the memory runs")
+    parser.add_argument("--memory-videos", default="200,2000,20000", help="manifest sizes for the memory runs")
     parser.add_argument("--start-rows", type=int, default=100_000, help="manifest rows for the first-batch time")
     parser.add_argument("--work", type=Path, default=OUT / "data_throughput")
     args = parser.parse_args(argv)
@@ -382,7 +390,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     if not args.quick:
         sizes = [int(s) for s in args.memory_videos.split(",")]
-        memory = [timed(f"memory {n}", lambda n=n: memory_run(base, args.work, n, spec, clips, args.batch))
+        memory = [timed(f"memory {n}", lambda n=n: memory_run(base, args.work, n, spec, clips // 2, args.batch))
                   for n in sizes]
         print(f"\n{'videos':>8} {'clips/s':>9} {'peak driver RSS MB':>19} {'peak object store MB':>21}")
         for m in memory:

@@ -35,7 +35,7 @@ if TYPE_CHECKING:  # the decode tasks import this module: keep torch and the mod
 
 log = logging.getLogger("vidssl.data")
 # Plan size cap for the repeating streams (blocks are made lazily, but each has its read-task entry).
-_MAX_BLOCKS = 20_000
+_MAX_BLOCKS = 512
 # Rows per task at the least: on 2 cores (128 px videos, 8 x 112^2 clips) 8-row blocks streamed ~0.4 of the
 # raw decode rate per core, 32-row ~0.8, 64-row ~1.0 (docs/benchmarks.md); a task then runs ~1 s.
 _MIN_BLOCK_ROWS = 64
@@ -219,13 +219,23 @@ def build_datasets(
 
     def stream(table: dict[str, Any], num_rows: int, seed: int, label_key: str, batch: int,
                views: tuple[str, ...]) -> ray.data.Dataset:
-        # Blocks of at least _MIN_BLOCK_ROWS rows amortise a task's overhead over enough decodes; the cap keeps
-        # the plan small for a very long run (its blocks just grow).
-        blocks = min(max(1, math.ceil(num_rows / max(batch, _MIN_BLOCK_ROWS))), _MAX_BLOCKS)
+        # A task decodes batches of >= _MIN_BLOCK_ROWS rows (enough work to amortise its overhead) from an
+        # input block of row numbers; input blocks are capped so a very long run keeps a small plan.
+        rows = max(batch, _MIN_BLOCK_ROWS)
         kwargs = {"table": ray.put(table), "seed": seed, "label_key": label_key, "cfg": decode_cfg,
                   "counter": counter, "augment": augment if on_data else None, "views": views}
-        return ray.data.range(num_rows, override_num_blocks=blocks).map_batches(
-            train_batch, fn_kwargs=kwargs, batch_size=None, num_cpus=d.decode_cpus)
+        ds = ray.data.range(num_rows, override_num_blocks=min(max(1, math.ceil(num_rows / rows)), _MAX_BLOCKS))
+        ds = ds.map_batches(train_batch, fn_kwargs=kwargs, batch_size=rows, num_cpus=d.decode_cpus)
+        # Hand each decoded batch on at once (in two blocks): at the default 128 MiB target a task first decodes
+        # ~500 clips, and the first training step waited for them (25 s on 2 cores; a target of 1.5 batches
+        # still held back ~4 batches, as Ray's block size estimate runs above the array bytes).
+        ds.context.target_max_block_size = int(0.5 * rows * row_bytes(views))
+        return ds
+
+    def row_bytes(views: tuple[str, ...]) -> int:
+        if on_data:
+            return len(views) * 4 * 3 * d.num_frames * cfg.augment.crop_size**2  # float32 views
+        return d.num_frames * d.size**2 * 3  # the uint8 clip
 
     datasets = {
         "labeled": stream(record_table(labeled), steps * t.batch_size * workers, t.seed, "label", t.batch_size,
