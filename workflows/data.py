@@ -21,7 +21,7 @@ import argparse
 import dataclasses
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -137,40 +137,43 @@ def _augment(clips: np.ndarray, seeds: np.ndarray, augment: dict[str, Any], view
     return out
 
 
-def train_batch(
-    batch: dict[str, np.ndarray],
+def train_batches(
+    block: dict[str, np.ndarray],
     *,
     table: Any,
     seed: int,
     label_key: str,
     cfg: dict[str, Any],
     counter: Any,
+    chunk: int,
     augment: dict[str, Any] | None = None,
     views: tuple[str, ...] = (),
-) -> dict[str, np.ndarray]:
-    """Row numbers -> rows -> decoded clips [-> augmented views]: one Ray Data task does all of it on a block,
-    so clips are stacked into one array per block (no per-row conversion) and only its output is stored.
+) -> Iterator[dict[str, np.ndarray]]:
+    """A block of row numbers -> rows -> decoded clips [-> augmented views], `chunk` rows at a time: one Ray
+    Data task does all of it (fused with the read of the row numbers), stacks each chunk's clips into one
+    array (no per-row conversion) and yields it as soon as it is decoded.
 
     cfg: num_frames, stride, size [, decoder ("pyav" | "torchcodec"), timeout_s (seconds or None), threads]."""
-    rows = rows_for_ids(batch["id"], _table(table), seed, label_key, key=table.hex())
     opts = dict(cfg)
     backend = get_decoder(opts.pop("decoder", "pyav"))  # outside the try: a missing backend is not a bad video
-    kept, clips = [], []
-    for i, (path, row_seed) in enumerate(zip(rows["path"], rows["seed"], strict=True)):
-        try:
-            clips.append(backend.decode_clip(path, rng=np.random.default_rng(int(row_seed)), **opts))
-            kept.append(i)
-        except DecodeError as err:
-            log.warning("skipping unreadable video %s: %s", path, err)
-            counter.add.remote(path, str(err))
-    out = {k: v[kept] for k, v in rows.items() if k not in ("path", "seed")}
-    shape = (0, cfg["num_frames"], cfg["size"], cfg["size"], 3)
-    stacked = np.stack(clips) if clips else np.empty(shape, dtype=np.uint8)
-    if augment is None:
-        out["clip"] = stacked
-    else:
-        out.update(_augment(stacked, rows["seed"][kept], augment, views))
-    return out
+    for start in range(0, len(block["id"]), chunk):
+        rows = rows_for_ids(block["id"][start : start + chunk], _table(table), seed, label_key, key=table.hex())
+        kept, clips = [], []
+        for i, (path, row_seed) in enumerate(zip(rows["path"], rows["seed"], strict=True)):
+            try:
+                clips.append(backend.decode_clip(path, rng=np.random.default_rng(int(row_seed)), **opts))
+                kept.append(i)
+            except DecodeError as err:
+                log.warning("skipping unreadable video %s: %s", path, err)
+                counter.add.remote(path, str(err))
+        out = {k: v[kept] for k, v in rows.items() if k not in ("path", "seed")}
+        shape = (0, cfg["num_frames"], cfg["size"], cfg["size"], 3)
+        stacked = np.stack(clips) if clips else np.empty(shape, dtype=np.uint8)
+        if augment is None:
+            out["clip"] = stacked
+        else:
+            out.update(_augment(stacked, rows["seed"][kept], augment, views))
+        yield out
 
 
 def resolve_placement(placement: str, use_gpu: bool) -> str:
@@ -219,13 +222,14 @@ def build_datasets(
 
     def stream(table: dict[str, Any], num_rows: int, seed: int, label_key: str, batch: int,
                views: tuple[str, ...]) -> ray.data.Dataset:
-        # A task decodes batches of >= _MIN_BLOCK_ROWS rows (enough work to amortise its overhead) from an
-        # input block of row numbers; input blocks are capped so a very long run keeps a small plan.
+        # A task decodes chunks of >= _MIN_BLOCK_ROWS rows (enough work to amortise its overhead) from an
+        # input block of row numbers; input blocks are capped so a very long run keeps a small plan. The UDF
+        # takes whole blocks (batch_size=None): a batch size would stop Ray fusing it with the read.
         rows = max(batch, _MIN_BLOCK_ROWS)
         kwargs = {"table": ray.put(table), "seed": seed, "label_key": label_key, "cfg": decode_cfg,
-                  "counter": counter, "augment": augment if on_data else None, "views": views}
+                  "counter": counter, "chunk": rows, "augment": augment if on_data else None, "views": views}
         ds = ray.data.range(num_rows, override_num_blocks=min(max(1, math.ceil(num_rows / rows)), _MAX_BLOCKS))
-        ds = ds.map_batches(train_batch, fn_kwargs=kwargs, batch_size=rows, num_cpus=d.decode_cpus)
+        ds = ds.map_batches(train_batches, fn_kwargs=kwargs, batch_size=None, num_cpus=d.decode_cpus)
         # Hand each decoded batch on at once (in two blocks): at the default 128 MiB target a task first decodes
         # ~500 clips, and the first training step waited for them (25 s on 2 cores; a target of 1.5 batches
         # still held back ~4 batches, as Ray's block size estimate runs above the array bytes).
