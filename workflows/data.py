@@ -138,7 +138,7 @@ def _augment(clips: np.ndarray, seeds: np.ndarray, augment: dict[str, Any], view
 
 
 def train_batches(
-    block: dict[str, np.ndarray],
+    spans: dict[str, np.ndarray],
     *,
     table: Any,
     seed: int,
@@ -149,15 +149,16 @@ def train_batches(
     augment: dict[str, Any] | None = None,
     views: tuple[str, ...] = (),
 ) -> Iterator[dict[str, np.ndarray]]:
-    """A block of row numbers -> rows -> decoded clips [-> augmented views], `chunk` rows at a time: one Ray
-    Data task does all of it (fused with the read of the row numbers), stacks each chunk's clips into one
-    array (no per-row conversion) and yields it as soon as it is decoded.
+    """Spans of row numbers [start, stop) -> rows -> decoded clips [-> augmented views], `chunk` rows at a time:
+    one Ray Data task does all of it, stacks each chunk's clips into one array (no per-row conversion) and
+    yields it as soon as it is decoded.
 
     cfg: num_frames, stride, size [, decoder ("pyav" | "torchcodec"), timeout_s (seconds or None), threads]."""
+    ids = np.concatenate([np.arange(a, b) for a, b in zip(spans["start"], spans["stop"], strict=True)])
     opts = dict(cfg)
     backend = get_decoder(opts.pop("decoder", "pyav"))  # outside the try: a missing backend is not a bad video
-    for start in range(0, len(block["id"]), chunk):
-        rows = rows_for_ids(block["id"][start : start + chunk], _table(table), seed, label_key, key=table.hex())
+    for start in range(0, len(ids), chunk):
+        rows = rows_for_ids(ids[start : start + chunk], _table(table), seed, label_key, key=table.hex())
         kept, clips = [], []
         for i, (path, row_seed) in enumerate(zip(rows["path"], rows["seed"], strict=True)):
             try:
@@ -222,13 +223,17 @@ def build_datasets(
 
     def stream(table: dict[str, Any], num_rows: int, seed: int, label_key: str, batch: int,
                views: tuple[str, ...]) -> ray.data.Dataset:
-        # A task decodes chunks of >= _MIN_BLOCK_ROWS rows (enough work to amortise its overhead) from an
-        # input block of row numbers; input blocks are capped so a very long run keeps a small plan. The UDF
-        # takes whole blocks (batch_size=None): a batch size would stop Ray fusing it with the read.
+        # A task decodes chunks of >= _MIN_BLOCK_ROWS rows (enough work to amortise its overhead) from a span
+        # of row numbers; spans are capped in number so a very long run keeps a small plan. The spans are
+        # items, not a ray.data.range: a read task takes a whole CPU whatever data.decode_cpus says, and two
+        # sweep trials' reads held both CPUs of the test machine while their decode tasks waited (a hang).
         rows = max(batch, _MIN_BLOCK_ROWS)
+        num_spans = min(max(1, math.ceil(num_rows / rows)), _MAX_BLOCKS)
+        edges = np.linspace(0, num_rows, num_spans + 1).round().astype(int)
+        spans = [{"start": int(a), "stop": int(b)} for a, b in zip(edges[:-1], edges[1:], strict=True)]
         kwargs = {"table": ray.put(table), "seed": seed, "label_key": label_key, "cfg": decode_cfg,
                   "counter": counter, "chunk": rows, "augment": augment if on_data else None, "views": views}
-        ds = ray.data.range(num_rows, override_num_blocks=min(max(1, math.ceil(num_rows / rows)), _MAX_BLOCKS))
+        ds = ray.data.from_items(spans, override_num_blocks=num_spans)
         ds = ds.map_batches(train_batches, fn_kwargs=kwargs, batch_size=None, num_cpus=d.decode_cpus)
         # Hand each decoded batch on at once (in two blocks): at the default 128 MiB target a task first decodes
         # ~500 clips, and the first training step waited for them (25 s on 2 cores; a target of 1.5 batches
