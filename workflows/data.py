@@ -34,8 +34,8 @@ if TYPE_CHECKING:  # the decode tasks import this module: keep torch and the mod
     from ssl_core.config import Config
 
 log = logging.getLogger("vidssl.data")
-# Plan size cap for the repeating streams (blocks are made lazily, but each has its read-task entry).
-_MAX_BLOCKS = 512
+# Spans of row numbers per repeating stream at most: one item each in the plan (a long run gets longer spans).
+_MAX_SPANS = 512
 # Rows per task at the least: on 2 cores (128 px videos, 8 x 112^2 clips) 8-row blocks streamed ~0.4 of the
 # raw decode rate per core, 32-row ~0.8, 64-row ~1.0 (docs/benchmarks.md); a task then runs ~1 s.
 _MIN_BLOCK_ROWS = 64
@@ -228,7 +228,7 @@ def build_datasets(
         # items, not a ray.data.range: a read task takes a whole CPU whatever data.decode_cpus says, and two
         # sweep trials' reads held both CPUs of the test machine while their decode tasks waited (a hang).
         rows = max(batch, _MIN_BLOCK_ROWS)
-        num_spans = min(max(1, math.ceil(num_rows / rows)), _MAX_BLOCKS)
+        num_spans = min(max(1, math.ceil(num_rows / rows)), _MAX_SPANS)
         edges = np.linspace(0, num_rows, num_spans + 1).round().astype(int)
         spans = [{"start": int(a), "stop": int(b)} for a, b in zip(edges[:-1], edges[1:], strict=True)]
         kwargs = {"table": ray.put(table), "seed": seed, "label_key": label_key, "cfg": decode_cfg,
