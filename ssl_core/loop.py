@@ -13,7 +13,9 @@ import argparse
 import contextlib
 import math
 import time
+from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -150,27 +152,45 @@ def optimize(
 
 
 def _clip_batches(
-    records: Sequence[VideoRecord], batch: int, cfg: Config, seed: int
+    records: Sequence[VideoRecord], batch: int, cfg: Config, seed: int, pool: ThreadPoolExecutor
 ) -> Iterator[tuple[Tensor, Tensor]]:
-    """Endless in-process batches of decoded clips (records reshuffled each pass)."""
+    """Endless in-process batches of decoded clips (records reshuffled each pass), decoded by `pool`'s
+    threads two batches ahead, so decoding overlaps the training step (PyAV releases the GIL)."""
     rng = np.random.default_rng(seed)
     d = cfg.data
+
+    def tasks() -> Iterator[tuple[VideoRecord, int]]:
+        while True:
+            for i in rng.permutation(len(records)):
+                yield records[int(i)], int(rng.integers(2**63))
+
+    def decode(record: VideoRecord, clip_seed: int) -> tuple[np.ndarray, int] | None:
+        try:
+            clip = decode_clip(record.path, num_frames=d.num_frames, stride=d.stride, size=d.size,
+                               rng=np.random.default_rng(clip_seed))
+        except DecodeError:
+            return None
+        return clip, record.label
+
+    todo = tasks()
+    ahead: deque[Future[tuple[np.ndarray, int] | None]] = deque()
+    clips, labels = [], []
     while True:
-        clips, labels = [], []
-        for i in rng.permutation(len(records)):
-            r = records[int(i)]
-            try:
-                clips.append(decode_clip(r.path, num_frames=d.num_frames, stride=d.stride, size=d.size, rng=rng))
-            except DecodeError:
-                continue
-            labels.append(r.label)
-            if len(clips) == batch:
-                yield torch.from_numpy(np.stack(clips)), torch.tensor(labels)
-                clips, labels = [], []
+        while len(ahead) < 2 * batch:
+            ahead.append(pool.submit(decode, *next(todo)))
+        decoded = ahead.popleft().result()
+        if decoded is None:
+            continue
+        clips.append(decoded[0])
+        labels.append(decoded[1])
+        if len(clips) == batch:
+            yield torch.from_numpy(np.stack(clips)), torch.tensor(labels)
+            clips, labels = [], []
 
 
-def run_local(cfg: Config, *, device: str = "cpu", log_every: int = 50) -> dict[str, Any]:
-    """Train and evaluate one run in this process; returns final metrics and clips/s."""
+def run_local(cfg: Config, *, device: str = "cpu", decode_threads: int = 2) -> dict[str, Any]:
+    """Train and evaluate one run in this process; returns test top-1/top-5 per evaluated model, the last
+    `train.log_every` window's mean step metrics (`end/...`) and clips/s."""
     from ssl_core.data.decode import decode_eval_clips
     from ssl_core.data.prepare import prepare_data
     from ssl_core.evaluate import video_probs
@@ -190,19 +210,28 @@ def run_local(cfg: Config, *, device: str = "cpu", log_every: int = 50) -> dict[
     algorithm = algorithm_cls(models, cfg.algorithm.resolved_params())
     t = cfg.train
     scheduler = build_scheduler(optimizer, warmup=t.warmup_iters, total=t.iterations)
-    labeled_it = _clip_batches(data.labeled, t.batch_size, cfg, t.seed)
+    pool = ThreadPoolExecutor(max(1, decode_threads))
+    labeled_it = _clip_batches(data.labeled, t.batch_size, cfg, t.seed, pool)
     unlabeled_it = (
-        _clip_batches(data.unlabeled, t.batch_size * t.mu, cfg, t.seed + 1) if algorithm.needs_unlabeled else None
+        _clip_batches(data.unlabeled, t.batch_size * t.mu, cfg, t.seed + 1, pool)
+        if algorithm.needs_unlabeled else None
     )
     clips, start = 0, time.perf_counter()
+    window: dict[str, list[float]] = {}
+    last_window: dict[str, float] = {}
     for step in range(t.iterations):
         lb, y = next(labeled_it)
         ub, truth = next(unlabeled_it) if unlabeled_it is not None else (None, None)
         labeled, unlabeled = make_batches(lb, y, ub, truth, cfg.augment, dev)
         _, metrics = optimize(algorithm, optimizer, scheduler, labeled, unlabeled, grad_clip=t.grad_clip)
         clips += lb.shape[0] + (0 if ub is None else ub.shape[0])
-        if (step + 1) % log_every == 0:
-            shown = " ".join(f"{k}={v:.3f}" for k, v in sorted(metrics.items()) if not math.isnan(v))
+        for key, value in metrics.items():
+            if not math.isnan(value):
+                window.setdefault(key, []).append(value)
+        if (step + 1) % t.log_every == 0 or step + 1 == t.iterations:
+            last_window = {k: sum(v) / len(v) for k, v in window.items()}
+            window = {}
+            shown = " ".join(f"{k}={v:.3f}" for k, v in sorted(last_window.items()))
             print(f"step {step + 1}: {shown}", flush=True)
     elapsed = time.perf_counter() - start
     evaluated = algorithm.eval_models()
@@ -210,12 +239,15 @@ def run_local(cfg: Config, *, device: str = "cpu", log_every: int = 50) -> dict[
     d = cfg.data
     for m in evaluated.values():
         m.eval()
-    for r in data.test:
-        video = decode_eval_clips(r.path, num_frames=d.num_frames, stride=d.stride, size=d.size,
-                                  num_clips=d.eval_clips)
+    videos = pool.map(lambda r: decode_eval_clips(r.path, num_frames=d.num_frames, stride=d.stride, size=d.size,
+                                                  num_clips=d.eval_clips), data.test)
+    for r, video in zip(data.test, videos, strict=True):
         for role, m in evaluated.items():
             counts[role].add(video_probs(m, torch.from_numpy(video)[None], cfg.augment, dev), torch.tensor([r.label]))
-    result: dict[str, Any] = {"train_clips_per_s": clips / elapsed, "train_seconds": elapsed}
+    pool.shutdown()
+    # The last log window's means (mask rate, pseudo-label accuracy, losses): where training ended.
+    result: dict[str, Any] = {f"end/{k}": v for k, v in last_window.items()}
+    result.update({"train_clips_per_s": clips / elapsed, "train_seconds": elapsed})
     for role, c in counts.items():
         result.update({f"{k}_{role}": v for k, v in c.summary().items()})
     return result
@@ -226,10 +258,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--config")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--decode-threads", type=int, default=2, help="threads decoding clips ahead of the step")
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.set)
     torch.set_num_threads(max(1, cfg.scaling.torch_threads))
-    for key, value in run_local(cfg, device=args.device).items():
+    for key, value in run_local(cfg, device=args.device, decode_threads=args.decode_threads).items():
         print(f"{key}: {value:.4f}")
 
 

@@ -25,7 +25,6 @@ from ssl_core.data.manifest import (
     select_labeled,
     write_split_file,
 )
-from ssl_core.data.pseudo_labels import PseudoLabelError, read_pseudo_labels
 
 log = logging.getLogger("vidssl.data")
 SPLIT_FILE = "labeled_split.csv"
@@ -81,6 +80,9 @@ def prepare_data(cfg: Config, run_dir: Path | None) -> PreparedData:
     if d.pseudo_labels is None:
         unlabeled = [r for r in train if r.path not in chosen]
         return PreparedData(manifest, labeled, unlabeled, test, split_file)
+    # Imported here: pseudo_labels needs pyarrow, which the Ray-free loop on a GPU machine may not have.
+    from ssl_core.data.pseudo_labels import PseudoLabelError, read_pseudo_labels
+
     targets, _ = read_pseudo_labels(d.pseudo_labels, manifest.classes)
     held_out = {r.path for r in test}
     for path in targets:
