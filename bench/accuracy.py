@@ -5,7 +5,8 @@
 
 Each run goes through workflows.train (Ray Data + Ray Train + MLflow), as a child of one MLflow parent run
 tagged `vidssl.bench=accuracy`. Finished runs are kept in `<output.storage>/results.json`, so a stopped
-benchmark continues where it stopped. Writes docs/results.md and docs/results_top1.png (also in MLflow).
+benchmark continues where it stopped (with the same --set overrides only: another budget is refused).
+Writes docs/results.md and docs/results_top1.png (also in MLflow).
 """
 
 from __future__ import annotations
@@ -157,6 +158,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     storage.mkdir(parents=True, exist_ok=True)
     results_file = storage / "results.json"
     state = json.loads(results_file.read_text()) if results_file.exists() else {"rows": [], "parent": None}
+    # Finished runs only count towards this table if they were made with the same base overrides (budget).
+    made_with = state.setdefault("overrides", list(args.set))
+    if made_with != list(args.set):
+        print(f"error: {results_file} holds runs made with --set {made_with}, not {list(args.set)}: pass the same "
+              "--set, or give this table its own output.storage", file=sys.stderr)
+        return 2
     uri = resolve_uri(first.tracking.uri)
     parent = (Tracker(uri, state["parent"]) if state["parent"]
               else Tracker.start(uri, first.tracking.experiment, "bench-accuracy", {"vidssl.bench": "accuracy"}))

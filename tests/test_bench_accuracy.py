@@ -1,0 +1,63 @@
+"""bench.accuracy's table and its guard against mixing budgets (the runs themselves are the workflow's e2e tests).
+
+    pytest tests/test_bench_accuracy.py
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from bench.accuracy import BenchSpec, main, summarise, write_report
+
+
+def row(method: str, fraction: float, seed: int, top1: float, mask: float = math.nan, acc: float = math.nan) -> dict:
+    return {"method": method, "fraction": fraction, "seed": seed, "top1": top1, "top5": 1.0,
+            "mask_rate": mask, "pseudo_accuracy": acc, "wall_s": 60.0}
+
+
+ROWS = [
+    row("supervised", 0.05, 0, 0.20), row("supervised", 0.05, 1, 0.30),
+    row("fixmatch", 0.05, 0, 0.40, mask=0.5, acc=0.9), row("fixmatch", 0.05, 1, 0.44, mask=0.7, acc=0.7),
+    row("fixmatch", 0.2, 0, 0.60, mask=0.9, acc=1.0),
+]
+
+
+def test_summarise_gives_mean_and_sample_std_per_fraction_and_dashes_where_nothing_ran() -> None:
+    table = summarise(ROWS, ["supervised", "fixmatch"], [0.05, 0.2])
+    # supervised at 5%: mean 25.0, sample std of (20, 30) = sqrt(50) = 7.07; no SSL diagnostics
+    assert table[0] == ["supervised", "25.0 ± 7.1 (n=2)", "—", "—", "—"]
+    # fixmatch: (40, 44) -> 42.0 ± 2.83; one run at 20%; mask (50, 70, 90) -> 70.0; accuracy (90, 70, 100) -> 86.7
+    assert table[1] == ["fixmatch", "42.0 ± 2.8 (n=2)", "60.0 ± 0.0 (n=1)", "70.0", "86.7"]
+
+
+def test_report_keeps_the_hand_written_reading(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    spec = BenchSpec({"tracking": {"experiment": "e"}}, ["supervised", "fixmatch"], [0.05, 0.2], [0, 1])
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "results.md").write_text("old table\n## Reading\n\nwhat the numbers mean\n")
+    out = write_report(spec, ROWS, "python -m bench.accuracy --config x", 300.0)
+    text = out.read_text()
+    assert "old table" not in text and "| fixmatch | 42.0 ± 2.8 (n=2) |" in text
+    assert text.endswith("## Reading\n\nwhat the numbers mean\n")
+    assert (tmp_path / "docs" / "results_top1.png").stat().st_size > 0
+
+
+def test_a_different_budget_does_not_continue_a_stored_table(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    storage = tmp_path / "runs"
+    storage.mkdir()
+    stored = {"rows": ROWS, "parent": "0" * 32, "overrides": ["train.iterations=300"]}
+    before = json.dumps(stored)
+    (storage / "results.json").write_text(before)
+    config = tmp_path / "bench.yaml"
+    config.write_text(f"base:\n  output: {{storage: {storage}}}\nmethods: [supervised]\n"
+                      "labeled_fractions: [0.05]\nseeds: [0]\n")
+    assert main(["--config", str(config), "--set", "train.iterations=200"]) == 2
+    err = capsys.readouterr().err
+    assert "results.json" in err and "train.iterations=300" in err
+    assert (storage / "results.json").read_text() == before  # untouched
