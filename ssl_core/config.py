@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,23 +19,15 @@ import yaml
 from ssl_core.algorithms import get_algorithm, list_algorithms
 from ssl_core.data.transforms import AugmentConfig
 from ssl_core.models import list_models, parse_model_name
-
-
-class ConfigError(ValueError):
-    """A configuration problem; the message starts with the offending key path."""
-
-
-@dataclass
-class SyntheticConfig:
-    """The generated action dataset written to `data.root` when it is missing (the demo's default)."""
-
-    enabled: bool = False
-    classes: int = 8
-    videos_per_class: int = 30
-    frames: int = 32
-    size: int = 80
-    fps: int = 16
-    seed: int = 0
+from ssl_core.typed_config import (
+    ConfigError,
+    SyntheticConfig,
+    apply_override,
+    build,
+    coerce,
+    join,
+    read_config_file,
+)
 
 
 @dataclass
@@ -170,24 +161,11 @@ class Config:
 # --- loading -------------------------------------------------------------------------------------
 
 
-def read_config_file(path: str | Path) -> dict[str, Any]:
-    """A config file as its raw mapping of sections, not yet validated (callers may add keys first)."""
-    try:
-        raw = yaml.safe_load(Path(path).read_text()) or {}
-    except FileNotFoundError as err:
-        raise ConfigError(f"config file not found: {path}") from err
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: invalid YAML: {err}") from err
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: top level must be a mapping of sections")
-    return raw
-
-
 def load_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -> Config:
     """Read a YAML file (or the defaults when path is None), apply `key=value` overrides, validate."""
     raw = read_config_file(path) if path is not None else {}
     for item in overrides:
-        _apply_override(raw, item)
+        apply_override(raw, item)
     return from_dict(raw)
 
 
@@ -195,7 +173,7 @@ def with_overrides(raw: dict[str, Any], overrides: typing.Sequence[str]) -> Conf
     """A config from a resolved dict (e.g. a run's stored config) plus `key=value` overrides."""
     raw = copy.deepcopy(raw)
     for item in overrides:
-        _apply_override(raw, item)
+        apply_override(raw, item)
     return from_dict(raw)
 
 
@@ -217,24 +195,10 @@ def from_dict(raw: dict[str, Any]) -> Config:
     algo_raw = raw.pop("algorithm", {}) or {}
     if not isinstance(algo_raw, dict):
         raise ConfigError("algorithm: expected a mapping")
-    cfg: Config = _build(Config, raw, "")
+    cfg: Config = build(Config, raw, "")
     cfg.algorithm = _build_algorithm(algo_raw)
     validate(cfg)
     return cfg
-
-
-def _apply_override(raw: dict[str, Any], item: str) -> None:
-    key, sep, text = item.partition("=")
-    if not sep or not key:
-        raise ConfigError(f"--set {item!r}: expected key=value, e.g. train.lr=0.1")
-    value = yaml.safe_load(text) if text else None
-    parts = key.split(".")
-    node = raw
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"{key}: {part} is not a section")
-    node[parts[-1]] = value
 
 
 def _build_algorithm(raw: dict[str, Any]) -> AlgorithmConfig:
@@ -255,53 +219,8 @@ def _build_algorithm(raw: dict[str, Any]) -> AlgorithmConfig:
     for key, value in params.items():
         if key not in declared:
             raise ConfigError(f"algorithm.{key}: unknown key; known: {sorted(declared)}")
-        checked[key] = _coerce(value, declared[key][0], f"algorithm.{key}")
+        checked[key] = coerce(value, declared[key][0], f"algorithm.{key}")
     return AlgorithmConfig(name=name, params=checked)
-
-
-def _build(cls: type, raw: Any, path: str) -> Any:
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path or 'config'}: expected a mapping, got {type(raw).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    for key in raw:
-        if key not in names:
-            raise ConfigError(f"{_join(path, key)}: unknown key; known: {sorted(names)}")
-    kwargs = {}
-    for key, value in raw.items():
-        kwargs[key] = _coerce(value, hints[key], _join(path, key))
-    try:
-        return cls(**kwargs)
-    except (TypeError, ValueError) as err:  # a section's own range checks (e.g. AugmentConfig)
-        raise ConfigError(f"{path or 'config'}: {err}") from err
-
-
-def _coerce(value: Any, tp: Any, path: str) -> Any:
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value if value is not None else {}, path)
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], path)
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
-        return dict(value)
-    if tp is Any:
-        return value
-    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if tp is bool and isinstance(value, bool):
-        return value
-    if tp is float and is_number:
-        return float(value)
-    if tp is int and is_number and isinstance(value, int):
-        return value
-    if tp is str and isinstance(value, str):
-        return value
-    raise ConfigError(f"{path}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
 
 
 # --- validation ----------------------------------------------------------------------------------
@@ -387,14 +306,10 @@ def _check(ok: bool, path: str, message: str) -> None:
         raise ConfigError(f"{path}: {message}")
 
 
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
-
-
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in d.items():
-        name = _join(prefix, key)
+        name = join(prefix, key)
         if isinstance(value, dict) and value:
             out.update(_flatten(value, name))
         else:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import dataclasses
 import io
 import json
 import logging
@@ -27,19 +26,16 @@ import math
 import os
 import sys
 import time
-import types
-import typing
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ssl_core.data.decode import DecodeError
 from ssl_core.data.manifest import LAYOUTS, Manifest, ManifestError, VideoRecord, load_manifest
 from ssl_core.data.reencode import PRESETS, reencode
+from ssl_core.typed_config import ConfigError, SyntheticConfig, apply_override, build, read_config_file
 from workflows.ray_session import init_ray
 
 log = logging.getLogger("vidssl.prepare")
@@ -55,24 +51,11 @@ TMP_SUFFIX = ".prepare-tmp"
 FORMAT_VERSION = 1
 
 
-class PrepareError(ValueError):
+class PrepareError(ConfigError):
     """A configuration or output-folder problem; the message names the key or the file."""
 
 
 # --- configuration -------------------------------------------------------------------------------------------
-
-
-@dataclass
-class SyntheticSpec:
-    """Generate the synthetic action dataset into `source.root` when it has no manifest.csv (as training does)."""
-
-    enabled: bool = False
-    classes: int = 8
-    videos_per_class: int = 30
-    frames: int = 32
-    size: int = 80
-    fps: int = 16
-    seed: int = 0
 
 
 @dataclass
@@ -86,7 +69,7 @@ class SourceSpec:
     # Layouts without a split (folder, csv without a split column) get this hold-out; the copy writes it down.
     test_fraction: float = 0.2
     split_seed: int = 0
-    synthetic: SyntheticSpec = field(default_factory=SyntheticSpec)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
 @dataclass
@@ -126,33 +109,6 @@ class PrepareConfig:
         }
 
 
-def _coerce(value: Any, tp: Any, path: str) -> Any:
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, {} if value is None else value, path)
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        return _coerce(value, next(a for a in args if a is not type(None)), path)
-    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if tp is float and is_number:
-        return float(value)
-    if (tp is int and is_number and isinstance(value, int)) or (tp in (bool, str) and isinstance(value, tp)):
-        return value
-    raise PrepareError(f"{path}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
-
-
-def _build(cls: type, raw: Any, path: str) -> Any:
-    if not isinstance(raw, dict):
-        raise PrepareError(f"{path}: expected a mapping, got {raw!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    for key in raw:
-        if key not in names:
-            raise PrepareError(f"{path}.{key}: unknown key; known: {sorted(names)}")
-    return cls(**{k: _coerce(v, hints[k], f"{path}.{k}") for k, v in raw.items()})
-
-
 def _check(ok: bool, key: str, message: str) -> None:
     if not ok:
         raise PrepareError(f"prepare.{key}: {message}")
@@ -180,27 +136,14 @@ def validate(cfg: PrepareConfig) -> None:
 def load_prepare_config(path: str | Path, overrides: Sequence[str] = ()) -> PrepareConfig:
     """The `prepare:` section of a YAML file plus `prepare.key=value` overrides, validated. Other top-level
     sections are ignored, so a training config may carry its prepare section."""
-    try:
-        raw = yaml.safe_load(Path(path).read_text()) or {}
-    except FileNotFoundError as err:
-        raise PrepareError(f"config file not found: {path}") from err
-    except yaml.YAMLError as err:
-        raise PrepareError(f"{path}: invalid YAML: {err}") from err
-    if not isinstance(raw, dict) or not isinstance(raw.get("prepare"), dict):
+    raw = read_config_file(path)
+    if not isinstance(raw.get("prepare"), dict):
         raise PrepareError(f"{path}: needs a `prepare:` section (a mapping)")
-    section = raw["prepare"]
     for item in overrides:
-        key, sep, text = item.partition("=")
-        parts = key.split(".")
-        if not sep or parts[0] != "prepare" or len(parts) < 2:
+        if not item.startswith("prepare.") or "=" not in item:
             raise PrepareError(f"--set {item!r}: expected prepare.key=value, e.g. prepare.short_side=96")
-        node = section
-        for part in parts[1:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise PrepareError(f"{key}: {part} is not a section")
-        node[parts[-1]] = yaml.safe_load(text) if text else None
-    cfg: PrepareConfig = _build(PrepareConfig, section, "prepare")
+        apply_override(raw, item)
+    cfg: PrepareConfig = build(PrepareConfig, raw["prepare"], "prepare")
     validate(cfg)
     return cfg
 
@@ -344,15 +287,9 @@ def _encode_all(todo: list[dict[str, Any]], cfg: PrepareConfig) -> list[dict[str
 def _ensure_source(cfg: PrepareConfig, dry_run: bool) -> bool:
     """Generate the synthetic source when asked and missing; False when it is missing and this is a dry run."""
     s, root = cfg.source.synthetic, Path(cfg.source.root)
-    if not s.enabled or (root / "manifest.csv").exists():
-        return True
     if dry_run:
-        return False
-    from ssl_core.data import synthetic
-
-    log.warning("generating the synthetic dataset in %s", root)
-    synthetic.generate(root, classes=s.classes, videos_per_class=s.videos_per_class, seed=s.seed, frames=s.frames,
-                       size=s.size, fps=s.fps)
+        return not s.enabled or (root / "manifest.csv").exists()
+    s.ensure(root)
     return True
 
 
@@ -432,7 +369,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = load_prepare_config(args.config, args.set)
         summary = run_prepare(cfg, dry_run=args.dry_run)
-    except (PrepareError, ManifestError) as err:
+    except (ConfigError, ManifestError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if summary is None:

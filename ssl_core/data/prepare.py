@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 
 from ssl_core.config import Config
-from ssl_core.data import synthetic
 from ssl_core.data.manifest import (
     Manifest,
     VideoRecord,
@@ -42,19 +41,8 @@ class PreparedData:
 
 
 def ensure_synthetic(cfg: Config) -> None:
-    syn, root = cfg.data.synthetic, Path(cfg.data.root)
-    if not syn.enabled or (root / "manifest.csv").exists():
-        return
-    log.warning("generating the synthetic dataset in %s", root)
-    synthetic.generate(
-        root,
-        classes=syn.classes,
-        videos_per_class=syn.videos_per_class,
-        seed=syn.seed,
-        frames=syn.frames,
-        size=syn.size,
-        fps=syn.fps,
-    )
+    """Generate the synthetic dataset into data.root when the config asks for it and there is none."""
+    cfg.data.synthetic.ensure(cfg.data.root)
 
 
 def prepare_data(cfg: Config, run_dir: Path | None) -> PreparedData:
