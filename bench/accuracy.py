@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from ssl_core.config import ConfigError, with_overrides
+from ssl_core.config import Config, ConfigError, with_overrides
 
 DOCS = Path("docs")
 READING = "## Reading"
@@ -76,6 +76,28 @@ def summarise(rows: list[dict[str, Any]], methods: Sequence[str], fractions: Seq
     return table
 
 
+def table_lines(rows: list[dict[str, Any]], methods: Sequence[str], fractions: Sequence[float]) -> list[str]:
+    """The results table in markdown: header, rule, one line per method."""
+    header = ["method", *[f"top-1 % at {100 * f:g}% labels" for f in fractions],
+              "mask rate % (end)", "pseudo-label acc % (end)"]
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *["| " + " | ".join(cells) + " |" for cells in summarise(rows, methods, fractions)]]
+
+
+def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a base key")
+    parser.add_argument("--methods", help="comma-separated subset of the config's methods")
+
+
+def load_grid(args: argparse.Namespace) -> tuple[BenchSpec, list[str], dict[tuple[str, float, int], Config]]:
+    """The spec, the chosen methods and one validated Config per (method, fraction, seed); ConfigError first."""
+    spec = load_spec(args.config)
+    chosen = [m for m in args.methods.split(",") if m] if args.methods else spec.methods
+    grid = [(m, f, s) for f in spec.fractions for s in spec.seeds for m in chosen]
+    return spec, chosen, {key: with_overrides(spec.base, [*args.set, *run_overrides(*key)]) for key in grid}
+
+
 def plot(rows: list[dict[str, Any]], methods: Sequence[str], fractions: Sequence[float], path: Path) -> Any:
     import matplotlib
 
@@ -109,8 +131,6 @@ def write_report(spec: BenchSpec, rows: list[dict[str, Any]], command: str, wall
     ran = {r["method"] for r in rows}
     methods = [m for m in spec.methods if m in ran] + sorted(ran - set(spec.methods))
     plot(rows, methods, spec.fractions, png)
-    header = ["method", *[f"top-1 % at {100 * f:g}% labels" for f in spec.fractions],
-              "mask rate % (end)", "pseudo-label acc % (end)"]
     lines = [
         "# Results: semi-supervised methods on the synthetic action benchmark",
         "",
@@ -121,9 +141,7 @@ def write_report(spec: BenchSpec, rows: list[dict[str, Any]], command: str, wall
         "averaged over runs (supervised has none). Every run is in MLflow, experiment "
         f"`{spec.base.get('tracking', {}).get('experiment', 'vidssl')}`, under one parent run.",
         "",
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
-        *["| " + " | ".join(cells) + " |" for cells in summarise(rows, methods, spec.fractions)],
+        *table_lines(rows, methods, spec.fractions),
         "",
         f"![top-1 vs labeled fraction]({png.name})",
         "",
@@ -137,19 +155,14 @@ def write_report(spec: BenchSpec, rows: list[dict[str, Any]], command: str, wall
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a base key")
-    parser.add_argument("--methods", help="comma-separated subset of the config's methods")
+    add_grid_arguments(parser)
     args = parser.parse_args(argv)
     from workflows.ray_session import init_ray
     from workflows.tracking import Tracker, resolve_uri
     from workflows.train import run_training
 
     try:
-        spec = load_spec(args.config)
-        chosen = [m for m in args.methods.split(",") if m] if args.methods else spec.methods
-        grid = [(m, f, s) for f in spec.fractions for s in spec.seeds for m in chosen]
-        configs = {key: with_overrides(spec.base, [*args.set, *run_overrides(*key)]) for key in grid}
+        spec, _, configs = load_grid(args)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from bench.accuracy import load_spec, run_overrides, summarise
+from bench.accuracy import add_grid_arguments, load_grid, run_overrides, table_lines
 from ssl_core.config import ConfigError, with_overrides
 from ssl_core.data.prepare import ensure_synthetic
 
@@ -44,20 +44,14 @@ def parse_result(stdout: str) -> dict[str, float]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a base key")
-    parser.add_argument("--methods", help="comma-separated subset of the config's methods")
+    add_grid_arguments(parser)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--parallel", type=int, default=4, help="runs at a time")
     parser.add_argument("--decode-threads", type=int, default=2, help="decode threads per run")
     parser.add_argument("--out", default="bench/out/accuracy_local")
     args = parser.parse_args(argv)
     try:
-        spec = load_spec(args.config)
-        chosen = [m for m in args.methods.split(",") if m] if args.methods else spec.methods
-        grid = [(m, f, s) for f in spec.fractions for s in spec.seeds for m in chosen]
-        for key in grid:  # fail on a bad override before any run starts
-            with_overrides(spec.base, [*args.set, *run_overrides(*key)])
+        spec, chosen, configs = load_grid(args)  # a bad override fails here, before any run starts
         ensure_synthetic(with_overrides(spec.base, args.set))  # once, before runs that would race to make it
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -66,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     base_file = out / "base.yaml"
     base_file.write_text(yaml.safe_dump(spec.base))
-    pending = list(grid)
+    pending = list(configs)
     running: dict[tuple[str, float, int], tuple[subprocess.Popen[str], float]] = {}
     rows: list[dict[str, Any]] = []
     start = time.perf_counter()
@@ -101,13 +95,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"({result.get('train_clips_per_s', math.nan):.0f} clips/s)", flush=True)
             (out / "results.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
     methods = [m for m in chosen if any(r["method"] == m for r in rows)]
-    header = ["method", *[f"top-1 % at {100 * f:g}% labels" for f in spec.fractions],
-              "mask rate % (end)", "pseudo-label acc % (end)"]
-    print(f"\n{len(rows)} of {len(grid)} runs in {(time.perf_counter() - start) / 60:.1f} min\n")
-    print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
-    for cells in summarise(rows, methods, spec.fractions):
-        print("| " + " | ".join(cells) + " |")
-    return 0 if len(rows) == len(grid) else 1
+    print(f"\n{len(rows)} of {len(configs)} runs in {(time.perf_counter() - start) / 60:.1f} min\n")
+    print("\n".join(table_lines(rows, methods, spec.fractions)))
+    return 0 if len(rows) == len(configs) else 1
 
 
 if __name__ == "__main__":
