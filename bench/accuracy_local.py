@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 from bench.accuracy import add_grid_arguments, load_grid, run_overrides, table_lines
-from ssl_core.config import ConfigError, with_overrides
+from ssl_core.config import ConfigError
 from ssl_core.data.prepare import ensure_synthetic
 
 
@@ -52,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         spec, chosen, configs = load_grid(args)  # a bad override fails here, before any run starts
-        ensure_synthetic(with_overrides(spec.base, args.set))  # once, before runs that would race to make it
+        ensure_synthetic(next(iter(configs.values())))  # once, before runs that would race to make it
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
