@@ -4,27 +4,40 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install install-torchcodec demo test test-slow lint clean-demo
+LOCK := requirements/lock.txt
+LOCK_VENV := .venv-lock
+PIP_TOOLS := pip-tools==7.6.2
+
+.PHONY: install install-torchcodec lock demo test test-slow lint clean-demo
 
 install: $(STAMP)
 
-# torch and torchvision first, pinned to a matching pair (an unpinned torchvision may not import beside
-# the torch build pip picks here), then the project with its test tools.
-$(STAMP): pyproject.toml
+# Every package, transitive ones included, at the version and hash of the lock (torch + torchvision too);
+# --no-deps: the lock is the whole set, nothing is resolved afresh. Then the project itself, editable, built with
+# the lock's setuptools (no build isolation: an isolated build would fetch whatever setuptools is newest).
+$(STAMP): $(LOCK) pyproject.toml
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --require-hashes --no-deps -r $(LOCK)
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-# Optional torchcodec decode backend (data.decoder: torchcodec): the package and the system FFmpeg libraries it
-# links against (Debian 12 names; needs root). Without it the torchcodec tests skip.
+# Regenerate the lock from pyproject.toml's ranges + requirements/torch.in (README: "Upgrading a dependency").
+# pip-compile, not uv: it resolves with pip itself, so it reads this machine's pip configuration (the local
+# package index and wheel folder that hold the torch build), where uv would fetch a CUDA torch of several GB.
+# Index URLs are left out of the file: they belong to the machine, not to the lock.
+lock:
+	$(PY) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/pip install -q $(PIP_TOOLS)
+	$(LOCK_VENV)/bin/pip-compile -q --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url \
+		--no-emit-find-links --extra dev --extra torchcodec -o $(LOCK) pyproject.toml requirements/torch.in
+
+# Optional torchcodec decode backend (data.decoder: torchcodec): the package is in the lock; this installs the
+# system FFmpeg libraries it links against (Debian 12 names; needs root). Without them the torchcodec tests skip.
 install-torchcodec: $(STAMP)
 	apt-get install -y -qq --no-install-recommends libavcodec59 libavformat59 libavutil57 libswscale6 \
 		libavfilter8 libswresample4 libavdevice59 >/dev/null || \
 		(apt-get update -qq && apt-get install -y -qq --no-install-recommends libavcodec59 libavformat59 \
 		libavutil57 libswscale6 libavfilter8 libswresample4 libavdevice59 >/dev/null)
-	$(BIN)/pip install -q -e '.[dev,torchcodec]'
 
 demo: $(STAMP)
 	$(BIN)/python -m workflows.train --config configs/demo.yaml

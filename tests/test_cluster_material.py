@@ -1,5 +1,5 @@
 """The cluster material parses and holds together: the Ray launcher YAML, the KubeRay manifests, the job
-runtime_env (pinned to the installed versions), the CMPL configs, and cluster/local.sh (syntax, loopback default).
+runtime_env (pinned to the lock's versions), the CMPL configs, and cluster/local.sh (syntax, loopback default).
 
     .venv/bin/python -m pytest -q tests/test_cluster_material.py
 
@@ -18,6 +18,7 @@ import shlex
 import shutil
 import socket
 import subprocess
+import sysconfig
 import tempfile
 import time
 import uuid
@@ -36,7 +37,8 @@ RUNTIME_ENV = CLUSTER / "runtime_env.yaml"
 LAUNCHER = CLUSTER / "launcher" / "aws.yaml"
 RAYCLUSTER = CLUSTER / "kuberay" / "raycluster.yaml"
 RAYJOB = CLUSTER / "kuberay" / "rayjob.yaml"
-# What a vidssl job imports; each must be pinned to the version installed here.
+LOCK = REPO / "requirements" / "lock.txt"
+# What a vidssl job imports; each must be pinned to the lock's version.
 REQUIRED_PINS = {"ray", "torch", "torchvision", "pytorchvideo", "av", "mlflow", "pyyaml", "optuna"}
 PIN = re.compile(r"^(?P<name>[A-Za-z0-9_.-]+)(?:\[[^\]]*\])?==(?P<version>[^\s;\"']+)$")
 
@@ -58,16 +60,54 @@ def _ray_version() -> str:
     return importlib.metadata.version("ray")
 
 
+def _normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _lock() -> dict[str, str]:
+    """Package -> version of every pin in requirements/lock.txt (pip-compile's `name==version \\` lines)."""
+    pins = dict(re.findall(r"^([A-Za-z0-9][A-Za-z0-9_.-]*)==(\S+) \\$", LOCK.read_text(), flags=re.M))
+    assert len(pins) > 50, f"{LOCK}: expected a full lock, found {len(pins)} pins"
+    return {_normalise(name): version for name, version in pins.items()}
+
+
+# --- the lock ----------------------------------------------------------------------------------------
+
+
+def test_every_pin_of_the_lock_carries_a_hash() -> None:
+    blocks = re.split(r"\n(?=[A-Za-z0-9])", LOCK.read_text().split("\n\n", 1)[1])
+    for block in blocks:
+        if block.strip():
+            assert "--hash=sha256:" in block, f"{LOCK}: no hash for {block.splitlines()[0]}"
+
+
+def test_the_installed_versions_are_the_locks() -> None:
+    """`make install` takes every package from the lock: what runs here is what the lock says, whatever pip
+    would pick today."""
+    # The virtualenv's site-packages only: Ray puts its vendored copies (psutil, colorama) on sys.path.
+    site = [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
+    installed = {_normalise(d.metadata["Name"]): d.version for d in importlib.metadata.distributions(path=site)}
+    # The project itself (editable) and the installer that came with the virtualenv are not dependencies.
+    for name in ("vidssl", "pip"):
+        installed.pop(name, None)
+    lock = _lock()
+    differ = {name: (lock.get(name), version) for name, version in installed.items() if lock.get(name) != version}
+    assert not differ, f"installed packages not at the lock's version (lock, installed): {differ}"
+    missing = set(lock) - set(installed)
+    assert not missing, f"in the lock but not installed: {sorted(missing)}"
+
+
 # --- runtime_env -------------------------------------------------------------------------------------
 
 
-def test_runtime_env_pins_equal_the_installed_versions() -> None:
+def test_runtime_env_pins_equal_the_lock() -> None:
     env = _yaml(RUNTIME_ENV)
     pins = _pins(env["pip"]["packages"])
     assert set(pins) >= REQUIRED_PINS, f"missing pins: {REQUIRED_PINS - set(pins)}"
-    stale = {name: (version, importlib.metadata.version(name)) for name, version in pins.items()
-             if importlib.metadata.version(name) != version}
-    assert not stale, f"cluster/runtime_env.yaml pins differ from the installed versions (pinned, installed): {stale}"
+    lock = _lock()
+    stale = {name: (version, lock.get(_normalise(name))) for name, version in pins.items()
+             if lock.get(_normalise(name)) != version}
+    assert not stale, f"cluster/runtime_env.yaml pins differ from requirements/lock.txt (pinned, locked): {stale}"
 
 
 def test_runtime_env_is_a_valid_ray_runtime_env() -> None:
