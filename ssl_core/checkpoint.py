@@ -36,8 +36,10 @@ def save_training_state(
     model_names: Mapping[str, str],
     num_classes: int,
     meta: Mapping[str, Any] | None = None,
+    ema: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Path:
-    """`meta` (see `model_meta`) tells evaluation and prediction how to feed the models and name classes."""
+    """`meta` (see `model_meta`) tells evaluation and prediction how to feed the models and name classes.
+    `ema`: role -> EMA weights (train.ema_decay); inference takes them in place of the raw ones."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {
@@ -50,6 +52,7 @@ def save_training_state(
         "algorithm": dict(algorithm_state),
         "torch_rng": torch.get_rng_state(),
         "meta": dict(meta or {}),
+        "ema": {role: dict(weights) for role, weights in (ema or {}).items()},
     }
     path = directory / STATE_FILE
     tmp = path.with_suffix(".tmp")
@@ -102,14 +105,20 @@ def latest_checkpoint_dir(path: str | Path) -> Path:
     return found[-1]
 
 
+def deployed_weights(state: Mapping[str, Any], role: str) -> Mapping[str, Any]:
+    """The weights to evaluate, register and deploy: the EMA copy when the run kept one, else the raw ones."""
+    return state.get("ema", {}).get(role) or state["models"][role]
+
+
 def model_from_state(state: Mapping[str, Any], role: str, where: str | Path) -> nn.Module:
-    """The `role` model of a loaded training state; `where` names the checkpoint in errors."""
+    """The deployed `role` model (EMA weights when kept) of a loaded training state; `where` names the
+    checkpoint in errors."""
     from ssl_core.models import build_model
 
     if role not in state["models"]:
         raise KeyError(f"checkpoint {where} has no {role!r} model; it has {sorted(state['models'])}")
     model = build_model(state["model_names"][role], num_classes=state["num_classes"])
-    model.load_state_dict(state["models"][role])
+    model.load_state_dict(deployed_weights(state, role))
     return model
 
 

@@ -57,6 +57,17 @@ class DataConfig:
     decoder: str = "pyav"
     # A video whose decode runs longer than this is skipped and counted like a corrupt one.
     decode_timeout_s: float = 60.0
+    # Decoded-clip cache (ssl_core/data/clip_cache.py): each video is decoded once at data.size into one uint8
+    # memory-mapped file and clips are then sliced from it (the same clips as the decoder for the same seeds),
+    # because on a few cores decoding H.264 for every clip is a large share of each step. auto: on when the
+    # estimated size fits cache_budget_gb (and the free disk); on: always, an error when it does not fit; off.
+    cache: str = "auto"
+    # Most bytes (1 GB = 1e9) the cache may take: it is read through the page cache, so keep it within RAM.
+    cache_budget_gb: float = 4.0
+    # Where caches live (one folder per dataset x size key); None: <output.storage>/.clip_cache. On a
+    # multi-node cluster it must be shared storage every node sees at the same path: the driver builds the
+    # cache, decode tasks on every node read it.
+    cache_dir: str | None = None
     # A pseudo-labeled set (Parquet: path, probs; written by workflows/noisy_student.py): the unlabeled stream
     # becomes exactly these videos, each with its stored teacher probabilities. Only for algorithms that
     # learn stored targets (noisy_student_offline).
@@ -96,6 +107,14 @@ class TrainConfig:
     checkpoint_every: int = 200
     keep_checkpoints: int = 2
     seed: int = 0
+    # EMA of the trained weights (0: off). When on, the EMA copies are what is evaluated, registered and
+    # deployed (FixMatch, SVFormer), and the pseudo-label teacher with `algorithm.ema_teacher`.
+    ema_decay: float = 0.0
+    # Optimizer step at which the EMA copies are made (e.g. the end of the supervised warm-up).
+    ema_start: int = 0
+    # Precise BatchNorm: before each evaluation, recompute the evaluated models' BN statistics over the last
+    # N training batches (ssl_core.evaluate.PreciseBN); 0: off.
+    precise_bn_batches: int = 0
 
 
 @dataclass
@@ -129,14 +148,23 @@ class OutputConfig:
 @dataclass
 class AlgorithmConfig:
     name: str = "cmpl"
-    # Hyper-parameters: any field declared by a registered algorithm's Params (e.g. tau, lambda_u).
+    # Flat hyper-parameters (`algorithm.tau`, the form of --set and sweeps): any field a registered
+    # algorithm's Params declares; they apply to the chosen algorithm and win over its section.
     params: dict[str, Any] = field(default_factory=dict)
+    # Per-algorithm sections (`algorithm.fixmatch.lambda_u`): each algorithm's own values, so one file holds
+    # a setting for every method and a value meant for fixmatch never reaches MixMatch.
+    sections: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def values(self) -> dict[str, Any]:
+        """The chosen algorithm's hyper-parameters set in the config: its section, then the flat keys it
+        declares."""
+        names = {f.name for f in dataclasses.fields(get_algorithm(self.name).Params)}
+        flat = {k: v for k, v in self.params.items() if k in names}
+        return {**self.sections.get(self.name, {}), **flat}
 
     def resolved_params(self) -> Any:
-        """The chosen algorithm's Params instance (fields it does not declare are ignored)."""
-        params_cls = get_algorithm(self.name).Params
-        names = {f.name for f in dataclasses.fields(params_cls)}
-        return params_cls(**{k: v for k, v in self.params.items() if k in names})
+        """The chosen algorithm's Params instance (defaults for what the config leaves unset)."""
+        return get_algorithm(self.name).Params(**self.values())
 
 
 @dataclass
@@ -182,7 +210,7 @@ def pin_paths(raw: dict[str, Any], tracking_uri: str) -> dict[str, Any]:
     started later from another working directory (Tune actors, resumed workflows) see the same files."""
     out = copy.deepcopy(raw)
     data = out["data"]
-    for key in ("root", "csv_path", "labeled_split_file", "pseudo_labels"):
+    for key in ("root", "csv_path", "labeled_split_file", "pseudo_labels", "cache_dir"):
         if data.get(key):
             data[key] = str(Path(data[key]).expanduser().resolve())
     out["output"]["storage"] = str(Path(out["output"]["storage"]).expanduser().resolve())
@@ -195,6 +223,10 @@ def from_dict(raw: dict[str, Any]) -> Config:
     algo_raw = raw.pop("algorithm", {}) or {}
     if not isinstance(algo_raw, dict):
         raise ConfigError("algorithm: expected a mapping")
+    data_raw = raw.get("data")
+    if isinstance(data_raw, dict) and isinstance(data_raw.get("cache"), bool):
+        # YAML 1.1 reads a bare `on` / `off` as true / false: data.cache takes them as the words written.
+        raw["data"] = {**data_raw, "cache": "on" if data_raw["cache"] else "off"}
     cfg: Config = build(Config, raw, "")
     cfg.algorithm = _build_algorithm(algo_raw)
     validate(cfg)
@@ -207,26 +239,52 @@ def _build_algorithm(raw: dict[str, Any]) -> AlgorithmConfig:
     known = {n for n, _, _ in list_algorithms()}
     if name not in known:
         raise ConfigError(f"algorithm.name: unknown algorithm {name!r}; choose from {sorted(known)}")
+    sections_raw = dict(raw.pop("sections", {}) or {})  # the stored form (Config.to_dict)
+    for key in [k for k in raw if k in known]:  # `algorithm.fixmatch.tau` (a file or --set) joins the stored form
+        section = raw.pop(key)
+        stored = sections_raw.get(key, {})
+        sections_raw[key] = {**stored, **section} if isinstance(section, dict) and isinstance(stored, dict) else section
     params = dict(raw.pop("params", {}) or {})
     params.update(raw)  # `algorithm.tau` and `algorithm.params.tau` mean the same
-    # A key is valid if some registered algorithm declares it, so one YAML serves `--set algorithm.name=...`.
-    declared: dict[str, tuple[type, Any]] = {}
+    # A flat key is valid if some registered algorithm declares it, so one YAML serves `--set algorithm.name=`.
+    declared: dict[str, type] = {}
     for _, _, params_cls in list_algorithms():
-        hints = typing.get_type_hints(params_cls)
-        for f in dataclasses.fields(params_cls):
-            declared.setdefault(f.name, (hints[f.name], f))
+        for key, hint in _param_types(params_cls).items():
+            declared.setdefault(key, hint)
     checked = {}
     for key, value in params.items():
         if key not in declared:
-            raise ConfigError(f"algorithm.{key}: unknown key; known: {sorted(declared)}")
-        checked[key] = coerce(value, declared[key][0], f"algorithm.{key}")
-    return AlgorithmConfig(name=name, params=checked)
+            raise ConfigError(f"algorithm.{key}: unknown key; known: {sorted(declared)} (or a section named "
+                              f"after an algorithm: {sorted(known)})")
+        checked[key] = coerce(value, declared[key], f"algorithm.{key}")
+    sections: dict[str, dict[str, Any]] = {}
+    for algo, section in sections_raw.items():
+        if algo not in known:
+            raise ConfigError(f"algorithm.sections.{algo}: unknown algorithm; choose from {sorted(known)}")
+        if not isinstance(section, dict):
+            raise ConfigError(f"algorithm.{algo}: expected a mapping of {algo}'s hyper-parameters")
+        own = _param_types(get_algorithm(algo).Params)
+        for key in section:
+            if key not in own:
+                raise ConfigError(f"algorithm.{algo}.{key}: {algo} has no such hyper-parameter; known: {sorted(own)}")
+        sections[algo] = {k: coerce(v, own[k], f"algorithm.{algo}.{k}") for k, v in section.items()}
+        try:  # every section is checked, not only the chosen one: `--set algorithm.name=` may pick it later
+            get_algorithm(algo).Params(**sections[algo])
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"algorithm.{algo}: {err}") from err
+    return AlgorithmConfig(name=name, params=checked, sections=sections)
+
+
+def _param_types(params_cls: type) -> dict[str, type]:
+    hints = typing.get_type_hints(params_cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(params_cls)}
 
 
 # --- validation ----------------------------------------------------------------------------------
 
 LAYOUTS = ("folder", "csv", "ucf101", "kinetics")
 DECODERS = ("pyav", "torchcodec")
+CACHE_MODES = ("auto", "on", "off")
 PLACEMENTS = ("auto", "device", "data")
 
 
@@ -248,6 +306,10 @@ def validate(cfg: Config) -> None:
     _check(d.decode_cpus > 0, "data.decode_cpus", "must be > 0")
     _check(d.decoder in DECODERS, "data.decoder", f"must be one of {DECODERS}, got {d.decoder!r}")
     _check(d.decode_timeout_s > 0, "data.decode_timeout_s", "must be > 0")
+    _check(d.cache in CACHE_MODES, "data.cache", f"must be one of {CACHE_MODES}, got {d.cache!r}")
+    _check(d.cache_budget_gb > 0, "data.cache_budget_gb", f"must be > 0, got {d.cache_budget_gb}")
+    _check(d.cache_dir is None or bool(str(d.cache_dir).strip()), "data.cache_dir",
+           "must be a folder path or null (null: <output.storage>/.clip_cache)")
     if d.decoder == "torchcodec":
         from ssl_core.data.decode import torchcodec_unavailable
 
@@ -274,7 +336,7 @@ def validate(cfg: Config) -> None:
            f"algorithm {cfg.algorithm.name} needs a teacher: a checkpoint directory or models:/<name>@<alias>")
     _check(0 <= cfg.model.dropout < 1, "model.dropout", "must be in [0, 1)")
     _check(0 <= cfg.model.stochastic_depth < 1, "model.stochastic_depth", "must be in [0, 1)")
-    p = cfg.algorithm.params
+    p = {**cfg.algorithm.params, **cfg.algorithm.values()}
     if "tau" in p:
         _check(0 <= p["tau"] <= 1, "algorithm.tau", f"must be in [0, 1], got {p['tau']}")
     for key, value in p.items():
@@ -290,6 +352,9 @@ def validate(cfg: Config) -> None:
     _check(t.optimizer in ("sgd", "adamw"), "train.optimizer", "must be sgd or adamw")
     _check(t.lr > 0, "train.lr", "must be > 0")
     _check(t.warmup_iters >= 0, "train.warmup_iters", "must be >= 0")
+    _check(0 <= t.ema_decay < 1, "train.ema_decay", f"must be in [0, 1), got {t.ema_decay}")
+    _check(t.ema_start >= 0, "train.ema_start", "must be >= 0")
+    _check(t.precise_bn_batches >= 0, "train.precise_bn_batches", "must be >= 0")
     for key in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
         _check(getattr(t, key) >= 1, f"train.{key}", "must be >= 1")
     _check(s.num_workers >= 1, "scaling.num_workers", "must be >= 1")

@@ -6,6 +6,8 @@ them before dividing.
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +28,32 @@ def video_probs(
     video = augment_batch(clips.flatten(0, 1), eval_transform(aug)).to(device)
     probs = model(video).float().softmax(dim=-1)
     return probs.view(b, n, -1).mean(dim=1)
+
+
+class PreciseBN:
+    """Precise BatchNorm statistics before evaluation (train.precise_bn_batches; LTG, SVFormer): the running
+    means / variances of the evaluated models are recomputed as a plain average over the last N training
+    batches' weak views, instead of the momentum average that still remembers older weights (and, for an EMA
+    copy, an average of the student's statistics)."""
+
+    def __init__(self, num_batches: int) -> None:
+        self.batches: deque[Tensor] = deque(maxlen=max(1, num_batches))
+        self.enabled = num_batches > 0
+
+    def remember(self, labeled: Mapping[str, Tensor], unlabeled: Mapping[str, Tensor] | None) -> None:
+        """Keep this step's model inputs (labeled clips + weak unlabeled views) on the CPU."""
+        if not self.enabled:
+            return
+        views = [labeled["video"]] + ([unlabeled["weak"]] if unlabeled is not None else [])
+        self.batches.append(torch.cat([v.detach() for v in views]).cpu())
+
+    @torch.no_grad()
+    def apply(self, models: Mapping[str, nn.Module], device: torch.device) -> None:
+        if not self.enabled or not self.batches:
+            return
+        for model in models.values():
+            # torch's own recomputation: resets the statistics, averages over the batches (momentum None).
+            torch.optim.swa_utils.update_bn((b.to(device) for b in self.batches), model, device=None)
 
 
 @dataclass

@@ -26,10 +26,11 @@ from ssl_core.algorithms import get_algorithm
 from ssl_core.algorithms.registry import Algorithm, StepOutput
 from ssl_core.checkpoint import load_checkpoint_model
 from ssl_core.config import Config, load_config
+from ssl_core.data.clip_cache import ClipCache
 from ssl_core.data.decode import DecodeError, decode_clip
 from ssl_core.data.manifest import VideoRecord
 from ssl_core.data.transforms import AugmentConfig, augment_batch, unlabeled_views, weak_transform
-from ssl_core.evaluate import EvalCounts
+from ssl_core.evaluate import EvalCounts, PreciseBN
 from ssl_core.models import build_model
 from ssl_core.schedule import build_scheduler
 from ssl_core.step import TRUE_LABEL_KEY, ssl_step
@@ -129,7 +130,8 @@ def optimize(
     *,
     grad_clip: float,
 ) -> tuple[StepOutput, dict[str, float]]:
-    """ssl_step -> backward -> clip -> step -> LR; returns the step output and its scalar metrics."""
+    """ssl_step -> backward -> clip -> step -> EMA -> LR; returns the step output and its scalar metrics."""
+    algorithm.steps_done = scheduler.last_epoch  # steps done so far (the scheduler is checkpointed, so this resumes)
     device_type = labeled["video"].device.type
     autocast = (
         torch.autocast(device_type="cuda", dtype=torch.bfloat16) if device_type == "cuda" else contextlib.nullcontext()
@@ -142,6 +144,7 @@ def optimize(
     grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
     optimizer.step()
     algorithm.after_optimizer_step()
+    algorithm.update_ema()
     scheduler.step()
     metrics = {"loss/total": float(out.loss.detach()), "grad_norm": float(grad_norm)}
     metrics.update({k: float(v) for k, v in out.metrics.items()})
@@ -152,12 +155,15 @@ def optimize(
 
 
 def _clip_batches(
-    records: Sequence[VideoRecord], batch: int, cfg: Config, seed: int, pool: ThreadPoolExecutor
+    records: Sequence[VideoRecord], batch: int, cfg: Config, seed: int, pool: ThreadPoolExecutor,
+    cache: ClipCache | None = None,
 ) -> Iterator[tuple[Tensor, Tensor]]:
     """Endless in-process batches of decoded clips (records reshuffled each pass), decoded by `pool`'s
-    threads two batches ahead, so decoding overlaps the training step (PyAV releases the GIL)."""
+    threads two batches ahead, so decoding overlaps the training step (PyAV releases the GIL).
+    With a `cache` (data.cache) the same clips are sliced from it instead of decoded."""
     rng = np.random.default_rng(seed)
     d = cfg.data
+    read_clip = cache.decode_clip if cache is not None else decode_clip
 
     def tasks() -> Iterator[tuple[VideoRecord, int]]:
         while True:
@@ -166,8 +172,8 @@ def _clip_batches(
 
     def decode(record: VideoRecord, clip_seed: int) -> tuple[np.ndarray, int] | None:
         try:
-            clip = decode_clip(record.path, num_frames=d.num_frames, stride=d.stride, size=d.size,
-                               rng=np.random.default_rng(clip_seed))
+            clip = read_clip(record.path, num_frames=d.num_frames, stride=d.stride, size=d.size,
+                             rng=np.random.default_rng(clip_seed))
         except DecodeError:
             return None
         return clip, record.label
@@ -191,6 +197,7 @@ def _clip_batches(
 def run_local(cfg: Config, *, device: str = "cpu", decode_threads: int = 2) -> dict[str, Any]:
     """Train and evaluate one run in this process; returns test top-1/top-5 per evaluated model, the last
     `train.log_every` window's mean step metrics (`end/...`) and clips/s."""
+    from ssl_core.data.clip_cache import cache_for_config
     from ssl_core.data.decode import decode_eval_clips
     from ssl_core.data.prepare import prepare_data
     from ssl_core.evaluate import video_probs
@@ -209,20 +216,27 @@ def run_local(cfg: Config, *, device: str = "cpu", decode_threads: int = 2) -> d
         models[role] = freeze(load_checkpoint_model(str(cfg.model.teacher))).to(dev)
     algorithm = algorithm_cls(models, cfg.algorithm.resolved_params())
     t = cfg.train
+    algorithm.configure_ema(t.ema_decay, t.ema_start)
     scheduler = build_scheduler(optimizer, warmup=t.warmup_iters, total=t.iterations)
     pool = ThreadPoolExecutor(max(1, decode_threads))
-    labeled_it = _clip_batches(data.labeled, t.batch_size, cfg, t.seed, pool)
+    # data.cache: decode every video once (the decode threads build it) and slice the clips from it.
+    cache, cache_report = cache_for_config(
+        cfg, [r.path for r in (*data.labeled, *data.unlabeled, *data.test)], workers=max(1, decode_threads))
+    print(cache_report.line(), flush=True)
+    labeled_it = _clip_batches(data.labeled, t.batch_size, cfg, t.seed, pool, cache)
     unlabeled_it = (
-        _clip_batches(data.unlabeled, t.batch_size * t.mu, cfg, t.seed + 1, pool)
+        _clip_batches(data.unlabeled, t.batch_size * t.mu, cfg, t.seed + 1, pool, cache)
         if algorithm.needs_unlabeled else None
     )
     clips, start = 0, time.perf_counter()
     window: dict[str, list[float]] = {}
     last_window: dict[str, float] = {}
+    precise_bn = PreciseBN(t.precise_bn_batches)
     for step in range(t.iterations):
         lb, y = next(labeled_it)
         ub, truth = next(unlabeled_it) if unlabeled_it is not None else (None, None)
         labeled, unlabeled = make_batches(lb, y, ub, truth, cfg.augment, dev)
+        precise_bn.remember(labeled, unlabeled)
         _, metrics = optimize(algorithm, optimizer, scheduler, labeled, unlabeled, grad_clip=t.grad_clip)
         clips += lb.shape[0] + (0 if ub is None else ub.shape[0])
         for key, value in metrics.items():
@@ -234,13 +248,15 @@ def run_local(cfg: Config, *, device: str = "cpu", decode_threads: int = 2) -> d
             shown = " ".join(f"{k}={v:.3f}" for k, v in sorted(last_window.items()))
             print(f"step {step + 1}: {shown}", flush=True)
     elapsed = time.perf_counter() - start
-    evaluated = algorithm.eval_models()
+    evaluated = algorithm.deployed_models()
+    precise_bn.apply(evaluated, dev)
     counts = {role: EvalCounts.zeros(num_classes) for role in evaluated}
     d = cfg.data
     for m in evaluated.values():
         m.eval()
-    videos = pool.map(lambda r: decode_eval_clips(r.path, num_frames=d.num_frames, stride=d.stride, size=d.size,
-                                                  num_clips=d.eval_clips), data.test)
+    read_eval = cache.decode_eval_clips if cache is not None else decode_eval_clips
+    videos = pool.map(lambda r: read_eval(r.path, num_frames=d.num_frames, stride=d.stride, size=d.size,
+                                          num_clips=d.eval_clips), data.test)
     for r, video in zip(data.test, videos, strict=True):
         for role, m in evaluated.items():
             counts[role].add(video_probs(m, torch.from_numpy(video)[None], cfg.augment, dev), torch.tensor([r.label]))

@@ -50,6 +50,9 @@ def test_switching_algorithm_keeps_shared_keys_valid() -> None:
         ("augment.crop_size=500", "augment.crop_size"),
         ("data.layout=zip", "data.layout"),
         ("scaling.max_failures=-2", "scaling.max_failures"),
+        ("data.cache=sometimes", "data.cache"),
+        ("data.cache_budget_gb=0", "data.cache_budget_gb"),
+        ("data.cache_dir=''", "data.cache_dir"),
     ],
 )
 def test_bad_values_name_the_key(override: str, key: str) -> None:
@@ -67,3 +70,41 @@ def test_cli_reports_one_line_without_traceback(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert errors == ["error: algorithm.tau: must be in [0, 1], got 2.0"], proc.stderr
+
+
+def test_clip_cache_keys_default_parse_yaml_on_off_and_pin_to_absolute_paths() -> None:
+    from ssl_core.config import pin_paths
+
+    cfg = load_config(DEMO)
+    assert (cfg.data.cache, cfg.data.cache_budget_gb, cfg.data.cache_dir) == ("auto", 4.0, None)
+    # YAML 1.1 reads bare on / off as booleans: they still mean the modes.
+    assert load_config(DEMO, ["data.cache=off"]).data.cache == "off"
+    assert load_config(DEMO, ["data.cache=on", "data.cache_budget_gb=0.5"]).data.cache == "on"
+    raw = load_config(DEMO, ["data.cache_dir=rel/cache"]).to_dict()
+    pinned = pin_paths(raw, "sqlite:///x.db")
+    assert pinned["data"]["cache_dir"] == str(Path("rel/cache").resolve())
+    assert pin_paths(cfg.to_dict(), "sqlite:///x.db")["data"]["cache_dir"] is None
+
+
+def test_per_algorithm_sections_keep_each_methods_values_apart() -> None:
+    cfg = load_config(None, ["algorithm.name=fixmatch", "algorithm.fixmatch.lambda_u=2.0",
+                             "algorithm.mixmatch.lambda_u=10.0", "algorithm.cmpl.tau=0.7"])
+    assert cfg.algorithm.resolved_params().lambda_u == 2.0 and cfg.algorithm.resolved_params().tau == 0.95
+    from ssl_core.config import with_overrides
+
+    mixmatch = with_overrides(cfg.to_dict(), ["algorithm.name=mixmatch"]).algorithm.resolved_params()
+    assert mixmatch.lambda_u == 10.0  # fixmatch's 2.0 does not reach it
+    # a flat key is the chosen algorithm's and wins over its section (the form of --set and sweeps)
+    flat = with_overrides(cfg.to_dict(), ["algorithm.lambda_u=3.0", "algorithm.fixmatch.tau=0.8"])
+    assert (flat.algorithm.resolved_params().lambda_u, flat.algorithm.resolved_params().tau) == (3.0, 0.8)
+    assert flat.algorithm.sections["fixmatch"] == {"lambda_u": 2.0, "tau": 0.8}  # merged, not replaced
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("algorithm.fixmatch.alpha=1", "algorithm.fixmatch.alpha: fixmatch has no such hyper-parameter"),
+    ("algorithm.mixmatch.lambda_u=-1", "algorithm.mixmatch"),  # checked although cmpl is the chosen one
+    ("algorithm.fixmatch=3", "algorithm.fixmatch: expected a mapping"),
+])
+def test_bad_algorithm_sections_name_the_key(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])

@@ -112,6 +112,7 @@ def test_streams_through_ray_data_in_either_placement(tmp_path: Path, ray_local:
         f"data.root={tmp_path}", "data.layout=csv", "data.labeled_fraction=1.0", "data.size=24",
         "data.num_frames=4", "data.stride=2", "augment.crop_size=16", f"augment.placement={placement}",
         "train.batch_size=2", "train.mu=2", "train.iterations=3", "data.decode_cpus=0.5",
+        f"output.storage={tmp_path / 'runs'}",  # data.cache = auto: the clips come from a cache built there
     ])
     records = load_manifest("csv", tmp_path).split("train")
     counter = SkipCounter.remote()
@@ -126,5 +127,6 @@ def test_streams_through_ray_data_in_either_placement(tmp_path: Path, ray_local:
     else:
         assert labeled[0]["clip"].shape == (2, 4, 24, 24, 3) and labeled[0]["clip"].dtype == torch.uint8
         assert "aug_seed" not in unlabeled
+    assert len(list((tmp_path / "runs" / ".clip_cache").glob("s24-*/index.json"))) == 1
     lb, ub = stream_batches(labeled[0], unlabeled, cfg.augment, torch.device("cpu"))
     assert lb["video"].shape == (2, 3, 4, 16, 16) and ub["weak"].shape == (4, 3, 4, 16, 16)

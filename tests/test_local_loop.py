@@ -30,8 +30,14 @@ def small_config(root: Path, *overrides: str) -> Config:
     ])
 
 
-def test_run_local_trains_evaluates_both_cmpl_models_and_reports_the_last_window(synth_dataset: Path) -> None:
-    result = run_local(small_config(synth_dataset, "algorithm.name=cmpl"), decode_threads=2)
+def test_run_local_trains_evaluates_both_cmpl_models_and_reports_the_last_window(
+    synth_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    result = run_local(small_config(synth_dataset, "algorithm.name=cmpl", f"output.storage={tmp_path}"),
+                       decode_threads=2)
+    # data.cache = auto (the default): the small set fits, so its clips come from a cache under the storage.
+    assert "clip cache: on, built" in capsys.readouterr().out
+    assert len(list((tmp_path / ".clip_cache").glob("s40-*/frames.u8"))) == 1
     for role in ("primary", "auxiliary"):
         assert 0.0 <= result[f"top1_{role}"] <= result[f"top5_{role}"] <= 1.0
     # tau = 0: every unlabeled clip is pseudo-labeled, so the last window's mask rate is exactly 1.
@@ -75,6 +81,7 @@ def test_accuracy_local_runs_the_grid_and_prints_the_table(
         "  augment: {crop_size: 32}\n"
         "  train: {iterations: 2, batch_size: 4, mu: 1, log_every: 2, warmup_iters: 1}\n"
         "  model: {primary: small3d_w0.25, auxiliary: small3d_w0.25}\n"
+        f"  output: {{storage: {tmp_path / 'runs'}}}\n"  # the runs' clip cache goes there, not into ./runs
         "methods: [supervised, fixmatch]\nlabeled_fractions: [0.5]\nseeds: [0]\n"
     )
     assert main(["--config", str(spec), "--device", "cpu", "--parallel", "2", "--out", str(tmp_path / "out")]) == 0

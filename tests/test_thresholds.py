@@ -86,16 +86,19 @@ def test_distribution_alignment_moves_mean_prediction_towards_uniform() -> None:
     da = DistributionAlignment(momentum=0.5)
     probs = torch.tensor([[0.9, 0.1], [0.7, 0.3]], dtype=torch.float64)
     aligned = da(probs)
-    # p_model = 0.5 * [0.5, 0.5] + 0.5 * [0.8, 0.2] = [0.65, 0.35]; p <- p * 0.5 / p_model, renormalised
-    assert da.state["p_model"].tolist() == pytest.approx([0.65, 0.35])
+    # p_model starts at the first batch's mean (USB), [0.8, 0.2]; p <- p * 0.5 / p_model, renormalised
+    assert da.state["p_model"].tolist() == pytest.approx([0.8, 0.2])
     expected = []
     for p0, p1 in ((0.9, 0.1), (0.7, 0.3)):
-        a0, a1 = p0 / 0.65, p1 / 0.35
+        a0, a1 = p0 / 0.8, p1 / 0.2
         expected.append([a0 / (a0 + a1), a1 / (a0 + a1)])
     assert aligned.flatten().tolist() == pytest.approx([v for row in expected for v in row])
     mean_before, mean_after = 0.8, (expected[0][0] + expected[1][0]) / 2
     assert abs(mean_after - 0.5) < abs(mean_before - 0.5)
     assert float(aligned[:, 0].mean()) == pytest.approx(mean_after)
+    # later batches move it as an EMA: 0.5 * [0.8, 0.2] + 0.5 * [0.6, 0.4]
+    da(torch.tensor([[0.6, 0.4], [0.6, 0.4]], dtype=torch.float64))
+    assert da.state["p_model"].tolist() == pytest.approx([0.7, 0.3])
 
 
 def test_distribution_alignment_changes_pseudo_labels() -> None:
@@ -178,7 +181,7 @@ def test_fixmatch_with_flexmatch_thresholds_and_state() -> None:
     restored.load_state_dict(copy.deepcopy(state))
     assert torch.equal(restored.labeler.policy.state["sigma"], algo.labeler.policy.state["sigma"])
     with pytest.raises(ValueError, match="fixmatch.threshold"):
-        cls.Params(threshold="softmatch")
+        cls.Params(threshold="hardmatch")
     with pytest.raises(ValueError, match="fixmatch.stats_momentum"):
         cls.Params(stats_momentum=1.0)
 

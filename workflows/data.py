@@ -11,6 +11,8 @@ The training streams are lazy (row numbers -> rows -> clips inside the tasks): t
 list as long as the run, and Ray Data's backpressure bounds the object store.
 A bad video (zero-byte, truncated, not a video, too slow to decode) is skipped, warned and counted by a
 `SkipCounter` actor; the worker reports the count as `data/skipped_videos`.
+With data.cache (ssl_core/data/clip_cache.py) the driver decodes every video once into a memory-mapped cache
+before the streams start, and the tasks slice the same clips from it instead of decoding.
 
 Try it alone: python -m workflows.data --config configs/demo.yaml
 """
@@ -22,11 +24,13 @@ import dataclasses
 import logging
 import math
 from collections.abc import Iterator, Mapping, Sequence
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import ray
 
+from ssl_core.data.clip_cache import ClipCache, open_cache
 from ssl_core.data.decode import DecodeError, get_decoder
 from ssl_core.data.manifest import VideoRecord
 
@@ -137,6 +141,15 @@ def _augment(clips: np.ndarray, seeds: np.ndarray, augment: dict[str, Any], view
     return out
 
 
+def _backend(opts: dict[str, Any]) -> ModuleType | ClipCache:
+    """The decode backend of a task config (popping its keys): the run's clip cache when the driver built one
+    (opened once per worker process), else the data.decoder module. Outside any try: a missing backend or an
+    unreachable cache is a setup error, not a bad video."""
+    decoder = opts.pop("decoder", "pyav")
+    cache_dir = opts.pop("cache_dir", None)
+    return open_cache(cache_dir, fallback=decoder) if cache_dir else get_decoder(decoder)
+
+
 def train_batches(
     spans: dict[str, np.ndarray],
     *,
@@ -153,10 +166,11 @@ def train_batches(
     one Ray Data task does all of it, stacks each chunk's clips into one array (no per-row conversion) and
     yields it as soon as it is decoded.
 
-    cfg: num_frames, stride, size [, decoder ("pyav" | "torchcodec"), timeout_s (seconds or None), threads]."""
+    cfg: num_frames, stride, size [, decoder ("pyav" | "torchcodec"), timeout_s (seconds or None), threads,
+    cache_dir (the clip cache's folder, or None)]."""
     ids = np.concatenate([np.arange(a, b) for a, b in zip(spans["start"], spans["stop"], strict=True)])
     opts = dict(cfg)
-    backend = get_decoder(opts.pop("decoder", "pyav"))  # outside the try: a missing backend is not a bad video
+    backend = _backend(opts)
     for start in range(0, len(ids), chunk):
         rows = rows_for_ids(ids[start : start + chunk], _table(table), seed, label_key, key=table.hex())
         kept, clips = [], []
@@ -185,9 +199,9 @@ def resolve_placement(placement: str, use_gpu: bool) -> str:
 
 
 def _decode_eval_row(row: dict[str, Any], *, cfg: dict[str, Any], counter: Any) -> list[dict[str, Any]]:
-    """cfg: num_frames, stride, size, num_clips [, decoder, timeout_s, threads] (as in train_batch)."""
+    """cfg: num_frames, stride, size, num_clips [, decoder, timeout_s, threads, cache_dir] (as in train_batches)."""
     opts = dict(cfg)
-    backend = get_decoder(opts.pop("decoder", "pyav"))
+    backend = _backend(opts)
     try:
         clips = backend.decode_eval_clips(row["path"], **opts)
     except DecodeError as err:
@@ -211,11 +225,18 @@ def build_datasets(
 
     Streams are lazy: row numbers -> rows -> decoded clips (-> augmented views), each step fused into one
     task, so Ray Data's backpressure bounds what is in flight however long the run or large the manifest."""
+    from ssl_core.data.clip_cache import cache_for_config
+
     d, t, workers = cfg.data, cfg.train, cfg.scaling.num_workers
+    # data.cache: built (or reused) here, once, before any stream; the tasks open it by its folder. Every
+    # split's videos go in, whatever the algorithm streams, so runs of one dataset share one cache.
+    cache, cache_report = cache_for_config(cfg, [r.path for r in (*labeled, *unlabeled, *test)])
+    log.info(cache_report.line())
     clip_cfg = {"num_frames": d.num_frames, "stride": d.stride, "size": d.size}
     # Each decode task has its share of a core: FFmpeg's own threads would only oversubscribe it.
     decode_cfg = {**clip_cfg, "decoder": d.decoder, "timeout_s": d.decode_timeout_s,
-                  "threads": max(1, int(d.decode_cpus))}
+                  "threads": max(1, int(d.decode_cpus)),
+                  "cache_dir": str(cache.directory) if cache is not None else None}
     on_data = resolve_placement(cfg.augment.placement, cfg.scaling.use_gpu) == "data"
     augment = dataclasses.asdict(cfg.augment)
     # A little slack beyond the exact need keeps `drop_last` from starving the last step of a worker.

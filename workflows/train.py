@@ -108,7 +108,7 @@ def run_training(
     from ray.train.torch import TorchTrainer
 
     from ssl_core.algorithms import get_algorithm
-    from ssl_core.checkpoint import load_training_state, model_meta
+    from ssl_core.checkpoint import deployed_weights, load_training_state, model_meta
     from ssl_core.data.prepare import prepare_data
     from ssl_core.models import build_model
     from workflows.data import SkipCounter, build_datasets
@@ -197,7 +197,7 @@ def run_training(
         # Metrics the rank-0 worker could not deliver while the server was away (see Tracker.write_unsent).
         upload_unsent(ckpt_dir)
     model = build_model(final["model_names"]["primary"], num_classes=final["num_classes"])
-    model.load_state_dict(final["models"]["primary"])
+    model.load_state_dict(deployed_weights(final, "primary"))
     example = torch.zeros(1, 3, cfg.data.num_frames, cfg.augment.crop_size, cfg.augment.crop_size)
     meta = model_meta(cfg, data.manifest.classes)
     model_uri, version = tracker.log_model(model.eval(), cfg.tracking.registered_model, example.numpy(), meta)

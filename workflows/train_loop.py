@@ -33,7 +33,7 @@ from ssl_core.checkpoint import (
     unwrap,
 )
 from ssl_core.config import Config, from_dict
-from ssl_core.evaluate import EvalCounts, video_probs
+from ssl_core.evaluate import EvalCounts, PreciseBN, video_probs
 from ssl_core.loop import build_models, build_optimizer, freeze, model_names, optimize, stream_batches
 from ssl_core.schedule import build_scheduler
 from workflows.plots import confusion_figure
@@ -120,8 +120,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         teacher = load_teacher(str(cfg.model.teacher), loop_config["tracking_uri"], classes)
         models[role] = freeze(teacher).to(device)
     algorithm = algorithm_cls(models, cfg.algorithm.resolved_params())
+    algorithm.configure_ema(cfg.train.ema_decay, cfg.train.ema_start)
     if checkpoint is not None:
         algorithm.load_state_dict(algorithm_state)
+        algorithm.load_ema_state_dict(state.get("ema", {}))
 
     tracker = None
     if rank == 0:
@@ -139,10 +141,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     counts: dict[str, int] = defaultdict(int)
     window_start, window_clips = time.perf_counter(), 0
 
+    precise_bn = PreciseBN(t.precise_bn_batches)
     for step in range(start_step, t.iterations):
         lb = next(labeled_it)
         ub = next(unlabeled_it) if unlabeled_it is not None else None
         labeled, unlabeled = stream_batches(lb, ub, cfg.augment, device)
+        if rank == 0:
+            precise_bn.remember(labeled, unlabeled)
         _, step_metrics = optimize(algorithm, optimizer, scheduler, labeled, unlabeled, grad_clip=t.grad_clip)
         window_clips += len(lb["label"]) + (0 if ub is None else len(ub["true_label"]))
         for key, value in step_metrics.items():
@@ -163,7 +168,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         metrics["data/skipped_videos"] = float(ray.get(counter.count.remote()))
         eval_counts = None
         if rank == 0 and (done % t.eval_every == 0 or last):
-            eval_counts = evaluate(algorithm.eval_models(), cfg, num_classes, device)
+            precise_bn.apply({role: unwrap(m) for role, m in algorithm.deployed_models().items()}, device)
+            eval_counts = evaluate(algorithm.deployed_models(), cfg, num_classes, device)
             for role, c in eval_counts.items():
                 for key, value in c.summary().items():
                     metrics[f"eval/{key}_{role}"] = value
@@ -185,7 +191,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 save_training_state(
                     tmp, models=algorithm.trainable_models(), optimizer=optimizer, scheduler=scheduler, step=done,
                     algorithm_state=algorithm.state_dict(), model_names=names, num_classes=num_classes,
-                    meta=model_meta(cfg, classes),
+                    meta=model_meta(cfg, classes), ema=algorithm.ema_state_dict(),
                 )
                 if tracker is not None:
                     tracker.write_unsent(tmp)

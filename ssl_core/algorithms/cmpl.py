@@ -5,8 +5,12 @@ biases; their confident weak-view pseudo-labels are complementary, so each teach
     L = (Ls^F + Ls^A) + lambda_u (Lu^F + Lu^A)
     Lu^F = (1/B_u) sum_i 1[max p_i^A >= tau] CE(argmax p_i^A, F(strong(u_i)))   (and A <-> F for Lu^A)
 Only the primary is deployed.
-Options (thresholds.py): `threshold` = fixed | flexmatch | freematch and `distribution_alignment`; each
-model's pseudo-labels get their OWN policy instance (its statistics describe that model's predictions).
+Options (thresholds.py): `threshold` = fixed | flexmatch | freematch | softmatch and `distribution_alignment`;
+each model's pseudo-labels get their OWN policy instance (its statistics describe that model's predictions).
+The recipe options (components.RecipeParams): supervised warm-up and a ramp of the unlabeled weight,
+pseudo-labels from each model's EMA copy, label smoothing and MixUp on the labeled term (the same mixed
+batch for both models). Beyond the paper, the auxiliary may read the temporal-gradient view of the clips
+(`model.auxiliary: small3d_w0.5+tg`, ssl_core.models.registry), so the two models' mistakes differ more.
 """
 
 from __future__ import annotations
@@ -15,19 +19,26 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ssl_core.algorithms.components import joint_forward, masked_cross_entropy
+from ssl_core.algorithms.components import (
+    RecipeParams,
+    labeled_loss,
+    masked_cross_entropy,
+    mix_labeled,
+    pseudo_label_forward,
+    unlabeled_ramp,
+)
 from ssl_core.algorithms.registry import Algorithm, StepOutput, check_param, register_algorithm, require_keys
-from ssl_core.algorithms.thresholds import PseudoLabeler, validate_threshold_options
+from ssl_core.algorithms.thresholds import PseudoLabeler, PseudoTargets, validate_threshold_options
 
 
 @dataclass(frozen=True)
-class CMPLParams:
+class CMPLParams(RecipeParams):
     tau: float = 0.95  # confidence threshold for the OTHER model's pseudo-labels (paper: FixMatch's 0.95)
     lambda_u: float = 1.0  # weight of both cross-model unlabeled losses (paper: 1)
-    threshold: str = "fixed"  # fixed | flexmatch | freematch: class-wise adaptive thresholds (thresholds.py)
+    # fixed | flexmatch | freematch | softmatch: class-wise adaptive thresholds or Gaussian weights
+    threshold: str = "fixed"
     distribution_alignment: bool = False  # ReMixMatch DA of p before thresholding: counters class imbalance
     stats_momentum: float = 0.999  # EMA momentum of the adaptive-threshold / DA statistics (~1000-batch memory)
 
@@ -35,6 +46,7 @@ class CMPLParams:
         check_param("cmpl", "tau", self.tau, "unit")
         check_param("cmpl", "lambda_u", self.lambda_u, "non_negative")
         validate_threshold_options("cmpl", self.threshold, self.distribution_alignment, self.stats_momentum)
+        self.check_recipe("cmpl")
 
 
 @register_algorithm("cmpl")
@@ -55,34 +67,44 @@ class CMPL(Algorithm):
     def train_step(self, labeled: dict[str, Tensor], unlabeled: dict[str, Tensor] | None) -> StepOutput:
         require_keys(labeled, ("video", "label"), "labeled", self.name)
         require_keys(unlabeled, ("weak", "strong"), "unlabeled", self.name)
+        p = self.params
+        batch = mix_labeled(labeled["video"], labeled["label"], p.labeled_mixup)
+        ramp = unlabeled_ramp(self.steps_done, p.unsup_warmup, p.unsup_rampup)
         sup: dict[str, Tensor] = {}
+        if ramp == 0.0:  # supervised warm-up: the unlabeled clips are not even forwarded
+            for role in self.roles:
+                sup[role] = labeled_loss(self.models[role](batch.video), batch, p.label_smoothing)
+            loss = sum(sup.values())
+            metrics = {f"loss/sup_{role}": value.detach() for role, value in sup.items()}
+            return StepOutput(loss=loss, metrics={**metrics, "loss/total": loss.detach(),
+                                                  "unsup_weight": loss.new_tensor(0.0)})
         weak: dict[str, Tensor] = {}
         strong: dict[str, Tensor] = {}
-        labels: dict[str, tuple[Tensor, Tensor]] = {}  # role -> (hard, float mask) that role PRODUCED
-        thresholds: dict[str, Tensor] = {}  # role -> (C,) thresholds applied to that role's predictions
+        targets: dict[str, PseudoTargets] = {}  # role -> the targets that role PRODUCED
         for role in self.roles:
-            logits_lab, weak[role], strong[role] = joint_forward(
-                self.models[role], labeled["video"], unlabeled["weak"], unlabeled["strong"]
+            teacher = self.ema.get(role) if p.ema_teacher else None
+            logits_lab, weak[role], strong[role] = pseudo_label_forward(
+                self.models[role], teacher, batch.video, unlabeled["weak"], unlabeled["strong"]
             )
-            sup[role] = F.cross_entropy(logits_lab, labeled["label"])
-            targets = self.labelers[role](weak[role])
-            labels[role] = (targets.hard, targets.mask)
-            thresholds[role] = targets.thresholds
+            sup[role] = labeled_loss(logits_lab, batch, p.label_smoothing)
+            targets[role] = self.labelers[role](weak[role])
 
         teacher_of = {"primary": "auxiliary", "auxiliary": "primary"}
-        unsup = {role: masked_cross_entropy(strong[role], *labels[teacher_of[role]]) for role in self.roles}
-        loss = sum(sup.values()) + self.params.lambda_u * sum(unsup.values())
+        unsup = {role: masked_cross_entropy(strong[role], targets[teacher_of[role]].hard,
+                                            targets[teacher_of[role]].mask) for role in self.roles}
+        weight = p.lambda_u * ramp
+        loss = sum(sup.values()) + weight * sum(unsup.values())
 
-        metrics: dict[str, Tensor] = {"loss/total": loss.detach()}
+        metrics: dict[str, Tensor] = {"loss/total": loss.detach(), "unsup_weight": loss.new_tensor(weight)}
         pseudo: dict[str, tuple[Tensor, Tensor]] = {}
         for role in self.roles:
-            hard, mask = labels[teacher_of[role]]
+            taught_by = targets[teacher_of[role]]
             metrics[f"loss/sup_{role}"] = sup[role].detach()
             metrics[f"loss/unsup_{role}"] = unsup[role].detach()
-            # Rate of the targets that taught this role (i.e. the other model's confident fraction).
-            metrics[f"pseudo/mask_rate_{role}"] = mask.mean()
-            metrics[f"pseudo/threshold_mean_{role}"] = thresholds[teacher_of[role]].float().mean()
-            pseudo[role] = (hard, mask.bool())
+            # Rate (mean weight) of the targets that taught this role (i.e. the other model's confident fraction).
+            metrics[f"pseudo/mask_rate_{role}"] = taught_by.mask.mean()
+            metrics[f"pseudo/threshold_mean_{role}"] = taught_by.thresholds.float().mean()
+            pseudo[role] = (taught_by.hard, taught_by.confident)
         agree = weak["primary"].argmax(-1) == weak["auxiliary"].argmax(-1)
         metrics["pseudo/agreement"] = agree.float().mean()
         return StepOutput(

@@ -6,6 +6,7 @@ Kept free of algorithm state so they can be checked one by one against an indepe
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -181,3 +182,82 @@ def mixmatch_losses(
         return loss_x, logits_u.sum() * 0.0
     loss_u = (logits_u.softmax(dim=-1) - targets_u.detach().to(logits_u.dtype)).pow(2).mean()
     return loss_x, loss_u
+
+
+def unlabeled_ramp(step: int, warmup: int, rampup: int) -> float:
+    """Weight of the unlabeled term at optimizer step `step`: 0 during the supervised warm-up (LTG, TCL: the
+    model first learns the labels, so its first pseudo-labels are not noise), then linear to 1 over `rampup`."""
+    if step < warmup:
+        return 0.0
+    return linear_rampup(step - warmup + 1, rampup)
+
+
+@dataclass(frozen=True)
+class LabeledBatch:
+    video: Tensor  # (B_l, 3, T, h, w), mixed when mixup is on
+    labels_a: Tensor  # (B_l,) int64
+    labels_b: Tensor  # (B_l,) int64, the labels of the clips mixed in (labels_a without mixup)
+    lam: float  # weight of labels_a
+
+
+def mix_labeled(video: Tensor, labels: Tensor, alpha: float) -> LabeledBatch:
+    """MixUp of the labeled batch with a permutation of itself, lam ~ Beta(alpha, alpha); alpha 0: unchanged.
+
+    Few labeled clips are memorised within a few hundred steps; mixing them gives the labeled term new inputs
+    every step and softer targets, so the model stays calibrated enough for its confidence to mean something."""
+    if alpha <= 0 or video.shape[0] < 2:
+        return LabeledBatch(video, labels, labels, 1.0)
+    lam = float(torch.distributions.Beta(alpha, alpha).sample())
+    order = torch.randperm(video.shape[0], device=video.device)
+    return LabeledBatch(mixup(video, video[order], lam), labels, labels[order], lam)
+
+
+def labeled_loss(logits: Tensor, batch: LabeledBatch, label_smoothing: float = 0.0) -> Tensor:  # scalar
+    """Cross-entropy of the (mixed) labeled batch, with label smoothing."""
+    loss_a = F.cross_entropy(logits, batch.labels_a, label_smoothing=label_smoothing)
+    if batch.lam == 1.0:
+        return loss_a
+    return batch.lam * loss_a + (1.0 - batch.lam) * F.cross_entropy(
+        logits, batch.labels_b, label_smoothing=label_smoothing
+    )
+
+
+@dataclass(frozen=True)
+class RecipeParams:
+    """Options shared by the pseudo-labeling methods (fixmatch, cmpl) and, for the labeled term, supervised."""
+
+    # Optimizer steps on labeled clips only before the unlabeled term starts (LTG: 30 of 180 epochs).
+    unsup_warmup: int = 0
+    # Then the unlabeled weight ramps linearly from 0 to lambda_u over this many steps.
+    unsup_rampup: int = 0
+    # Pseudo-labels from the EMA copy of the model (train.ema_decay > 0), once it exists: a smoother teacher
+    # than the raw weights, which chase each batch (the Mean Teacher / SVFormer argument).
+    ema_teacher: bool = False
+    # Labeled-term regularisation against memorising a handful of clips.
+    label_smoothing: float = 0.0
+    labeled_mixup: float = 0.0  # MixUp alpha on the labeled batch; 0: off
+
+    def check_recipe(self, algorithm: str) -> None:
+        from ssl_core.algorithms.registry import check_param
+
+        for name in ("unsup_warmup", "unsup_rampup"):
+            check_param(algorithm, name, getattr(self, name), "non_negative")
+        check_param(algorithm, "label_smoothing", self.label_smoothing, "unit")
+        check_param(algorithm, "labeled_mixup", self.labeled_mixup, "non_negative")
+
+
+def pseudo_label_forward(
+    model: nn.Module,
+    teacher: nn.Module | None,  # the EMA copy (eval mode, no grad) or None: the model labels its own weak view
+    labeled_video: Tensor,  # (B_l, 3, T, h, w)
+    weak: Tensor,  # (B_u, 3, T, h, w)
+    strong: Tensor,  # (B_u, 3, T, h, w)
+) -> tuple[Tensor, Tensor, Tensor]:  # logits (B_l, C), weak (B_u, C) without grad, strong (B_u, C)
+    """joint_forward, or with a teacher: the model on labeled + strong (one pass), the teacher on weak."""
+    if teacher is None:
+        return joint_forward(model, labeled_video, weak, strong)
+    logits_lab, logits_strong = model(torch.cat([labeled_video, strong])).split([labeled_video.shape[0],
+                                                                                  strong.shape[0]])
+    with torch.no_grad():
+        logits_weak = teacher(weak).to(logits_strong.dtype)
+    return logits_lab, logits_weak, logits_strong

@@ -1,9 +1,11 @@
 """FixMatch (Sohn et al. 2020): confident weak-view pseudo-labels teach the strong view.
 
-L = CE(F(v), y) + lambda_u * (1/B_u) sum_i 1[max p_i >= tau] CE(argmax p_i, F(strong(u_i))),
-p_i = softmax(F(weak(u_i))) without gradient.
-Options (thresholds.py): `threshold` = fixed | flexmatch | freematch replaces tau by class-wise thresholds
-T_{argmax p_i}; `distribution_alignment` aligns p_i (ReMixMatch DA) before thresholding.
+L = CE(F(v), y) + lambda_u * (1/B_u) sum_i w_i CE(argmax p_i, F(strong(u_i))),
+p_i = softmax(F(weak(u_i))) without gradient, w_i = 1[max p_i >= tau] (FixMatch).
+Options (thresholds.py): `threshold` = fixed | flexmatch | freematch | softmatch replaces the fixed cut by
+class-wise thresholds or SoftMatch's Gaussian weights; `distribution_alignment` aligns p_i (ReMixMatch DA)
+before thresholding. The recipe options (components.RecipeParams): supervised warm-up and a ramp of the
+unlabeled weight, pseudo-labels from the EMA model, label smoothing and MixUp on the labeled term.
 """
 
 from __future__ import annotations
@@ -12,19 +14,26 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ssl_core.algorithms.components import joint_forward, masked_cross_entropy
+from ssl_core.algorithms.components import (
+    RecipeParams,
+    labeled_loss,
+    masked_cross_entropy,
+    mix_labeled,
+    pseudo_label_forward,
+    unlabeled_ramp,
+)
 from ssl_core.algorithms.registry import Algorithm, StepOutput, check_param, register_algorithm, require_keys
 from ssl_core.algorithms.thresholds import PseudoLabeler, validate_threshold_options
 
 
 @dataclass(frozen=True)
-class FixMatchParams:
+class FixMatchParams(RecipeParams):
     tau: float = 0.95  # confidence threshold: high, so only reliable pseudo-labels teach (paper default)
     lambda_u: float = 1.0  # unlabeled loss weight; 1 works without ramp-up because the mask gates early noise
-    threshold: str = "fixed"  # fixed | flexmatch | freematch: class-wise adaptive thresholds (thresholds.py)
+    # fixed | flexmatch | freematch | softmatch: class-wise adaptive thresholds or Gaussian weights
+    threshold: str = "fixed"
     distribution_alignment: bool = False  # ReMixMatch DA of p before thresholding: counters class imbalance
     stats_momentum: float = 0.999  # EMA momentum of the adaptive-threshold / DA statistics (~1000-batch memory)
 
@@ -32,6 +41,7 @@ class FixMatchParams:
         check_param("fixmatch", "tau", self.tau, "unit")
         check_param("fixmatch", "lambda_u", self.lambda_u, "non_negative")
         validate_threshold_options("fixmatch", self.threshold, self.distribution_alignment, self.stats_momentum)
+        self.check_recipe("fixmatch")
 
 
 @register_algorithm("fixmatch")
@@ -49,24 +59,34 @@ class FixMatch(Algorithm):
     def train_step(self, labeled: dict[str, Tensor], unlabeled: dict[str, Tensor] | None) -> StepOutput:
         require_keys(labeled, ("video", "label"), "labeled", self.name)
         require_keys(unlabeled, ("weak", "strong"), "unlabeled", self.name)
-        logits_lab, logits_weak, logits_strong = joint_forward(
-            self.models["primary"], labeled["video"], unlabeled["weak"], unlabeled["strong"]
+        p = self.params
+        model = self.models["primary"]
+        batch = mix_labeled(labeled["video"], labeled["label"], p.labeled_mixup)
+        ramp = unlabeled_ramp(self.steps_done, p.unsup_warmup, p.unsup_rampup)
+        if ramp == 0.0:  # supervised warm-up: the unlabeled clips are not even forwarded (a third of the work)
+            loss = labeled_loss(model(batch.video), batch, p.label_smoothing)
+            return StepOutput(loss=loss, metrics={"loss/sup_primary": loss.detach(), "loss/total": loss.detach(),
+                                                  "unsup_weight": loss.new_tensor(0.0)})
+        teacher = self.ema.get("primary") if p.ema_teacher else None
+        logits_lab, logits_weak, logits_strong = pseudo_label_forward(
+            model, teacher, batch.video, unlabeled["weak"], unlabeled["strong"]
         )
-        loss_sup = F.cross_entropy(logits_lab, labeled["label"])
+        loss_sup = labeled_loss(logits_lab, batch, p.label_smoothing)
         targets = self.labeler(logits_weak)
-        hard, mask = targets.hard, targets.mask
-        loss_unsup = masked_cross_entropy(logits_strong, hard, mask)
-        loss = loss_sup + self.params.lambda_u * loss_unsup
+        loss_unsup = masked_cross_entropy(logits_strong, targets.hard, targets.mask)
+        weight = p.lambda_u * ramp
+        loss = loss_sup + weight * loss_unsup
         return StepOutput(
             loss=loss,
             metrics={
                 "loss/sup_primary": loss_sup.detach(),
                 "loss/unsup_primary": loss_unsup.detach(),
                 "loss/total": loss.detach(),
-                "pseudo/mask_rate_primary": mask.mean(),
+                "unsup_weight": loss.new_tensor(weight),
+                "pseudo/mask_rate_primary": targets.mask.mean(),
                 "pseudo/threshold_mean_primary": targets.thresholds.float().mean(),
             },
-            pseudo={"primary": (hard, mask.bool())},
+            pseudo={"primary": (targets.hard, targets.confident)},
             logits_weak={"primary": logits_weak.detach()},
         )
 

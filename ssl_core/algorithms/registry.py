@@ -15,6 +15,7 @@ Try it:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
@@ -57,6 +58,13 @@ class Algorithm(ABC):
             )
         self.models: dict[str, nn.Module] = dict(models)
         self.params = params
+        # Optimizer steps done before the current one; the worker loop sets it (from the LR scheduler, which
+        # checkpoints it) before every train_step, so warm-up and ramps need no state of their own.
+        self.steps_done = 0
+        # EMA copies of the trainable models (train.ema_decay): off until configure_ema, empty until created.
+        self.ema: dict[str, nn.Module] = {}
+        self.ema_decay = 0.0
+        self.ema_start = 0
 
     @abstractmethod
     def train_step(self, labeled: dict[str, Tensor], unlabeled: dict[str, Tensor] | None) -> StepOutput: ...
@@ -72,6 +80,47 @@ class Algorithm(ABC):
     def after_optimizer_step(self) -> None:  # noqa: B027 (an optional hook, not an abstract one)
         """Called by the worker loop right after optimizer.step() (EMA updates live here); nothing by default."""
 
+    # --- EMA of the trained weights (train.ema_decay), for every algorithm -----------------------------
+
+    def configure_ema(self, decay: float, start: int) -> None:
+        """Keep an EMA of every trainable model from optimizer step `start` on (created there as a copy, so
+        the average does not remember the random init: SVFormer creates its teacher after warm-up)."""
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"{self.name}: ema_decay must be in [0, 1), got {decay}")
+        self.ema_decay, self.ema_start = decay, start
+
+    def update_ema(self) -> None:
+        """Called by the worker loop after after_optimizer_step (self.steps_done: the steps before this one)."""
+        if self.ema_decay <= 0 or self.steps_done + 1 < self.ema_start:
+            return
+        from ssl_core.algorithms.components import ema_update
+        from ssl_core.checkpoint import unwrap
+
+        for role, model in self.trainable_models().items():
+            if role not in self.ema:
+                self.ema[role] = _frozen_copy(unwrap(model))
+            else:
+                ema_update(self.ema[role], unwrap(model), self.ema_decay)
+
+    def deployed_models(self) -> dict[str, nn.Module]:
+        """eval_models() with the EMA copy in place of each raw model that has one: what is evaluated,
+        checkpointed for inference and registered."""
+        return {role: self.ema.get(role, model) for role, model in self.eval_models().items()}
+
+    def ema_state_dict(self) -> dict[str, dict[str, Any]]:
+        return {role: m.state_dict() for role, m in self.ema.items()}
+
+    def load_ema_state_dict(self, state: Mapping[str, Mapping[str, Any]]) -> None:
+        from ssl_core.checkpoint import unwrap
+
+        models = self.trainable_models()
+        unknown = set(state) - set(models)
+        if unknown:
+            raise KeyError(f"{self.name}: EMA state for unknown roles {sorted(unknown)}")
+        for role, weights in state.items():
+            self.ema[role] = _frozen_copy(unwrap(models[role]))
+            self.ema[role].load_state_dict(weights)
+
     def state_dict(self) -> dict[str, Any]:
         """Algorithm state beyond the models (EMA weights, class-wise thresholds); none by default."""
         return {}
@@ -79,6 +128,13 @@ class Algorithm(ABC):
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if state:
             raise KeyError(f"{self.name}: keeps no state, got keys {sorted(state)}")
+
+
+def _frozen_copy(model: nn.Module) -> nn.Module:
+    copied = copy.deepcopy(model).eval()
+    for p in copied.parameters():
+        p.requires_grad_(False)
+    return copied
 
 
 def require_keys(

@@ -15,12 +15,17 @@ Options shared by fixmatch, cmpl and pseudo_label (Params fields `threshold` and
   max(p) (init 1/C), local p_t(c) = EMA of the batch mean of p(c) (init 1/C);
   T_c = MaxNorm(p_t)(c) * tau_t = p_t(c) / max_c' p_t(c') * tau_t. `tau` is not used (self-adaptive);
   FreeMatch's fairness loss is not included.
+- `softmatch` (Chen et al. 2023): no hard cut; each pseudo-label is WEIGHTED by a truncated Gaussian of its
+  confidence, w = 1 if max(p) >= mu_t else exp(-(max(p) - mu_t)^2 / (2 sigma_t^2 / n^2)), n = 2 (USB's
+  n_sigma), mu_t / sigma_t^2 = EMA of the batch mean / variance of max(p) (init 1/C and 1, as USB). Nearly every
+  clip counts from the first step, with a low weight while the model is unsure. `tau` is not used.
 - distribution alignment (ReMixMatch, Berthelot et al. 2020): p <- Normalize(p * p_target / p_model), with
-  p_model = EMA (momentum m, init uniform) of the mean prediction on unlabeled data and p_target uniform
-  (or a given class prior). Applied BEFORE thresholding; pseudo-labels are argmax of the aligned p.
+  p_model = EMA (momentum m) of the mean prediction on unlabeled data, started at the FIRST batch's mean (as
+  USB does: a uniform start keeps DA inert for ~1 / (1 - m) steps), and p_target uniform (or a given class
+  prior). Applied BEFORE thresholding; pseudo-labels are argmax of the aligned p.
 
-A sample is kept when max(p) >= T_{argmax p}. Statistics include the current batch (update, then
-threshold), as USB does.
+A sample is kept when max(p) >= T_{argmax p} (weight 1, else 0; softmatch: the Gaussian weight). Statistics
+include the current batch (update, then threshold), as USB does.
 
 Synchronisation: when torch.distributed is initialised, the per-batch statistics are all-reduced (sums and
 sample counts summed over workers, then divided by the total count: the mean over the global batch, which
@@ -38,7 +43,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-THRESHOLDS = ("fixed", "flexmatch", "freematch")
+THRESHOLDS = ("fixed", "flexmatch", "freematch", "softmatch")
+SOFTMATCH_N_SIGMA = 2.0
 
 
 @dataclass
@@ -46,8 +52,12 @@ class PseudoTargets:
     probs: Tensor  # (B, C) (aligned) class probabilities, no grad
     max_probs: Tensor  # (B,)
     hard: Tensor  # (B,) int64 argmax
-    mask: Tensor  # (B,) float in {0, 1}: max_probs >= thresholds[hard]
-    thresholds: Tensor  # (C,) per-class thresholds used for this batch
+    mask: Tensor  # (B,) float weight of each pseudo-label: {0, 1} (max_probs >= thresholds[hard]), softmatch [0, 1]
+    thresholds: Tensor  # (C,) per-class thresholds used for this batch (softmatch: mu_t, full weight above)
+
+    @property
+    def confident(self) -> Tensor:  # (B,) bool: the pseudo-labels taught at full weight
+        return self.max_probs >= self.thresholds[self.hard]
 
 
 def global_batch_mean(stats: Tensor, count: int) -> Tensor:
@@ -99,7 +109,7 @@ class _Stateful:
         if not self.state:
             self.state = self._init_state(num_classes)
         self.state = {k: v.to(device) for k, v in self.state.items()}
-        size = next(v for k, v in self.state.items() if v.ndim == 1).numel()
+        size = next((v.numel() for v in self.state.values() if v.ndim == 1), num_classes)  # per-class state
         if size != num_classes:
             raise ValueError(f"{type(self).__name__}: state holds {size} classes, logits have {num_classes}")
 
@@ -175,6 +185,33 @@ class FreeMatchThreshold(ThresholdPolicy):
         return freematch_thresholds(self.state["p_t"], self.state["tau_t"]).to(dtype)
 
 
+class SoftMatchWeight(ThresholdPolicy):
+    kind = "softmatch"
+    _state_names = ("mu_t", "var_t")
+
+    def _init_state(self, num_classes: int) -> dict[str, Tensor]:
+        return {"mu_t": torch.tensor(1.0 / num_classes), "var_t": torch.tensor(1.0)}
+
+    def update(self, probs: Tensor) -> None:
+        self._ready(probs.shape[1], probs.device)
+        max_probs = probs.float().max(dim=-1).values
+        mean, mean_sq = global_batch_mean(torch.stack([max_probs.sum(), max_probs.square().sum()]), probs.shape[0])
+        count = probs.shape[0]
+        # Unbiased variance (as USB's torch.var) from the global first and second moments.
+        var = (mean_sq - mean.square()).clamp_min(0.0) * count / max(count - 1, 1)
+        self._ema("mu_t", mean)
+        self._ema("var_t", var)
+
+    def thresholds(self, num_classes: int, device: torch.device, dtype: torch.dtype = torch.float32) -> Tensor:
+        self._ready(num_classes, device)
+        return self.state["mu_t"].expand(num_classes).to(dtype)
+
+    def weights(self, max_probs: Tensor) -> Tensor:
+        gap = (max_probs.float() - self.state["mu_t"]).clamp_max(0.0)
+        var = self.state["var_t"].clamp_min(1e-12)
+        return torch.exp(-gap.square() / (2.0 * var / SOFTMATCH_N_SIGMA**2)).to(max_probs.dtype)
+
+
 class DistributionAlignment(_Stateful):
     """ReMixMatch DA with p_model = EMA of the mean unlabeled prediction; p_target uniform unless given."""
 
@@ -189,8 +226,13 @@ class DistributionAlignment(_Stateful):
 
     def __call__(self, probs: Tensor) -> Tensor:
         num_classes = probs.shape[1]
+        first = not self.state
         self._ready(num_classes, probs.device)
-        self._ema("p_model", global_batch_mean(probs.float().sum(dim=0), probs.shape[0]))
+        batch_mean = global_batch_mean(probs.float().sum(dim=0), probs.shape[0])
+        if first:
+            self.state["p_model"] = batch_mean  # USB: p_model starts at the first batch's mean
+        else:
+            self._ema("p_model", batch_mean)
         target = (
             torch.full((num_classes,), 1.0 / num_classes, device=probs.device)
             if self.p_target is None
@@ -203,6 +245,7 @@ POLICIES: dict[str, type[ThresholdPolicy]] = {
     "fixed": ThresholdPolicy,
     "flexmatch": FlexMatchThreshold,
     "freematch": FreeMatchThreshold,
+    "softmatch": SoftMatchWeight,
 }
 
 
@@ -238,7 +281,10 @@ class PseudoLabeler:
         self.policy.update(probs)
         thresholds = self.policy.thresholds(probs.shape[1], probs.device, probs.dtype)
         max_probs, hard = probs.max(dim=-1)
-        mask = (max_probs >= thresholds[hard]).to(max_probs.dtype)
+        if isinstance(self.policy, SoftMatchWeight):
+            mask = self.policy.weights(max_probs)
+        else:
+            mask = (max_probs >= thresholds[hard]).to(max_probs.dtype)
         return PseudoTargets(probs, max_probs, hard, mask, thresholds)
 
     def state_dict(self) -> dict[str, Any]:
