@@ -3,6 +3,8 @@
     python -m bench.accuracy --config configs/bench_accuracy.yaml [--set train.iterations=200] \
         [--methods supervised,fixmatch,cmpl]
 
+A row is an algorithm name or a named variant (`variants:` in the file: an algorithm with overrides, e.g. the
+recipe minus one lever for the ablation table, or supervised with all labels for the ceiling row).
 Each run goes through workflows.train (Ray Data + Ray Train + MLflow), as a child of one MLflow parent run
 tagged `vidssl.bench=accuracy`. Finished runs are kept in `<output.storage>/results.json`, so a stopped
 benchmark continues where it stopped (with the same --set overrides only: another budget is refused).
@@ -20,7 +22,7 @@ import statistics
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,8 @@ class BenchSpec:
     methods: list[str]
     fractions: list[float]
     seeds: list[int]
+    # row name -> overrides applied after the grid's own (must set algorithm.name)
+    variants: dict[str, list[str]] = field(default_factory=dict)
 
 
 def load_spec(path: str | Path) -> BenchSpec:
@@ -45,16 +49,23 @@ def load_spec(path: str | Path) -> BenchSpec:
     for key in ("base", "methods", "labeled_fractions", "seeds"):
         if key not in raw:
             raise ConfigError(f"{key}: missing from {path}")
-    unknown = set(raw) - {"base", "methods", "labeled_fractions", "seeds"}
+    unknown = set(raw) - {"base", "methods", "labeled_fractions", "seeds", "variants"}
     if unknown:
         raise ConfigError(f"{sorted(unknown)[0]}: unknown key in {path}")
+    variants = {str(name): [str(item) for item in items] for name, items in (raw.get("variants") or {}).items()}
+    for name, items in variants.items():
+        if not any(item.startswith("algorithm.name=") for item in items):
+            raise ConfigError(f"variants.{name}: must set algorithm.name=... (in {path})")
     return BenchSpec(raw["base"], list(raw["methods"]), [float(f) for f in raw["labeled_fractions"]],
-                     [int(s) for s in raw["seeds"]])
+                     [int(s) for s in raw["seeds"]], variants)
 
 
-def run_overrides(method: str, fraction: float, seed: int) -> list[str]:
-    return [f"algorithm.name={method}", f"data.labeled_fraction={fraction}", "data.labeled_per_class=null",
-            f"train.seed={seed}", f"data.split_seed={seed}", f"tracking.run_name={method}-f{fraction}-s{seed}"]
+def run_overrides(method: str, fraction: float, seed: int, variants: dict[str, list[str]] | None = None) -> list[str]:
+    """The grid's overrides for one run; a variant's own come last, so they win (e.g. all labels)."""
+    variant = (variants or {}).get(method)
+    return [f"algorithm.name={method}" if variant is None else "algorithm.name=supervised",
+            f"data.labeled_fraction={fraction}", "data.labeled_per_class=null", f"train.seed={seed}",
+            f"data.split_seed={seed}", f"tracking.run_name={method}-f{fraction}-s{seed}", *(variant or [])]
 
 
 def summarise(rows: list[dict[str, Any]], methods: Sequence[str], fractions: Sequence[float]) -> list[list[str]]:
@@ -95,7 +106,8 @@ def load_grid(args: argparse.Namespace) -> tuple[BenchSpec, list[str], dict[tupl
     spec = load_spec(args.config)
     chosen = [m for m in args.methods.split(",") if m] if args.methods else spec.methods
     grid = [(m, f, s) for f in spec.fractions for s in spec.seeds for m in chosen]
-    return spec, chosen, {key: with_overrides(spec.base, [*args.set, *run_overrides(*key)]) for key in grid}
+    return spec, chosen, {key: with_overrides(spec.base, [*args.set, *run_overrides(*key, spec.variants)])
+                          for key in grid}
 
 
 def plot(rows: list[dict[str, Any]], methods: Sequence[str], fractions: Sequence[float], path: Path) -> Any:

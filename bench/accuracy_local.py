@@ -70,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             name = "{}-f{}-s{}".format(*key)
             cmd = [sys.executable, "-m", "ssl_core.loop", "--config", str(base_file), "--device", args.device,
                    "--decode-threads", str(args.decode_threads)]
-            for item in [*args.set, *run_overrides(*key)]:
+            for item in [*args.set, *run_overrides(*key, spec.variants)]:
                 cmd += ["--set", item]
             log = (out / f"{name}.log").open("w")
             running[key] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True),

@@ -19,6 +19,7 @@ import yaml
 from ssl_core.algorithms import get_algorithm, list_algorithms
 from ssl_core.data.transforms import AugmentConfig
 from ssl_core.models import list_models, parse_model_name
+from ssl_core.models.init import init_spec_problem, is_mlflow_uri, split_role
 from ssl_core.typed_config import (
     ConfigError,
     SyntheticConfig,
@@ -87,6 +88,18 @@ class ModelConfig:
     # the last residual block (residual models only).
     dropout: float = 0.0
     stochastic_depth: float = 0.0
+    # Pretrained weights to start the primary from (and MPL's trainable teacher, built with the primary's
+    # architecture), because from few labels a pretrained backbone (e.g. Kinetics-400) learns far more than a
+    # random one. Fresh starts only: a resumed run restores its checkpoint. A vidssl checkpoint directory or run
+    # folder (its latest checkpoint; `PATH#auxiliary` takes another model of it), an MLflow model URI
+    # (models:/name@alias, models:/name/3, runs:/<id>/model; resolved once by workflows.train into a file under
+    # the run folder), or a local PyTorch state-dict file (.pt/.pth, e.g. torchvision's r3d_18 KINETICS400_V1
+    # weights for r3d_18, pytorchvideo's slow_r50 for r3d_50): nothing is downloaded at run time. A classifier
+    # of another class count starts fresh; another architecture is an error (ssl_core/models/init.py).
+    init: str | None = None
+    # The same for CMPL's auxiliary, a separate key because its architecture differs from the primary's
+    # (r3d_50_w0.25 next to r3d_50); null: random init.
+    auxiliary_init: str | None = None
 
 
 @dataclass
@@ -214,6 +227,11 @@ def pin_paths(raw: dict[str, Any], tracking_uri: str) -> dict[str, Any]:
         if data.get(key):
             data[key] = str(Path(data[key]).expanduser().resolve())
     out["output"]["storage"] = str(Path(out["output"]["storage"]).expanduser().resolve())
+    model = out.get("model") or {}
+    for key in ("init", "auxiliary_init"):  # a local source (`PATH#role` keeps its role); MLflow URIs stay
+        if model.get(key) and not is_mlflow_uri(model[key]):
+            path, role = split_role(model[key])
+            model[key] = str(Path(path).expanduser().resolve()) + (f"#{role}" if role else "")
     out["tracking"]["uri"] = tracking_uri
     return out
 
@@ -336,6 +354,10 @@ def validate(cfg: Config) -> None:
            f"algorithm {cfg.algorithm.name} needs a teacher: a checkpoint directory or models:/<name>@<alias>")
     _check(0 <= cfg.model.dropout < 1, "model.dropout", "must be in [0, 1)")
     _check(0 <= cfg.model.stochastic_depth < 1, "model.stochastic_depth", "must be in [0, 1)")
+    for key in ("init", "auxiliary_init"):
+        spec = getattr(cfg.model, key)
+        why = None if spec is None else init_spec_problem(spec)
+        _check(why is None, f"model.{key}", str(why))
     p = {**cfg.algorithm.params, **cfg.algorithm.values()}
     if "tau" in p:
         _check(0 <= p["tau"] <= 1, "algorithm.tau", f"must be in [0, 1], got {p['tau']}")

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from ssl_core.algorithms import get_algorithm
 from ssl_core.algorithms.registry import Algorithm, StepOutput
-from ssl_core.checkpoint import load_checkpoint_model
+from ssl_core.checkpoint import load_checkpoint_model, unwrap
 from ssl_core.config import Config, load_config
 from ssl_core.data.clip_cache import ClipCache
 from ssl_core.data.decode import DecodeError, decode_clip
@@ -32,6 +32,7 @@ from ssl_core.data.manifest import VideoRecord
 from ssl_core.data.transforms import AugmentConfig, augment_batch, unlabeled_views, weak_transform
 from ssl_core.evaluate import EvalCounts, PreciseBN
 from ssl_core.models import build_model
+from ssl_core.models.init import InitReport, InitSource, load_init, read_init_source
 from ssl_core.schedule import build_scheduler
 from ssl_core.step import TRUE_LABEL_KEY, ssl_step
 
@@ -41,7 +42,8 @@ def model_names(cfg: Config) -> dict[str, str]:
     loaded, not built). MPL's teacher shares the primary's architecture."""
     algorithm_cls = get_algorithm(cfg.algorithm.name)
     names = {"primary": cfg.model.primary, "auxiliary": cfg.model.auxiliary, "teacher": cfg.model.primary}
-    return {role: names[role] for role in algorithm_cls.roles if role not in algorithm_cls.frozen_roles}
+    roles = algorithm_cls.roles_for(cfg.algorithm.resolved_params())
+    return {role: names[role] for role in roles if role not in algorithm_cls.frozen_roles}
 
 
 def build_models(cfg: Config, num_classes: int) -> dict[str, nn.Module]:
@@ -55,6 +57,40 @@ def build_models(cfg: Config, num_classes: int) -> dict[str, nn.Module]:
             model = add_stochastic_depth(model, cfg.model.stochastic_depth)
         models[role] = model
     return models
+
+
+# Config key (model.<key>) whose pretrained weights start each trainable role. MPL's teacher is built with the
+# primary's architecture and starts from the same weights: the student learns the unlabeled clips only from the
+# teacher's pseudo-labels, so a random teacher beside a pretrained student would first teach it noise.
+INIT_KEYS = {"primary": "init", "teacher": "init", "auxiliary": "auxiliary_init"}
+
+
+def init_models(
+    cfg: Config,
+    models: Mapping[str, nn.Module],
+    classes: Sequence[str] | None = None,
+    sources: Mapping[str, str] | None = None,
+) -> list[InitReport]:
+    """Load `model.init` / `model.auxiliary_init` into freshly built models in place (see INIT_KEYS); one report
+    per loaded model, for the console (`report.line()`) and MLflow. Call it on a fresh start only: a resumed run
+    restores its checkpoint instead. `classes`: this run's, so a source naming others keeps a fresh classifier.
+    `sources`: config key -> local source replacing the configured one (workflows.train resolves an MLflow
+    URI into a file once, on the driver). Raises InitError (a ConfigError) for weights of another architecture."""
+    reports: list[InitReport] = []
+    read: dict[str, InitSource] = {}
+    for role, model in models.items():
+        key = INIT_KEYS.get(role)
+        if key is None:
+            continue
+        spec = sources[key] if sources is not None and key in sources else getattr(cfg.model, key)
+        if spec is None:
+            continue
+        if key not in read:
+            read[key] = read_init_source(spec, key=f"model.{key}")
+        src = read[key]
+        reports.append(load_init(unwrap(model), src.state_dict, name=role, source=src.description,
+                                 key=f"model.{key}", source_classes=src.classes, classes=classes))
+    return reports
 
 
 def freeze(model: nn.Module) -> nn.Module:
@@ -206,7 +242,10 @@ def run_local(cfg: Config, *, device: str = "cpu", decode_threads: int = 2) -> d
     data = prepare_data(cfg, run_dir=None)
     num_classes = len(data.manifest.classes)
     dev = torch.device(device)
-    models = {r: m.to(dev) for r, m in build_models(cfg, num_classes).items()}
+    models = build_models(cfg, num_classes)
+    for report in init_models(cfg, models, data.manifest.classes):
+        print(report.line(), flush=True)
+    models = {r: m.to(dev) for r, m in models.items()}
     optimizer = build_optimizer(cfg, models)
     algorithm_cls = get_algorithm(cfg.algorithm.name)
     if algorithm_cls.needs_targets:

@@ -45,7 +45,7 @@ class SyntheticConfig:
             return False
         from ssl_core.data import synthetic  # PyAV: only when there is something to write
 
-        log.warning("generating the synthetic dataset in %s", root)
+        log.info("generating the synthetic dataset in %s", root)  # expected on first use: not a warning
         synthetic.generate(Path(root), classes=self.classes, videos_per_class=self.videos_per_class,
                            seed=self.seed, frames=self.frames, size=self.size, fps=self.fps)
         return True

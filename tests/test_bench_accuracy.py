@@ -61,3 +61,27 @@ def test_a_different_budget_does_not_continue_a_stored_table(
     err = capsys.readouterr().err
     assert "results.json" in err and "train.iterations=300" in err
     assert (storage / "results.json").read_text() == before  # untouched
+
+
+def test_variants_are_rows_whose_overrides_win(tmp_path: Path) -> None:
+    import argparse
+
+    from bench.accuracy import load_grid
+
+    config = tmp_path / "bench.yaml"
+    config.write_text(
+        "base: {algorithm: {name: cmpl}}\nmethods: [supervised, supervised_all, cmpl_no_ema]\n"
+        "labeled_fractions: [0.05]\nseeds: [3]\nvariants:\n"
+        "  supervised_all: [algorithm.name=supervised, data.labeled_fraction=1.0]\n"
+        "  cmpl_no_ema: [algorithm.name=cmpl, train.ema_decay=0.0, algorithm.cmpl.ema_teacher=false]\n")
+    args = argparse.Namespace(config=str(config), set=["train.ema_decay=0.99"], methods=None)
+    spec, chosen, configs = load_grid(args)
+    ceiling = configs[("supervised_all", 0.05, 3)]
+    assert ceiling.algorithm.name == "supervised" and ceiling.data.labeled_fraction == 1.0
+    assert ceiling.tracking.run_name == "supervised_all-f0.05-s3" and ceiling.train.seed == 3
+    ablated = configs[("cmpl_no_ema", 0.05, 3)]
+    assert ablated.train.ema_decay == 0.0 and not ablated.algorithm.resolved_params().ema_teacher
+    assert configs[("supervised", 0.05, 3)].train.ema_decay == 0.99
+    config.write_text("base: {}\nmethods: [x]\nlabeled_fractions: [0.05]\nseeds: [0]\nvariants: {x: [train.seed=1]}\n")
+    with pytest.raises(Exception, match="variants.x: must set algorithm.name"):
+        load_grid(argparse.Namespace(config=str(config), set=[], methods=None))

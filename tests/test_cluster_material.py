@@ -228,9 +228,13 @@ def test_rayjob_manifest_entrypoint_config_and_runtime_env() -> None:
 def test_cmpl_configs_load_with_the_published_settings(name: str) -> None:
     cfg = load_config(REPO / "configs" / name)  # validation only: data.root is not read
     assert cfg.algorithm.name == "cmpl"
-    assert (cfg.model.primary, cfg.model.auxiliary) == ("r3d_50", "r3d_50_w0.25")
+    assert (cfg.model.primary, cfg.model.auxiliary) == ("r3d_50", "r3d_50_w0.25+tg")  # the paper's pair, TG view
     assert cfg.data.num_frames == 8
-    assert cfg.algorithm.params["tau"] == 0.95 and cfg.algorithm.params["lambda_u"] == 1.0
+    params = cfg.algorithm.resolved_params()
+    assert params.tau == 0.95 and params.lambda_u == 1.0
+    # the recipe on the paper's schedule: warm-up, ramp, EMA teacher made at the end of the warm-up
+    assert 0 < params.unsup_warmup < cfg.train.iterations and params.ema_teacher
+    assert cfg.train.ema_decay > 0 and cfg.train.ema_start == params.unsup_warmup
     assert cfg.train.optimizer == "sgd"
     assert cfg.scaling.use_gpu and cfg.scaling.num_workers > 1
     assert not cfg.data.synthetic.enabled

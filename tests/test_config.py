@@ -17,7 +17,7 @@ def test_demo_config_loads_with_algorithm_params() -> None:
     cfg = load_config(DEMO)
     assert cfg.algorithm.name == "cmpl"
     params = cfg.algorithm.resolved_params()
-    assert (params.tau, params.lambda_u) == (0.95, 1.0)
+    assert (params.tau, params.lambda_u, params.ema_teacher) == (0.8, 1.0, True)
     assert cfg.augment.hflip is False
 
 

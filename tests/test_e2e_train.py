@@ -7,14 +7,17 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
 from ssl_core.config import Config, load_config
 from ssl_core.data import synthetic
-from workflows.train import RUN_FILE, run_training
+from workflows.tracking import table_digest
+from workflows.train import LOG_FILE, RUN_FILE, RunState, find_run, main, run_training
 
 pytestmark = pytest.mark.e2e
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
@@ -32,21 +35,47 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def tiny_config(dataset: Path, tmp: Path, *extra: str) -> Config:
-    return load_config(DEMO, [
+def tiny_overrides(dataset: Path, tmp: Path, *extra: str) -> list[str]:
+    return [
         f"data.root={dataset}", "data.synthetic.enabled=false", "data.labeled_fraction=0.5",
         "data.num_frames=4", "data.size=40", "data.eval_clips=2", "augment.crop_size=32",
         "train.iterations=6", "train.batch_size=4", "train.mu=1", "train.log_every=2",
         "train.eval_every=6", "train.checkpoint_every=3", "train.warmup_iters=2", "algorithm.tau=0.0",
+        # the demo recipe's warm-up and EMA start, scaled to 6 steps: steps 3-6 train on pseudo-labels from the EMA
+        "algorithm.unsup_warmup=2", "algorithm.unsup_rampup=2", "train.ema_start=2",
         "scaling.num_workers=2", "scaling.cpus_per_worker=0.5",
         f"tracking.uri=sqlite:///{tmp}/mlflow.db", "tracking.experiment=e2e", "tracking.registered_model=e2e-primary",
         f"output.storage={tmp}/runs", *extra,
-    ])
+    ]
 
 
-def test_cmpl_two_workers_then_resume(ray_local: None, dataset: Path, tmp_path: Path) -> None:
+def tiny_config(dataset: Path, tmp: Path, *extra: str) -> Config:
+    return load_config(DEMO, tiny_overrides(dataset, tmp, *extra))
+
+
+def test_cmpl_two_workers_then_resume(
+    ray_local: None, dataset: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     cfg = tiny_config(dataset, tmp_path)
-    outcome = run_training(cfg)
+    # The command a person runs (python -m workflows.train), its console checked below.
+    assert main(["--config", str(DEMO), *(arg for o in tiny_overrides(dataset, tmp_path) for arg in ("--set", o))]) == 0
+    printed = capfd.readouterr()
+    run_dir = find_run(tmp_path / "runs", "latest")
+    outcome = RunState.load(run_dir)
+
+    # Ray's, Ray Data's, Ray Train's and MLflow's output went to the run's log file, not the console.
+    lines = (printed.out + printed.err).splitlines()
+    assert len(lines) <= 30, lines
+    # broken.mp4 is a real problem: the clip cache and the run's summary warn about it, nothing else does
+    expected = [line for line in lines if "broken.mp4" in line or "skipped 1 unreadable videos" in line]
+    assert any("skipped 1 unreadable videos" in line for line in expected), lines
+    for line in lines:
+        assert line in expected or not any(word in line for word in ("WARNING", "Error", "Traceback")), lines
+    assert "step 6/6  evaluation: primary top-1" in printed.out and "step 3/6  checkpoint saved" in printed.out
+    assert "model       top-1 %  top-5 %  mask rate %  pseudo-label acc %" in printed.out  # the closing table
+    assert f"run folder: {run_dir}" in printed.out
+    log_text = (run_dir / LOG_FILE).read_text()
+    assert "RayTrainWorker" in log_text and "step 6/6 |" in log_text  # the workers' output, with rank 0's lines
 
     client = MlflowClient(tracking_uri=cfg.tracking.uri)
     run = client.get_run(outcome.mlflow_run_id)
@@ -71,6 +100,14 @@ def test_cmpl_two_workers_then_resume(ray_local: None, dataset: Path, tmp_path: 
             "eval/per_class_accuracy.csv", "data/skipped_videos.tsv"} <= artifacts
     versions = client.search_model_versions("name='e2e-primary'")
     assert [v.run_id for v in versions] == [run.info.run_id]
+    # The data as MLflow datasets (the run's Datasets panel): the manifest and the labeled split, with digests.
+    inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
+    assert set(inputs) == {f"{dataset.name}-manifest", f"{dataset.name}-labeled-split"}
+    split_table = pd.read_csv(run_dir / "labeled_split.csv", dtype=str, keep_default_na=False)
+    assert inputs[f"{dataset.name}-labeled-split"].dataset.digest == table_digest(split_table)
+    manifest = inputs[f"{dataset.name}-manifest"].dataset
+    assert len(manifest.digest) == 16 and json.loads(manifest.profile)["num_rows"] == 4 * 8 + 1  # + broken.mp4
+    assert all({t.key: t.value for t in d.tags}["mlflow.data.context"] == "training" for d in inputs.values())
 
     split = (outcome.run_dir / "labeled_split.csv").read_text().splitlines()
     # 50% of each class's train videos: 6 -> 3, and 7 -> 4 for the class that also lists broken.mp4
@@ -82,6 +119,7 @@ def test_cmpl_two_workers_then_resume(ray_local: None, dataset: Path, tmp_path: 
     assert resumed.metrics["step"] == 8
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss/total")]
     assert steps == [2, 3, 4, 6, 8]  # continued from the step-6 checkpoint: nothing repeated
+    assert len(client.get_run(run.info.run_id).inputs.dataset_inputs) == 2  # logged once, at the start
     assert client.get_run(run.info.run_id).info.status == "FINISHED"
 
 

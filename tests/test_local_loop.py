@@ -26,7 +26,7 @@ def small_config(root: Path, *overrides: str) -> Config:
         f"data.root={root}", "data.synthetic.enabled=false", "data.labeled_fraction=0.5",
         "data.num_frames=4", "data.size=40", "data.eval_clips=1", "augment.crop_size=32",
         "train.iterations=4", "train.batch_size=4", "train.mu=1", "train.log_every=3", "train.warmup_iters=1",
-        "algorithm.tau=0.0", *overrides,
+        "algorithm.tau=0.0", "algorithm.unsup_warmup=1", "algorithm.unsup_rampup=0", "train.ema_start=1", *overrides,
     ])
 
 

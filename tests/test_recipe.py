@@ -215,3 +215,31 @@ def test_precise_bn_recomputes_statistics_from_the_remembered_batches() -> None:
     off = PreciseBN(0)
     off.remember({"video": batches[0]}, None)
     assert not off.batches
+
+
+# ---------------------------------------------------------------- FixMatch with a companion view (LTG)
+
+
+def test_fixmatch_companion_labels_with_the_average_of_both_models() -> None:
+    cls = get_algorithm("fixmatch")
+    params = cls.Params(tau=0.7, companion=True)
+    assert cls.roles_for(params) == ("primary", "auxiliary") and cls.roles_for(cls.Params()) == ("primary",)
+    # rows: 0 labeled, 1-2 weak u0/u1, 3-4 strong u0/u1
+    primary = [[1.0, 0.0], [3.0, 0.0], [0.0, 0.5], [0.2, 0.1], [0.0, 1.0]]
+    auxiliary = [[0.0, 1.0], [0.0, 1.0], [0.0, 3.0], [1.0, 0.0], [0.3, 0.3]]
+    algo = cls({"primary": TableModel(primary), "auxiliary": TableModel(auxiliary)}, params)
+    out = algo.train_step({"video": ids(0), "label": torch.tensor([0])}, {"weak": ids(1, 2), "strong": ids(3, 4)})
+    mean = [[(a + b) / 2 for a, b in zip(softmax(primary[i]), softmax(auxiliary[i]), strict=True)] for i in (1, 2)]
+    hard = [max(range(2), key=row.__getitem__) for row in mean]
+    confident = [max(row) >= 0.7 for row in mean]
+    # u0: the primary is sure of class 0 (0.95), the companion leans to 1: averaged 0.61, below tau
+    assert hard == [0, 1] and confident == [False, True]
+    expected_unsup = {
+        role: sum(ce(rows[3 + i], hard[i]) for i in range(2) if confident[i]) / 2
+        for role, rows in (("primary", primary), ("auxiliary", auxiliary))
+    }
+    for role in ("primary", "auxiliary"):
+        assert float(out.metrics[f"loss/unsup_{role}"]) == pytest.approx(expected_unsup[role], rel=1e-6)
+        assert out.pseudo[role][0].tolist() == hard
+    sup = ce(primary[0], 0) + ce(auxiliary[0], 0)
+    assert out.loss.item() == pytest.approx(sup + sum(expected_unsup.values()), rel=1e-6)

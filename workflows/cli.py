@@ -2,6 +2,7 @@
 
     vidssl synth --out data/synth --classes 8 --videos-per-class 30 --seed 0
     vidssl train --config configs/demo.yaml --set algorithm.name=fixmatch
+    vidssl pretrain --config configs/pretrain_demo.yaml [--resume latest]
     vidssl sweep --config configs/sweep_demo.yaml [--dry-run] [--resume]
     vidssl evaluate --model models:/vidssl-sweep-demo-primary@champion --data data/synth_sweep/manifest.csv
     vidssl predict --model models:/vidssl-demo-primary/latest --videos data/synth --out predictions.parquet
@@ -25,6 +26,7 @@ from pathlib import Path
 # Subcommands that are whole workflows: `vidssl <name> ...` is `python -m workflows.<name> ...` (with - as _).
 WORKFLOWS = {
     "train": "train one run",
+    "pretrain": "self-supervised pretraining of a backbone on every train video (rho-MoCo / SimCLR, k-NN monitor)",
     "sweep": "Ray Tune sweep over tau, lambda and the labeled fraction",
     "evaluate": "multi-clip x multi-crop evaluation of a model, logged to MLflow",
     "predict": "batch prediction over videos into a Parquet file",

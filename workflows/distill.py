@@ -42,6 +42,7 @@ import yaml
 from ssl_core.algorithms.distill import MODES
 from ssl_core.config import Config, ConfigError, dump_yaml, read_config_file, with_overrides
 from ssl_core.data.manifest import ManifestError
+from workflows import console
 from workflows.inference import InferenceError, InferenceModel, load_for_inference
 
 if TYPE_CHECKING:
@@ -284,6 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bench-repeats", type=int, default=20, help="timed forward passes per model")
     parser.add_argument("--tracking-uri", default=None,
                         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite ./mlflow.db)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also print what Ray, Ray Data and MLflow log")
     return parser
 
 
@@ -378,21 +381,21 @@ def prepare(args: argparse.Namespace) -> tuple[Config, InferenceModel, str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        cfg, teacher, teacher_arch = prepare(args)
-        done = run_distillation(cfg, args, teacher, teacher_arch)
-    except (ConfigError, InferenceError, ManifestError, FileExistsError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    from workflows.tracking import ui_command
+    with console.session(args.verbose):
+        try:
+            cfg, teacher, teacher_arch = prepare(args)
+            done = run_distillation(cfg, args, teacher, teacher_arch)
+        except (ConfigError, InferenceError, ManifestError, FileExistsError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        from workflows.tracking import ui_command
 
-    print()
-    print(done.markdown)
-    print()
-    print(f"student: {done.student}  MLflow run: {done.run_id}")
-    print(f"review it:  {ui_command(done.tracking_uri)}")
-    return 0
+        print()
+        print(done.markdown)
+        print()
+        print(f"student: {done.student}  MLflow run: {done.run_id}")
+        print(f"review it:  {ui_command(done.tracking_uri)}")
+        return 0
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import numpy as np
 
 from ssl_core.config import ConfigError, load_config
 from ssl_core.data.manifest import SPLITS, Manifest, ManifestError, VideoRecord, load_manifest
+from workflows import console
 from workflows.inference import (
     InferenceError,
     InferenceModel,
@@ -194,36 +195,38 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--split", default="test", choices=SPLITS)
     add_scoring_args(parser, clips=10, crops=3, clips_help="uniformly spaced clips per video (default 10)")
     parser.add_argument("--experiment", default="vidssl-evaluation")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also print what Ray, Ray Data and MLflow log")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from workflows.tracking import resolve_uri, ui_command
+    with console.session(args.verbose):
+        from workflows.tracking import resolve_uri, ui_command
 
-    tracking_uri = resolve_uri(args.tracking_uri)
-    try:
-        if min(args.clips, args.crops, args.batch_size) < 1:
-            raise ValueError("--clips, --crops and --batch-size must be >= 1")
-        loaded = load_for_inference(args.model, tracking_uri)
-        eval_set = load_eval_set(args.data, args.split, loaded.classes)
-    except (InferenceError, ManifestError, ConfigError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    result = run_scoring(eval_set, loaded, args)
-    run_id, metrics = log_evaluation(result, loaded, eval_set, args, tracking_uri)
-    src = loaded.source
-    where = f"version {src['version']} of {src['name']}" if src["name"] else src["uri"]
-    print()
-    print(f"{src['spec']} ({where}) on {eval_set.description}: {args.clips} clips x {args.crops} crops")
-    print(_table(metrics))
-    print(f"MLflow evaluation run: {run_id} (experiment {args.experiment})")
-    print(f"review it: {ui_command(tracking_uri)}")
-    if not len(result.labels):
-        print(f"error: none of the {len(result.skipped)} videos could be decoded", file=sys.stderr)
-        return 1
-    return 0
+        tracking_uri = resolve_uri(args.tracking_uri)
+        try:
+            if min(args.clips, args.crops, args.batch_size) < 1:
+                raise ValueError("--clips, --crops and --batch-size must be >= 1")
+            loaded = load_for_inference(args.model, tracking_uri)
+            eval_set = load_eval_set(args.data, args.split, loaded.classes)
+        except (InferenceError, ManifestError, ConfigError, ValueError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        result = run_scoring(eval_set, loaded, args)
+        run_id, metrics = log_evaluation(result, loaded, eval_set, args, tracking_uri)
+        src = loaded.source
+        where = f"version {src['version']} of {src['name']}" if src["name"] else src["uri"]
+        print()
+        print(f"{src['spec']} ({where}) on {eval_set.description}: {args.clips} clips x {args.crops} crops")
+        print(_table(metrics))
+        print(f"MLflow evaluation run: {run_id} (experiment {args.experiment})")
+        print(f"review it: {ui_command(tracking_uri)}")
+        if not len(result.labels):
+            print(f"error: none of the {len(result.skipped)} videos could be decoded", file=sys.stderr)
+            return 1
+        return 0
 
 
 if __name__ == "__main__":

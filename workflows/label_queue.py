@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import logging
 import os
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -46,6 +45,7 @@ import numpy as np
 
 from ssl_core.config import ConfigError, load_config
 from ssl_core.data.manifest import ManifestError, load_manifest, read_split_file
+from workflows import console
 from workflows.inference import InferenceError, InferenceModel, add_scoring_args, load_for_inference, score_videos
 from workflows.predict import InputError, csv_path_column, list_videos
 
@@ -358,6 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, metavar="FILE.csv")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     parser.add_argument("--experiment", default="vidssl-label-queue", help="MLflow experiment")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also print what Ray, Ray Data and MLflow log")
     return parser
 
 
@@ -380,37 +382,37 @@ def _prepare(args: argparse.Namespace, out: Path
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from workflows.tracking import resolve_uri, ui_command
+    with console.session(args.verbose):
+        from workflows.tracking import resolve_uri, ui_command
 
-    tracking_uri = resolve_uri(args.tracking_uri)
-    args.tracking_uri = tracking_uri  # the models and the queue's run share one store
-    out = Path(args.out).expanduser().resolve()
-    try:
-        strategy, candidates, model, aux = _prepare(args, out)
-    except (InputError, InferenceError, ManifestError, ConfigError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    options = {"clips": args.clips, "crops": args.crops, "batch_size": args.batch_size,
-               "decode_cpus": args.decode_cpus, "actors": args.actors}
-    scores, skipped = score_candidates(candidates.paths, model, aux, options)
-    if not scores.paths:
-        print(f"error: none of the {len(skipped)} candidate videos could be decoded", file=sys.stderr)
-        return 1
-    order = rank(scores, strategy)
-    rows = queue_rows(scores, order, model.classes, args.budget)
-    text = queue_csv(rows, aux is not None)
-    try:
-        write_atomic(out, text, args.overwrite)
-    except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    metrics = summary_metrics(scores, order, args.budget, candidates, skipped)
-    run_id = log_queue_run(args, strategy, model, aux, text, metrics, skipped, tracking_uri)
-    print_summary(rows, metrics, skipped, out)
-    print(f"strategy {strategy}; MLflow run: {run_id} (experiment {args.experiment}); review it: "
-          f"{ui_command(tracking_uri)}")
-    return 0
+        tracking_uri = resolve_uri(args.tracking_uri)
+        args.tracking_uri = tracking_uri  # the models and the queue's run share one store
+        out = Path(args.out).expanduser().resolve()
+        try:
+            strategy, candidates, model, aux = _prepare(args, out)
+        except (InputError, InferenceError, ManifestError, ConfigError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        options = {"clips": args.clips, "crops": args.crops, "batch_size": args.batch_size,
+                   "decode_cpus": args.decode_cpus, "actors": args.actors}
+        scores, skipped = score_candidates(candidates.paths, model, aux, options)
+        if not scores.paths:
+            print(f"error: none of the {len(skipped)} candidate videos could be decoded", file=sys.stderr)
+            return 1
+        order = rank(scores, strategy)
+        rows = queue_rows(scores, order, model.classes, args.budget)
+        text = queue_csv(rows, aux is not None)
+        try:
+            write_atomic(out, text, args.overwrite)
+        except InputError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        metrics = summary_metrics(scores, order, args.budget, candidates, skipped)
+        run_id = log_queue_run(args, strategy, model, aux, text, metrics, skipped, tracking_uri)
+        print_summary(rows, metrics, skipped, out)
+        print(f"strategy {strategy}; MLflow run: {run_id} (experiment {args.experiment}); review it: "
+              f"{ui_command(tracking_uri)}")
+        return 0
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ import yaml
 from ssl_core.config import Config, ConfigError, pin_paths
 from ssl_core.data.manifest import ManifestError
 from ssl_core.data.pseudo_labels import PseudoLabelError
+from workflows import console
 from workflows.noisy_student_spec import LabelSpec, NoisyStudentSpec, Stage, load_noisy_student
 from workflows.sweep_spec import check_name, trial_config
 
@@ -269,6 +270,7 @@ def round_rows(spec: NoisyStudentSpec, state: WorkflowState) -> list[dict[str, A
     return rows
 
 
+@console.with_run_log
 def run_workflow(spec: NoisyStudentSpec, *, resume: bool = False, until: str | None = None) -> WorkflowState:
     from mlflow import MlflowClient
 
@@ -276,6 +278,8 @@ def run_workflow(spec: NoisyStudentSpec, *, resume: bool = False, until: str | N
     from workflows.ray_session import init_ray
 
     state = start_or_resume(spec, resume)
+    # The whole workflow's log; each training stage also writes its own run folder's.
+    console.log_to(state.folder / console.LOG_FILE)
     # The workflow as stored at its start (paths pinned): a resumed one must not change its stages under it.
     spec = state.stored_spec()
     ensure_synthetic(trial_config(state.spec["base"], {}))
@@ -331,37 +335,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="print the stages and their configs, then exit")
     parser.add_argument("--resume", action="store_true", help="continue this workflow at the stage where it stopped")
     parser.add_argument("--until", metavar="STAGE", help="stop after this stage (e.g. round-1-labels)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also print what Ray, Ray Data and MLflow log")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        spec = load_noisy_student(args.config, args.set)
-        if args.name:
-            spec = dataclasses.replace(spec, name=check_name(args.name))
-        keys = [s.key for s in spec.stages()]
-        if args.until is not None and args.until not in keys:
-            raise ConfigError(f"--until: unknown stage {args.until!r}; stages: {', '.join(keys)}")
-        if args.dry_run:
-            print(spec.describe())
-            return 0
-        state = run_workflow(spec, resume=args.resume, until=args.until)
-    except (ConfigError, ManifestError, PseudoLabelError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except WorkflowStopped as err:
-        print(str(err), file=sys.stderr)
-        return 0 if err.on_purpose else 130
-    from workflows.tracking import ui_command
+    with console.session(args.verbose):
+        try:
+            spec = load_noisy_student(args.config, args.set)
+            if args.name:
+                spec = dataclasses.replace(spec, name=check_name(args.name))
+            keys = [s.key for s in spec.stages()]
+            if args.until is not None and args.until not in keys:
+                raise ConfigError(f"--until: unknown stage {args.until!r}; stages: {', '.join(keys)}")
+            if args.dry_run:
+                print(spec.describe())
+                return 0
+            state = run_workflow(spec, resume=args.resume, until=args.until)
+        except (ConfigError, ManifestError, PseudoLabelError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        except WorkflowStopped as err:
+            print(str(err), file=sys.stderr)
+            return 0 if err.on_purpose else 130
+        from workflows.tracking import ui_command
 
-    rows = round_rows(state.stored_spec(), state)
-    print("\nround | model | top-1 % | pseudo-labels | pseudo-label acc % | labeled by")
-    for row in rows:
-        print(f"{row['round']} | {row['model']} | {_pct(row['top1'])} | {row['pseudo_labels']} | "
-              f"{_pct(row['pseudo_accuracy'])} | {row['labeled_by']}")
-    print(f"final student: {rows[-1]['model_uri']}")
-    print(f"workflow folder: {state.folder}")
-    print(f"MLflow parent run: {state.parent_run_id}")
-    print(f"review it:  {ui_command(state.tracking_uri)}")
-    return 0
+        rows = round_rows(state.stored_spec(), state)
+        print("\nround | model | top-1 % | pseudo-labels | pseudo-label acc % | labeled by")
+        for row in rows:
+            print(f"{row['round']} | {row['model']} | {_pct(row['top1'])} | {row['pseudo_labels']} | "
+                  f"{_pct(row['pseudo_accuracy'])} | {row['labeled_by']}")
+        print(f"final student: {rows[-1]['model_uri']}")
+        print(f"workflow folder: {state.folder}")
+        print(f"MLflow parent run: {state.parent_run_id}")
+        print(f"review it:  {ui_command(state.tracking_uri)}")
+        return 0
 
 
 if __name__ == "__main__":

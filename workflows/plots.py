@@ -94,3 +94,22 @@ def tau_lambda_heatmap(rows: list[dict[str, Any]], metric: str) -> Figure | None
     fig.tight_layout()
     plt.close(fig)
     return fig
+
+
+def metric_curve_figure(points: list[tuple[int, float]], *, metric: str, title: str,
+                        chance: float | None = None) -> Figure:
+    """A metric (0-1, drawn in %) against the step, with chance as a dashed line (e.g. k-NN top-1 while
+    pretraining)."""
+    points = sorted(points)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([s for s, _ in points], [100 * v for _, v in points], marker="o", label=metric)
+    if chance is not None:
+        ax.axhline(100 * chance, color="grey", linestyle="--", linewidth=1, label=f"chance ({100 * chance:.1f} %)")
+    ax.set_xlabel("step")
+    ax.set_ylabel(f"{metric} (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig

@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ssl_core.data.manifest import VIDEO_EXTENSIONS
+from workflows import console
 from workflows.inference import (
     InferenceError,
     InferenceModel,
@@ -160,41 +161,43 @@ def build_parser() -> argparse.ArgumentParser:
                      clips_help="uniformly spaced clips per video (default 4, with 1 crop: a 7.5x cheaper view "
                                 "set than evaluate's 10 clips x 3 crops, for bulk prediction; raise both for best "
                                 "accuracy)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also print what Ray, Ray Data and MLflow log")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    out = Path(args.out).expanduser().resolve()
-    try:
-        if min(args.top_k, args.clips, args.crops, args.batch_size) < 1:
-            raise InputError("--top-k, --clips, --crops and --batch-size must be >= 1")
-        if out.is_dir():
-            raise InputError(f"--out {out} is a directory; name a .parquet file")
-        if out.exists() and not args.overwrite:
-            raise InputError(f"--out {out} exists; pass --overwrite to replace it")
-        if not out.parent.is_dir():
-            raise InputError(f"--out {out}: folder {out.parent} does not exist")
-        paths = list_videos(args.videos)
-        loaded = load_for_inference(args.model, args.tracking_uri)
-    except (InputError, InferenceError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    from workflows.ray_session import init_ray
+    with console.session(args.verbose):
+        out = Path(args.out).expanduser().resolve()
+        try:
+            if min(args.top_k, args.clips, args.crops, args.batch_size) < 1:
+                raise InputError("--top-k, --clips, --crops and --batch-size must be >= 1")
+            if out.is_dir():
+                raise InputError(f"--out {out} is a directory; name a .parquet file")
+            if out.exists() and not args.overwrite:
+                raise InputError(f"--out {out} exists; pass --overwrite to replace it")
+            if not out.parent.is_dir():
+                raise InputError(f"--out {out}: folder {out.parent} does not exist")
+            paths = list_videos(args.videos)
+            loaded = load_for_inference(args.model, args.tracking_uri)
+        except (InputError, InferenceError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        from workflows.ray_session import init_ray
 
-    init_ray()
-    ds = score_videos([{"path": p, "label": -1} for p in paths], loaded, clips=args.clips, crops=args.crops,
-                      batch_size=args.batch_size, decode_cpus=args.decode_cpus, actors=args.actors)
-    try:
-        rows, errors = write_predictions(ds, out, loaded, args.top_k, args.all_probs, args.overwrite)
-    except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    src = loaded.source
-    resolved = f"version {src['version']} of {src['name']}" if src["name"] else src["uri"]
-    print(f"{rows} videos -> {out} ({errors} unreadable, see its error column); model {src['spec']} ({resolved})")
-    return 0
+        init_ray()
+        ds = score_videos([{"path": p, "label": -1} for p in paths], loaded, clips=args.clips, crops=args.crops,
+                          batch_size=args.batch_size, decode_cpus=args.decode_cpus, actors=args.actors)
+        try:
+            rows, errors = write_predictions(ds, out, loaded, args.top_k, args.all_probs, args.overwrite)
+        except InputError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        src = loaded.source
+        resolved = f"version {src['version']} of {src['name']}" if src["name"] else src["uri"]
+        print(f"{rows} videos -> {out} ({errors} unreadable, see its error column); model {src['spec']} ({resolved})")
+        return 0
 
 
 if __name__ == "__main__":

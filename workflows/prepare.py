@@ -36,6 +36,7 @@ from ssl_core.data.decode import DecodeError
 from ssl_core.data.manifest import LAYOUTS, Manifest, ManifestError, VideoRecord, load_manifest
 from ssl_core.data.reencode import PRESETS, reencode
 from ssl_core.typed_config import ConfigError, SyntheticConfig, apply_override, build, read_config_file
+from workflows import console
 from workflows.ray_session import init_ray
 
 log = logging.getLogger("vidssl.prepare")
@@ -364,24 +365,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a key, e.g. --set prepare.short_side=96 (repeatable)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan (files, out dir) and encode nothing")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also print what Ray, Ray Data and MLflow log")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = load_prepare_config(args.config, args.set)
-        summary = run_prepare(cfg, dry_run=args.dry_run)
-    except (ConfigError, ManifestError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if summary is None:
-        return 0
-    print(f"prepared {summary.source} -> {summary.out}: {summary.total} videos in {summary.wall_s:.1f} s")
-    print(f"  encoded {summary.encoded}, skipped (already done) {summary.skipped}, failed {summary.failed}"
-          + (f" (listed in {summary.out / REPORT_FILE})" if summary.failed else ""))
-    print(f"  manifest: {summary.out / MANIFEST_FILE} ({summary.encoded + summary.skipped} videos, "
-          f"{summary.classes} classes)")
-    print(f"  train on it: --set data.layout=csv --set data.root={summary.out}")
-    # Nothing usable is a failed job (e.g. a wrong root full of non-videos); some bad files are not.
-    return 0 if summary.encoded + summary.skipped else 1
+    with console.session(args.verbose):
+        try:
+            cfg = load_prepare_config(args.config, args.set)
+            summary = run_prepare(cfg, dry_run=args.dry_run)
+        except (ConfigError, ManifestError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        if summary is None:
+            return 0
+        print(f"prepared {summary.source} -> {summary.out}: {summary.total} videos in {summary.wall_s:.1f} s")
+        print(f"  encoded {summary.encoded}, skipped (already done) {summary.skipped}, failed {summary.failed}"
+              + (f" (listed in {summary.out / REPORT_FILE})" if summary.failed else ""))
+        print(f"  manifest: {summary.out / MANIFEST_FILE} ({summary.encoded + summary.skipped} videos, "
+              f"{summary.classes} classes)")
+        print(f"  train on it: --set data.layout=csv --set data.root={summary.out}")
+        # Nothing usable is a failed job (e.g. a wrong root full of non-videos); some bad files are not.
+        return 0 if summary.encoded + summary.skipped else 1
 
 
 if __name__ == "__main__":

@@ -2,17 +2,37 @@
 
 Light on purpose (no torch, no model zoo): every workflow driver calls `init_ray()` first, e.g.
     python -m workflows.prepare --config configs/prepare_demo.yaml
+What Ray and its workers print goes to the console only with --verbose (workflows/console.py).
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import os
 
 
-def init_ray() -> None:
+def init_ray(min_cpus: float = 0) -> None:
+    """`min_cpus`: the logical CPUs an in-process Ray start declares at the least (more than this machine's
+    cores when a run needs them, see workflows.train.logical_cpus); ignored when joining a cluster."""
     import ray
+    import ray.data  # configures its logger on import: before console.adopt_library_loggers
 
-    if ray.is_initialized():
-        return
-    # RAY_ADDRESS (set by `ray job submit`) connects to the cluster; otherwise Ray starts in-process.
-    ray.init(logging_level=logging.WARNING)
+    from workflows import console
+
+    if not ray.is_initialized():
+        kwargs = {}
+        # RAY_ADDRESS (set by `ray job submit`) connects to the cluster; otherwise Ray starts in-process.
+        if not os.environ.get("RAY_ADDRESS") and min_cpus > (os.cpu_count() or 1):
+            kwargs["num_cpus"] = math.ceil(min_cpus)
+        quiet = not console.verbose()
+        # Quiet: the "ray" logger's records go to the log file (console.adopt_library_loggers) instead of Ray's
+        # console handler, from ray.init's own messages on.
+        console.adopt_library_loggers()
+        ray.init(logging_level=logging.WARNING, configure_logging=not quiet, **kwargs)
+        console.ray_started()
+    console.adopt_library_loggers()
+    console.route_worker_output()
+    if not console.verbose():
+        # Datasets executed by this driver (evaluate, predict, prepare, ...): one overall bar, not one per operator.
+        ray.data.DataContext.get_current().enable_operator_progress_bars = False

@@ -34,9 +34,11 @@ import yaml
 
 from ssl_core.config import ConfigError, pin_paths
 from ssl_core.data.manifest import ManifestError
+from workflows import console
 from workflows.sweep_spec import SweepSpec, check_name, load_sweep, trial_config
 
 SWEEP_FILE = "vidssl_sweep.json"
+LOG_FILE = "sweep.log"  # in the sweep folder: Tune's, Ray's and MLflow's logs and every trial's output
 CHAMPION = "champion"
 log = logging.getLogger("vidssl.sweep")
 
@@ -130,7 +132,8 @@ def run_trial(point: dict[str, Any], *, base: dict[str, Any], trials_dir: str, s
     resume = name if (Path(trials_dir) / name / RUN_FILE).exists() else None
     tags = {"mlflow.parentRunId": parent_run_id, "vidssl.sweep": sweep_name, "vidssl.trial": trial_id,
             "vidssl.point": json.dumps(point, sort_keys=True)}
-    outcome = run_training(cfg, resume=resume, extra_tags=tags,
+    # No progress bar: a trial runs in a Tune actor, and the sweep's console shows one line per trial event.
+    outcome = run_training(cfg, resume=resume, extra_tags=tags, progress=False,
                            callbacks=[make_eval_report_callback(metric, cfg.train.iterations)])
     tune.report(tune_metrics(outcome.metrics))
 
@@ -160,6 +163,8 @@ def build_tuner(spec: SweepSpec, state: SweepState, resume: bool) -> Any:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
+    from workflows.tune_console import TrialConsole
+
     trainable = make_trainable(spec, state)
     tune_dir = state.sweep_dir / "tune"
     if resume and tune.Tuner.can_restore(str(tune_dir)):
@@ -181,7 +186,9 @@ def build_tuner(spec: SweepSpec, state: SweepState, resume: bool) -> Any:
         tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, scheduler=scheduler, search_alg=search_alg,
                                     num_samples=spec.num_samples,
                                     max_concurrent_trials=spec.max_concurrent_trials or auto_concurrency(spec)),
-        run_config=tune.RunConfig(name="tune", storage_path=str(state.sweep_dir), verbose=1),
+        # Tune's own tables off (verbose=0): TrialConsole prints one line per trial event and a status line.
+        run_config=tune.RunConfig(name="tune", storage_path=str(state.sweep_dir), verbose=0, callbacks=[
+            TrialConsole(spec.num_trials(), spec.metric, spec.mode, cfg.train.iterations)]),
     )
 
 
@@ -252,9 +259,12 @@ def crown_champion(client: Any, spec: SweepSpec, rows: list[dict[str, Any]], par
     if same:
         version = same[0]
     else:
+        from workflows.tracking import registry_notes_to_log
+
         mlflow.set_tracking_uri(client.tracking_uri)
-        version = mlflow.register_model(best["model_uri"], name, tags={
-            "vidssl.sweep": spec.name, "vidssl.trial": best["trial"], spec.metric: str(best[spec.metric])})
+        with registry_notes_to_log():
+            version = mlflow.register_model(best["model_uri"], name, tags={
+                "vidssl.sweep": spec.name, "vidssl.trial": best["trial"], spec.metric: str(best[spec.metric])})
     client.set_registered_model_alias(name, CHAMPION, version.version)
     client.set_tag(parent_run_id, "vidssl.champion", f"models:/{name}/{version.version}")
     client.set_tag(parent_run_id, "vidssl.champion_run", best["mlflow_run_id"])
@@ -307,14 +317,19 @@ def start_or_resume(spec: SweepSpec, resume: bool) -> SweepState:
     return state
 
 
+@console.with_run_log
 def run_sweep(spec: SweepSpec, *, resume: bool = False) -> tuple[SweepState, list[dict[str, Any]], Any]:
     from ssl_core.data.prepare import ensure_synthetic
     from workflows.ray_session import init_ray
 
     state = start_or_resume(spec, resume)
+    console.log_to(state.sweep_dir / LOG_FILE)
     # Generate the synthetic set once here, not in concurrent trials racing to write the same files.
     ensure_synthetic(trial_config(state.base, {}))
     init_ray()
+    # Tune's newer output engine prints its configuration box and result paths even at verbose=0; the legacy
+    # one prints nothing at 0, which leaves the console to TrialConsole.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     results = build_tuner(spec, state, resume).fit()
     for result in results:
         if result.error is not None:
@@ -336,40 +351,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="print the search space and trial count, then exit")
     parser.add_argument("--name", help="sweep name (overrides sweep.name: a new sweep needs a new folder)")
     parser.add_argument("--resume", action="store_true", help="continue this sweep without re-running finished trials")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also print what Ray, Tune and MLflow log (always in <sweep folder>/sweep.log)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        spec = load_sweep(args.config, args.set)
-        if args.name:
-            spec = replace(spec, name=check_name(args.name))
-        if args.dry_run:
-            print(spec.describe())
-            if spec.search == "grid":
-                for i, point in enumerate(spec.grid()):
-                    print(f"  trial {i}: " + ", ".join(f"{k}={v}" for k, v in point.items()))
-            return 0
-        state, rows, champion = run_sweep(spec, resume=args.resume)
-    except (ConfigError, ManifestError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except SweepInterrupted as err:
-        print(str(err), file=sys.stderr)
-        return 130
-    from workflows.tracking import ui_command
+    with console.session(args.verbose):
+        try:
+            spec = load_sweep(args.config, args.set)
+            if args.name:
+                spec = replace(spec, name=check_name(args.name))
+            if args.dry_run:
+                print(spec.describe())
+                if spec.search == "grid":
+                    for i, point in enumerate(spec.grid()):
+                        print(f"  trial {i}: " + ", ".join(f"{k}={v}" for k, v in point.items()))
+                return 0
+            state, rows, champion = run_sweep(spec, resume=args.resume)
+        except (ConfigError, ManifestError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        except SweepInterrupted as err:
+            print(str(err), file=sys.stderr)
+            return 130
+        from workflows.tracking import ui_command
 
-    keys = ["trial", "status", *[d.key for d in spec.space], "step", spec.metric]
-    print()
-    print(" | ".join(keys))
-    for row in rows:
-        print(" | ".join(f"{row[k]:.3f}" if isinstance(row[k], float) else str(row[k]) for k in keys))
-    if champion is None:
-        print("no trial finished: no champion registered")
-    else:
-        print(f"champion: models:/{champion.name}@{CHAMPION} (version {champion.version})")
-    print(f"sweep folder: {state.sweep_dir}")
-    print(f"MLflow parent run: {state.parent_run_id}")
-    print(f"review it:  {ui_command(state.tracking_uri)}")
-    return 0
+        keys = ["trial", "status", *[d.key for d in spec.space], "step", spec.metric]
+        print()
+        print(" | ".join(keys))
+        for row in rows:
+            print(" | ".join(f"{row[k]:.3f}" if isinstance(row[k], float) else str(row[k]) for k in keys))
+        if champion is None:
+            print("no trial finished: no champion registered")
+        else:
+            print(f"champion: models:/{champion.name}@{CHAMPION} (version {champion.version})")
+        print(f"sweep folder: {state.sweep_dir}  (log: {LOG_FILE})")
+        print(f"MLflow parent run: {state.parent_run_id}")
+        print(f"review it:  {ui_command(state.tracking_uri)}")
+        return 0
 
 
 if __name__ == "__main__":

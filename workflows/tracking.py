@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -120,6 +121,44 @@ def upload_unsent(directory: str | Path) -> int:
     if records:
         (directory / UNSENT_FILE).unlink()
     return len(records)
+
+
+class _LinesToLog:
+    """A text stream whose lines become INFO records of a logger."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self.logger = logger
+        self.pending = ""
+
+    def write(self, text: str) -> int:
+        self.pending += text
+        *lines, self.pending = self.pending.split("\n")
+        for line in lines:
+            if line.strip():
+                self.logger.info(line)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def registry_notes_to_log() -> Iterator[None]:
+    """MLflow prints its registry notes ("Successfully registered model ...", "Created version ...") to stderr
+    itself, not through logging; without --verbose they go to the logger `mlflow` (the run's log file)."""
+    from workflows import console
+
+    if console.verbose():
+        yield
+        return
+    with contextlib.redirect_stderr(_LinesToLog(logging.getLogger("mlflow"))):
+        yield
+
+
+def table_digest(table: Any) -> str:
+    """16 hex digits of the SHA-256 of a DataFrame's CSV text: the same rows in the same order, the same digest
+    (MLflow's own digest of a DataFrame reads only its first 10,000 rows)."""
+    return hashlib.sha256(table.to_csv(index=False, lineterminator="\n").encode()).hexdigest()[:16]
 
 
 def ui_command(uri: str) -> str:
@@ -235,7 +274,7 @@ class Tracker:
         ssl_core.checkpoint.model_meta, as MLflow model metadata); register it when a name is given.
         Returns the model URI (also tagged on the run as `vidssl.model_uri`) and the registered version."""
         mlflow.set_tracking_uri(self.uri)
-        with mlflow.start_run(run_id=self.run_id):
+        with registry_notes_to_log(), mlflow.start_run(run_id=self.run_id):
             info = mlflow.pytorch.log_model(
                 model, name="model", registered_model_name=registered_name, input_example=input_example,
                 # pickle keeps any batch size at load time; pt2 would fix the traced example's shape.
@@ -247,12 +286,15 @@ class Tracker:
         version = getattr(info, "registered_model_version", None)
         return info.model_uri, (str(version) if version is not None else None)
 
-    def log_dataset(self, table: Any, source: str, name: str, digest: str, context: str) -> None:
-        """Record a dataset this run made or consumed (MLflow's Datasets panel, `digest` as its version).
-        `table`: a pandas DataFrame whose schema and row count are recorded, not its rows."""
+    def log_dataset(self, table: Any, source: str, name: str, digest: str | None = None,
+                    context: str = "training") -> None:
+        """Record a dataset this run made or consumed (MLflow's Datasets panel, `digest` as its version; by
+        default table_digest(table)). `table`: a pandas DataFrame whose schema and row count are recorded, not
+        its rows."""
         import mlflow.data
         from mlflow.entities import DatasetInput, InputTag
 
+        digest = digest or table_digest(table)
         with warnings.catch_warnings():
             # A local path matches two equivalent MLflow source types; it warns and picks one, which is fine.
             warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")

@@ -7,7 +7,9 @@
 The driver validates the config, prepares the data (generating the synthetic set if asked), writes the
 labeled split, opens the MLflow run, builds the Ray Data streams and fits a TorchTrainer running
 workflows.train_loop.train_loop_per_worker. At the end it logs and registers the primary model and prints
-a summary table. Everything a run makes lives in `<output.storage>/<run name>/` and in MLflow.
+a summary table. Everything a run makes lives in `<output.storage>/<run name>/` and in MLflow. The console
+shows a progress bar, one line per evaluation and checkpoint, and the table; what Ray, Ray Data, Ray Train and
+MLflow print goes to the run folder's driver.log instead (--verbose: to the console too; workflows/console.py).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -24,10 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from ssl_core.config import Config, ConfigError, dump_yaml, from_dict, load_config, with_overrides
-from ssl_core.data.manifest import ManifestError
+from ssl_core.data.manifest import Manifest, ManifestError
+from workflows import console
 from workflows.ray_session import init_ray
 
 RUN_FILE = "vidssl_run.json"
+LOG_FILE = console.LOG_FILE  # in the run folder: this process's logs and Ray's workers' output, see console.py
 SMOKE_TEST = ("train.iterations=4", "train.log_every=2", "train.eval_every=4", "train.checkpoint_every=4")
 log = logging.getLogger("vidssl.train")
 
@@ -91,6 +96,49 @@ def new_run_dir(cfg: Config) -> tuple[str, Path]:
     return name, storage / name
 
 
+def logical_cpus(cfg: Config, with_unlabeled: bool) -> int:
+    """The CPUs Ray must see (when started in this process) for no Ray Data stream of this run to starve.
+
+    Ray Train 2.60 registers its workers' CPUs (scaling.num_workers x scaling.cpus_per_worker) with Ray Data's
+    autoscaling coordinator first; what is left of a node is then split among the Dataset executions running at
+    once (the labeled and unlabeled streams, and the test split while rank 0 evaluates) in whole CPUs,
+    floor(left / executions). On a 2-core machine Ray sees 2 CPUs: the demo's worker holds 1, and
+    floor(1 / 2) = 0 CPUs per stream, less than one decode task (data.decode_cpus). Every stream is then
+    starved: Ray Data starts a task only when the Train worker already waits for a batch, and after 60 s logs
+    "Cluster resources are not enough to run any task ... The job may hang forever". No decode_cpus /
+    cpus_per_worker fixes it on 2 CPUs (any Train share leaves less than 2 whole CPUs for 2 streams), so an
+    in-process Ray declares the workers' CPUs plus one whole CPU per execution: 4 for the demo. These are
+    logical CPUs (scheduling tokens); each stream's budget of 1 CPU lets it keep 1 / data.decode_cpus tasks
+    in flight, so decoding overlaps training instead of waiting for it. A cluster's nodes have CPUs to spare;
+    a 2-CPU cluster joined with RAY_ADDRESS still starves (the warning then lands in the run's log file)."""
+    s = cfg.scaling
+    executions = 3 if with_unlabeled else 2  # labeled [+ unlabeled] + eval
+    return math.ceil(s.num_workers * s.cpus_per_worker) + executions
+
+
+def log_data_inputs(tracker: Any, cfg: Config, manifest: Manifest, split_file: Path | None) -> None:
+    """The run's data as MLflow dataset inputs (the run's Datasets panel), each with a digest of its rows: the
+    manifest (every video: path relative to data.root, class, split) and the labeled split file."""
+    import pandas as pd
+
+    d = cfg.data
+    root = Path(d.root).expanduser().resolve()
+
+    def relative(path: str) -> str:
+        return Path(path).relative_to(root).as_posix() if Path(path).is_relative_to(root) else path
+
+    table = pd.DataFrame([(relative(r.path), manifest.classes[r.label], r.split) for r in manifest.records],
+                         columns=["path", "label", "split"])
+    listing = Path(d.csv_path).expanduser().resolve() if d.csv_path else root / "manifest.csv"
+    source = listing if d.layout in ("csv", "kinetics") else root
+    tracker.log_dataset(table, source.as_uri(), f"{root.name}-manifest", context="training")
+    if split_file is not None:
+        split = pd.read_csv(split_file, dtype=str, keep_default_na=False)
+        tracker.log_dataset(split, Path(split_file).resolve().as_uri(), f"{root.name}-labeled-split",
+                            context="training")
+
+
+@console.with_run_log
 def run_training(
     cfg: Config,
     *,
@@ -98,10 +146,13 @@ def run_training(
     overrides: Sequence[str] = (),
     extra_tags: Mapping[str, str] = {},
     callbacks: Sequence[Any] = (),
+    progress: bool = True,
 ) -> TrainOutcome:
     """Fit one run, or continue run `resume` (its stored config plus `overrides`, e.g. more iterations),
     and return where it lives and its last metrics. `extra_tags` go on a new MLflow run (e.g. a parent);
-    `callbacks` are Ray Train callbacks (a Tune sweep passes the one that reports to Tune)."""
+    `callbacks` are Ray Train callbacks (a Tune sweep passes the one that reports to Tune). `progress`: the
+    driver draws the run's progress bar (a sweep's trials do not). The run folder's LOG_FILE receives the logs
+    of this process and the output of Ray's workers while the run lasts."""
     import ray
     import ray.train
     import torch
@@ -112,6 +163,7 @@ def run_training(
     from ssl_core.data.prepare import prepare_data
     from ssl_core.models import build_model
     from workflows.data import SkipCounter, build_datasets
+    from workflows.model_init import prepare_init, tag_registered_version
     from workflows.tracking import Tracker, check_reachable, resolve_uri, upload_unsent
     from workflows.train_loop import train_loop_per_worker
 
@@ -125,33 +177,43 @@ def run_training(
         tracker = Tracker(state.tracking_uri, state.mlflow_run_id)
         tracker.client.update_run(state.mlflow_run_id, status="RUNNING")
         data = prepare_data(cfg, run_dir)
+        # Workers use model.init only if the run never saved a checkpoint; a URI resolved at the start is reused.
+        init = prepare_init(cfg, run_dir, state.tracking_uri, data.manifest.classes, fresh=False)
     else:
         uri = resolve_uri(cfg.tracking.uri)
         # Before the run folder and the data: an unreachable server leaves nothing behind.
         check_reachable(uri)
         name, run_dir = new_run_dir(cfg)
         data = prepare_data(cfg, run_dir)
+        # model.init / model.auxiliary_init: MLflow URIs -> files in the run folder, checked before Ray starts.
+        init = prepare_init(cfg, run_dir, uri, data.manifest.classes, fresh=True)
+        for report in init.reports:
+            print(report.line(), flush=True)
         d = cfg.data
         tags = {
             "vidssl.algorithm": cfg.algorithm.name,
             "vidssl.primary": cfg.model.primary,
             "vidssl.labeled": str(d.labeled_fraction or f"{d.labeled_per_class}/class"),
             "vidssl.run_dir": str(run_dir),
+            **init.tags(),
             **extra_tags,
         }
         tracker = Tracker.start(uri, cfg.tracking.experiment, name, tags)
-        tracker.log_params({**cfg.flat(), "data.num_labeled": len(data.labeled),
+        tracker.log_params({**cfg.flat(), **init.params(), "data.num_labeled": len(data.labeled),
                             "data.num_unlabeled": len(data.unlabeled), "data.num_test": len(data.test)})
         tracker.log_text(dump_yaml(cfg), "config.yaml")
         if data.split_file is not None:
             tracker.log_artifact(data.split_file)
+        log_data_inputs(tracker, cfg, data.manifest, data.split_file)
         state = RunState(name, run_dir, tracker.run_id, uri, cfg.to_dict())
         state.save()
 
-    init_ray()
+    console.log_to(run_dir / LOG_FILE)
+    init_ray(min_cpus=logical_cpus(cfg, get_algorithm(cfg.algorithm.name).needs_unlabeled))
     # Per process: a Tune trial actor has its own DataContext.
     ray.data.DataContext.get_current().enable_progress_bars = False
     counter = SkipCounter.remote()
+    channel = console.progress_channel() if progress else None
     algorithm_cls = get_algorithm(cfg.algorithm.name)
     datasets = build_datasets(cfg, data.labeled, data.unlabeled, data.test, counter,
                               with_unlabeled=algorithm_cls.needs_unlabeled, targets=data.targets)
@@ -164,6 +226,8 @@ def run_training(
             "tracking_uri": state.tracking_uri,
             "mlflow_run_id": state.mlflow_run_id,
             "skip_counter": counter,
+            "progress": channel,
+            "init": init.sources,
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker={"CPU": s.cpus_per_worker}
@@ -183,7 +247,8 @@ def run_training(
         dataset_config=ray.train.DataConfig(datasets_to_split=[k for k in datasets if k != "eval"]),
     )
     try:
-        result = trainer.fit()
+        with console.TrainingProgress(channel, cfg.train.iterations, state.name):
+            result = trainer.fit()
     except BaseException:
         tracker.finish("FAILED")
         raise
@@ -201,6 +266,8 @@ def run_training(
     example = torch.zeros(1, 3, cfg.data.num_frames, cfg.augment.crop_size, cfg.augment.crop_size)
     meta = model_meta(cfg, data.manifest.classes)
     model_uri, version = tracker.log_model(model.eval(), cfg.tracking.registered_model, example.numpy(), meta)
+    if version is not None and cfg.tracking.registered_model:
+        tag_registered_version(tracker.client, state.mlflow_run_id, cfg.tracking.registered_model, version)
     tracker.finish()
     return TrainOutcome(run_dir, state.mlflow_run_id, state.tracking_uri, dict(result.metrics), model_uri, version)
 
@@ -226,25 +293,27 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="override a config key, e.g. --set algorithm.tau=0.9 (repeatable)")
     parser.add_argument("--resume", metavar="RUN|latest", help="continue a run from its latest checkpoint")
     parser.add_argument("--smoke-test", action="store_true", help="4 iterations, to check the wiring")
+    parser.add_argument("--verbose", action="store_true",
+                        help=f"also print what Ray, Ray Data, Ray Train and MLflow log (always in <run>/{LOG_FILE})")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = load_config(args.config, [*args.set, *(SMOKE_TEST if args.smoke_test else ())])
-        outcome = run_training(cfg, resume=args.resume, overrides=args.set)
-    except (ConfigError, ManifestError, FileExistsError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    from ssl_core.algorithms import get_algorithm
-    from workflows.tracking import ui_command
+    with console.session(args.verbose):
+        try:
+            cfg = load_config(args.config, [*args.set, *(SMOKE_TEST if args.smoke_test else ())])
+            outcome = run_training(cfg, resume=args.resume, overrides=args.set)
+        except (ConfigError, ManifestError, FileExistsError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        from ssl_core.algorithms import get_algorithm
+        from workflows.tracking import ui_command
 
-    cfg = from_dict(RunState.load(outcome.run_dir).config)
-    print()
-    print(f"{cfg.algorithm.name} on {cfg.data.root}: step {outcome.metrics.get('step')}")
-    print(summary_table(outcome, get_algorithm(cfg.algorithm.name).roles))
-    print(f"run folder: {outcome.run_dir}")
-    print(f"MLflow run: {outcome.mlflow_run_id}  model: {outcome.model_uri}  version: {outcome.model_version}")
-    print(f"review it:  {ui_command(outcome.tracking_uri)}")
-    return 0
+        cfg = from_dict(RunState.load(outcome.run_dir).config)
+        print()
+        print(f"{cfg.algorithm.name} on {cfg.data.root}: step {outcome.metrics.get('step')}")
+        print(summary_table(outcome, get_algorithm(cfg.algorithm.name).roles_for(cfg.algorithm.resolved_params())))
+        print(f"run folder: {outcome.run_dir}  (log: {LOG_FILE})")
+        print(f"MLflow run: {outcome.mlflow_run_id}  model: {outcome.model_uri}  version: {outcome.model_version}")
+        print(f"review it:  {ui_command(outcome.tracking_uri)}")
+        return 0
 
 
 if __name__ == "__main__":

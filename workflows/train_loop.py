@@ -34,8 +34,9 @@ from ssl_core.checkpoint import (
 )
 from ssl_core.config import Config, from_dict
 from ssl_core.evaluate import EvalCounts, PreciseBN, video_probs
-from ssl_core.loop import build_models, build_optimizer, freeze, model_names, optimize, stream_batches
+from ssl_core.loop import build_models, build_optimizer, freeze, init_models, model_names, optimize, stream_batches
 from ssl_core.schedule import build_scheduler
+from workflows.console import ProgressSender
 from workflows.plots import confusion_figure
 from workflows.tracking import Tracker, read_unsent
 
@@ -115,6 +116,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         algorithm_state = state["algorithm"]
         # Keep the workers' augmentation streams distinct after a restore.
         torch.manual_seed(cfg.train.seed * 1000 + rank + start_step)
+    else:
+        # A fresh start: model.init / model.auxiliary_init, from the local files the driver resolved MLflow URIs
+        # into (it checked them and printed the reports; every worker loads the same weights).
+        init_models(cfg, models, classes, loop_config.get("init"))
     models = {role: ray.train.torch.prepare_model(m) for role, m in models.items()}
     for role in algorithm_cls.frozen_roles:
         teacher = load_teacher(str(cfg.model.teacher), loop_config["tracking_uri"], classes)
@@ -126,8 +131,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         algorithm.load_ema_state_dict(state.get("ema", {}))
 
     tracker = None
+    progress = None  # rank 0's records for the driver's progress bar (workflows/console.py)
     if rank == 0:
         tracker = Tracker(loop_config["tracking_uri"], loop_config["mlflow_run_id"], buffer_metrics=True)
+        if loop_config.get("progress") is not None:
+            progress = ProgressSender(loop_config["progress"])
     logged_until = resume_tracking(tracker, checkpoint is not None, start_step, unsent)
     counter = loop_config["skip_counter"]
     t = cfg.train
@@ -156,6 +164,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             counts[key] += 0 if math.isnan(value) else 1
 
         done = step + 1
+        if progress is not None:
+            progress.step(done)
         last = done == t.iterations
         if done % t.log_every and done % t.eval_every and done % t.checkpoint_every and not last:
             continue
@@ -180,6 +190,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             # Written to stdout directly: Ray Train's patched print() would echo the line twice.
             sys.stdout.write(progress_line(metrics, t.iterations) + "\n")
             sys.stdout.flush()
+            if progress is not None:
+                progress.report(metrics)
             if done > logged_until:
                 tracker.log_metrics(metrics, step=done)
             if last and eval_counts is not None:
@@ -197,6 +209,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                     tracker.write_unsent(tmp)
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=ckpt)
+            if ckpt is not None and progress is not None:
+                progress.checkpoint(done)
         window_start, window_clips = time.perf_counter(), 0
 
 

@@ -6,6 +6,9 @@ Options (thresholds.py): `threshold` = fixed | flexmatch | freematch | softmatch
 class-wise thresholds or SoftMatch's Gaussian weights; `distribution_alignment` aligns p_i (ReMixMatch DA)
 before thresholding. The recipe options (components.RecipeParams): supervised warm-up and a ramp of the
 unlabeled weight, pseudo-labels from the EMA model, label smoothing and MixUp on the labeled term.
+`companion` (LTG, Xiao et al. 2022): a second model (`model.auxiliary`, e.g. `small3d_w0.5+tg` reading the
+temporal-gradient view) trains beside the primary; the pseudo-label is argmax of the AVERAGE of both models'
+weak-view probabilities and teaches both strong views. Only the primary is deployed.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from ssl_core.algorithms.components import (
@@ -36,6 +40,8 @@ class FixMatchParams(RecipeParams):
     threshold: str = "fixed"
     distribution_alignment: bool = False  # ReMixMatch DA of p before thresholding: counters class imbalance
     stats_momentum: float = 0.999  # EMA momentum of the adaptive-threshold / DA statistics (~1000-batch memory)
+    # Train model.auxiliary as a companion and label with both models' averaged weak predictions (LTG).
+    companion: bool = False
 
     def __post_init__(self) -> None:
         check_param("fixmatch", "tau", self.tau, "unit")
@@ -56,38 +62,56 @@ class FixMatch(Algorithm):
         p = self.params
         self.labeler = PseudoLabeler(p.threshold, p.tau, p.distribution_alignment, p.stats_momentum)
 
+    @classmethod
+    def roles_for(cls, params: Any) -> tuple[str, ...]:
+        return ("primary", "auxiliary") if params.companion else cls.roles
+
     def train_step(self, labeled: dict[str, Tensor], unlabeled: dict[str, Tensor] | None) -> StepOutput:
         require_keys(labeled, ("video", "label"), "labeled", self.name)
         require_keys(unlabeled, ("weak", "strong"), "unlabeled", self.name)
         p = self.params
-        model = self.models["primary"]
+        roles = tuple(self.models)
         batch = mix_labeled(labeled["video"], labeled["label"], p.labeled_mixup)
         ramp = unlabeled_ramp(self.steps_done, p.unsup_warmup, p.unsup_rampup)
+        sup: dict[str, Tensor] = {}
         if ramp == 0.0:  # supervised warm-up: the unlabeled clips are not even forwarded (a third of the work)
-            loss = labeled_loss(model(batch.video), batch, p.label_smoothing)
-            return StepOutput(loss=loss, metrics={"loss/sup_primary": loss.detach(), "loss/total": loss.detach(),
+            for role in roles:
+                sup[role] = labeled_loss(self.models[role](batch.video), batch, p.label_smoothing)
+            loss = sum(sup.values())
+            metrics = {f"loss/sup_{role}": value.detach() for role, value in sup.items()}
+            return StepOutput(loss=loss, metrics={**metrics, "loss/total": loss.detach(),
                                                   "unsup_weight": loss.new_tensor(0.0)})
-        teacher = self.ema.get("primary") if p.ema_teacher else None
-        logits_lab, logits_weak, logits_strong = pseudo_label_forward(
-            model, teacher, batch.video, unlabeled["weak"], unlabeled["strong"]
-        )
-        loss_sup = labeled_loss(logits_lab, batch, p.label_smoothing)
-        targets = self.labeler(logits_weak)
-        loss_unsup = masked_cross_entropy(logits_strong, targets.hard, targets.mask)
+        weak: dict[str, Tensor] = {}
+        strong: dict[str, Tensor] = {}
+        for role in roles:
+            teacher = self.ema.get(role) if p.ema_teacher else None
+            logits_lab, weak[role], strong[role] = pseudo_label_forward(
+                self.models[role], teacher, batch.video, unlabeled["weak"], unlabeled["strong"]
+            )
+            sup[role] = labeled_loss(logits_lab, batch, p.label_smoothing)
+        if len(roles) == 1:
+            labeling_logits = weak["primary"]
+        else:  # LTG: the averaged probabilities, as logits whose softmax gives them back
+            with torch.no_grad():
+                mean_probs = torch.stack([w.float().softmax(dim=-1) for w in weak.values()]).mean(dim=0)
+                labeling_logits = mean_probs.clamp_min(1e-12).log()
+        targets = self.labeler(labeling_logits)
+        unsup = {role: masked_cross_entropy(strong[role], targets.hard, targets.mask) for role in roles}
         weight = p.lambda_u * ramp
-        loss = loss_sup + weight * loss_unsup
+        loss = sum(sup.values()) + weight * sum(unsup.values())
+        metrics: dict[str, Tensor] = {"loss/total": loss.detach(), "unsup_weight": loss.new_tensor(weight)}
+        for role in roles:
+            metrics[f"loss/sup_{role}"] = sup[role].detach()
+            metrics[f"loss/unsup_{role}"] = unsup[role].detach()
+            metrics[f"pseudo/mask_rate_{role}"] = targets.mask.mean()
+            metrics[f"pseudo/threshold_mean_{role}"] = targets.thresholds.float().mean()
+        if len(roles) > 1:
+            metrics["pseudo/agreement"] = (weak["primary"].argmax(-1) == weak["auxiliary"].argmax(-1)).float().mean()
         return StepOutput(
             loss=loss,
-            metrics={
-                "loss/sup_primary": loss_sup.detach(),
-                "loss/unsup_primary": loss_unsup.detach(),
-                "loss/total": loss.detach(),
-                "unsup_weight": loss.new_tensor(weight),
-                "pseudo/mask_rate_primary": targets.mask.mean(),
-                "pseudo/threshold_mean_primary": targets.thresholds.float().mean(),
-            },
-            pseudo={"primary": (targets.hard, targets.confident)},
-            logits_weak={"primary": logits_weak.detach()},
+            metrics=metrics,
+            pseudo={role: (targets.hard, targets.confident) for role in roles},
+            logits_weak={role: logits.detach() for role, logits in weak.items()},
         )
 
     def state_dict(self) -> dict[str, Any]:

@@ -48,14 +48,15 @@ class Algorithm(ABC):
     needs_targets: ClassVar[bool] = False
 
     def __init__(self, models: Mapping[str, nn.Module], params: Any = None) -> None:
-        if set(models) != set(self.roles):
-            raise KeyError(f"{self.name}: needs models for roles {list(self.roles)}, got {sorted(models)}")
         if params is None:
             params = self.Params()
         if not isinstance(params, self.Params):
             raise TypeError(
                 f"{self.name}: params must be {self.Params.__qualname__}, got {type(params).__name__}"
             )
+        roles = self.roles_for(params)
+        if set(models) != set(roles):
+            raise KeyError(f"{self.name}: needs models for roles {list(roles)}, got {sorted(models)}")
         self.models: dict[str, nn.Module] = dict(models)
         self.params = params
         # Optimizer steps done before the current one; the worker loop sets it (from the LR scheduler, which
@@ -65,6 +66,11 @@ class Algorithm(ABC):
         self.ema: dict[str, nn.Module] = {}
         self.ema_decay = 0.0
         self.ema_start = 0
+
+    @classmethod
+    def roles_for(cls, params: Any) -> tuple[str, ...]:
+        """The model roles these params need: `roles`, unless an option adds a model (FixMatch's TG companion)."""
+        return cls.roles
 
     @abstractmethod
     def train_step(self, labeled: dict[str, Tensor], unlabeled: dict[str, Tensor] | None) -> StepOutput: ...

@@ -1,0 +1,329 @@
+"""Start a model from pretrained weights (`model.init`, `model.auxiliary_init`): read a source, map its keys onto
+the vidssl model, report what loaded.
+
+Sources read here (no MLflow: workflows/model_init.py turns an MLflow model URI into a local file first):
+  - a vidssl checkpoint directory or a run folder (its latest checkpoint): the deployed weights (EMA when the
+    run kept one) of its primary, or of another role with `PATH#auxiliary`;
+  - a PyTorch state-dict file (.pt / .pth / .pyth), read with torch.load(weights_only=True): the dict itself or
+    under "state_dict" / "model" / "model_state". torchvision's r3d_18 KINETICS400_V1 file fits `r3d_18`
+    (vidssl's r3d_18 is torchvision's), pytorchvideo's hub slow_r50 file (SLOW_8x8_R50.pyth, {"model_state":
+    ...}) fits `r3d_50` (pytorchvideo's create_resnet, same module tree). Nothing is downloaded.
+
+Mapping (load_init): a prefix common in saved models ("module.", "model.", "backbone.", "_orig_mod.") is removed
+when that makes more keys match; every other key must match by name and shape. The classifier (the model's last
+nn.Linear: torchvision / small3d `fc`, pytorchvideo `blocks.5.proj`) is left at its fresh init when its shape
+differs (another class count) or the source names other classes, and reported as re-initialised. A backbone key
+whose shape differs, or fewer than half of the backbone keys found, is a one-line InitError naming the key.
+
+Try it:
+    python -c "import torch, torchvision; from ssl_core.models import build_model; \
+from ssl_core.models.init import load_init; \
+print(load_init(build_model('r3d_18', num_classes=8), torchvision.models.video.r3d_18(num_classes=400).state_dict(), \
+name='primary', source='torchvision').line())"
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ssl_core.typed_config import ConfigError
+
+MLFLOW_SCHEMES = ("models:/", "runs:/")
+# Where common checkpoint formats keep the weights: Lightning / timm ("state_dict"), DeiT-style ("model"),
+# pytorchvideo / SlowFast ("model_state").
+WRAPPER_KEYS = ("state_dict", "model", "model_state")
+# Added by DataParallel / DDP, wrapper modules, backbone-only exports, torch.compile.
+PREFIXES = ("module.", "model.", "backbone.", "_orig_mod.")
+# Fewer backbone keys found than this fraction means another architecture, not a partial checkpoint.
+MIN_BACKBONE_FRACTION = 0.5
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_SHOWN = 3  # names listed per category in a report line
+
+
+class InitError(ConfigError):
+    """Pretrained weights that cannot start this model; one line starting with the config key."""
+
+
+def is_mlflow_uri(spec: str) -> bool:
+    return spec.startswith(MLFLOW_SCHEMES)
+
+
+def split_role(spec: str) -> tuple[str, str | None]:
+    """`PATH#role` -> (PATH, role) for a vidssl checkpoint's other model (e.g. CMPL's `#auxiliary`); a path that
+    exists as written (a '#' in a file name) or has no `#role` -> (spec, None)."""
+    path, sep, role = spec.rpartition("#")
+    if not sep or not path or not role or Path(spec).expanduser().exists():
+        return spec, None
+    return path, role
+
+
+def init_spec_problem(spec: str) -> str | None:
+    """Why `spec` cannot be a model.init source (config validation: the form only, not whether it exists, since
+    a resumed run or a worker validates the config again after the source may have moved), or None."""
+    if not spec.strip():
+        return ("must be a checkpoint directory, a run folder, a state-dict file (.pt/.pth) or an MLflow model URI "
+                "(models:/name@alias, models:/name/3, runs:/<run id>/model), or null")
+    if spec.startswith("models:/"):
+        if not re.fullmatch(r"[^/@\s]+(@[^/@\s]+|/[^/\s]+)?/?", spec.removeprefix("models:/")):
+            return f"{spec!r}: expected models:/<name>@<alias>, models:/<name>/<version> or models:/m-<model id>"
+        return None
+    if spec.startswith("runs:/"):
+        if not re.fullmatch(r"[^/\s]+/\S+", spec.removeprefix("runs:/")):
+            return f"{spec!r}: expected runs:/<run id>/<artifact path>, e.g. runs:/<run id>/model"
+        return None
+    if _URL.match(spec):
+        return (f"{spec!r}: URLs are not downloaded at run time; download the weights once and give the local file "
+                "(a .pt/.pth state dict), or an MLflow model URI (models:/..., runs:/...)")
+    return None
+
+
+@dataclass
+class InitSource:
+    """Weights read from a source, what reports call it, and its class names when it records them."""
+
+    state_dict: dict[str, Tensor]
+    description: str
+    classes: list[str] | None = None
+
+
+def read_init_source(spec: str, *, key: str = "model.init") -> InitSource:
+    """The weights named by `spec` (a checkpoint directory, a run folder, `PATH#role`, a state-dict file)."""
+    from ssl_core.checkpoint import latest_checkpoint_dir, load_training_state
+
+    if is_mlflow_uri(spec):
+        raise InitError(f"{key}: {spec} is an MLflow model URI: python -m workflows.train resolves it into a local "
+                        "file before training; the Ray-free loop takes a checkpoint directory, a run folder or a "
+                        "state-dict file (.pt/.pth)")
+    path_text, role = split_role(spec)
+    path = Path(path_text).expanduser()
+    if path.is_dir():
+        try:
+            directory = latest_checkpoint_dir(path)
+        except FileNotFoundError as err:
+            raise InitError(f"{key}: {err}") from err
+        return _from_training_state(load_training_state(directory), role, spec, key)
+    if not path.is_file():
+        raise InitError(f"{key}: no such file or directory: {path_text} (expected a vidssl checkpoint directory, a "
+                        "run folder, a state-dict file .pt/.pth, or an MLflow model URI models:/..., runs:/...)")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # one pickling Python objects (weights_only refuses those), or not a torch file
+        text = str(err)
+        refused = re.search(r"WeightsUnpickler error: (.*?)(?: was not|\.?\n|$)", text)
+        if refused:
+            raise InitError(f"{key}: {path} holds pickled Python objects, which torch.load(weights_only=True) refuses "
+                            f"({refused[1].strip()}): save the weights alone, torch.save(model.state_dict(), path)"
+                            ) from err
+        raise InitError(f"{key}: cannot read {path} as PyTorch weights (torch.load(weights_only=True)): "
+                        f"{type(err).__name__}: {' '.join(text.split())[:200]}") from err
+    if isinstance(obj, Mapping) and "models" in obj and "model_names" in obj:  # a vidssl state.pt given directly
+        return _from_training_state(obj, role, spec, key)
+    if role is not None:
+        raise InitError(f"{key}: {spec}: '#{role}' picks a model of a vidssl checkpoint; {path} is a plain state dict")
+    classes = obj.get("classes") if isinstance(obj, Mapping) else None
+    description = obj.get("source") if isinstance(obj, Mapping) and isinstance(obj.get("source"), str) else spec
+    state_dict = _unwrap(obj)
+    if isinstance(obj, Mapping) and state_dict:
+        state_dict, description = _drop_untrained_head(state_dict, obj.get("untrained_head"), description)
+    if not state_dict:
+        found = sorted(map(str, obj))[:8] if isinstance(obj, Mapping) else type(obj).__name__
+        raise InitError(f"{key}: {path} holds no state dict (parameter name -> tensor, directly or under "
+                        f"{' / '.join(WRAPPER_KEYS)}); found {found}")
+    ok_classes = isinstance(classes, list) and all(isinstance(c, str) for c in classes)
+    return InitSource(state_dict, description, list(classes) if ok_classes else None)
+
+
+def _from_training_state(state: Mapping[str, Any], role: str | None, spec: str, key: str) -> InitSource:
+    from ssl_core.checkpoint import deployed_weights
+
+    role = role or "primary"
+    if role not in state["models"]:
+        raise InitError(f"{key}: {spec}: the checkpoint has no {role!r} model; it has {sorted(state['models'])}")
+    meta = state.get("meta") or {}
+    classes = meta.get("classes")
+    weights, description = dict(deployed_weights(state, role)), f"{spec} (step {int(state['step'])})"
+    if role == "primary":
+        weights, description = _drop_untrained_head(weights, meta.get("untrained_head"), description)
+    return InitSource(weights, description, list(classes) if classes else None)
+
+
+def _drop_untrained_head(state_dict: dict[str, Tensor], head: Any, description: str) -> tuple[dict[str, Tensor], str]:
+    """A self-supervised backbone (ssl_core.pretrain) saves its classifier's never-trained head, named in its
+    meta as `untrained_head`: left out here, so the model's classifier keeps its own fresh init and the report
+    says so."""
+    if not isinstance(head, str) or not head:
+        return state_dict, description
+    kept = {k: v for k, v in state_dict.items() if not k.startswith(f"{head}.")}
+    return kept, f"{description} [self-supervised backbone; its untrained head {head} left out]"
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, Mapping) and bool(obj) and all(isinstance(v, Tensor) for v in obj.values())
+
+
+def _unwrap(obj: Any) -> dict[str, Tensor]:
+    for _ in range(3):  # e.g. {"model": {"state_dict": ...}}
+        if not isinstance(obj, Mapping) or _is_state_dict(obj):
+            break
+        inner = next((obj[k] for k in WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
+        if inner is None:
+            break
+        obj = inner
+    if not isinstance(obj, Mapping):
+        return {}
+    return {str(k): v for k, v in obj.items() if isinstance(v, Tensor)}
+
+
+# --- mapping -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class InitReport:
+    """What load_init did to one model. Key lists are in the model's order; `reinitialised` holds the classifier
+    keys left at their fresh init, `missing` the other model keys the source lacks (also fresh)."""
+
+    name: str
+    source: str
+    total: int
+    matched: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    reinitialised: list[str] = field(default_factory=list)
+    head: str = "loaded"  # "loaded" | "re-initialised (400 -> 8 classes)" | ...
+    stripped: str = ""  # the key prefix removed from the source
+
+    def line(self) -> str:
+        """`init primary from X: 120/122 keys matched, head re-initialised (400 -> 8 classes), 0 unexpected`."""
+        parts = [f"{len(self.matched)}/{self.total} keys matched"]
+        if self.missing:
+            parts.append(f"{len(self.missing)} missing ({_first(self.missing)})")
+        parts.append(f"head {self.head}")
+        parts.append(f"{len(self.unexpected)} unexpected" + (f" ({_first(self.unexpected)})" if self.unexpected
+                                                            else ""))
+        if self.stripped:
+            parts.append(f"prefix {self.stripped!r} removed")
+        return f"init {self.name} from {self.source}: " + ", ".join(parts)
+
+    def params(self) -> dict[str, Any]:
+        """MLflow params `init.<role>.*`: the counts."""
+        p = f"init.{self.name}"
+        return {f"{p}.source": self.source, f"{p}.keys": self.total, f"{p}.matched": len(self.matched),
+                f"{p}.missing": len(self.missing), f"{p}.unexpected": len(self.unexpected),
+                f"{p}.reinitialised": len(self.reinitialised)}
+
+
+def _first(names: Sequence[str]) -> str:
+    shown = ", ".join(names[:_SHOWN])
+    return shown + (", ..." if len(names) > _SHOWN else "")
+
+
+def _shape(t: Tensor) -> tuple[int, ...]:
+    return tuple(t.shape)
+
+
+def head_prefix(model: nn.Module) -> str | None:
+    """Module name of the classifier: the model's last nn.Linear (`fc`, `fc.1` behind dropout, `blocks.5.proj`)."""
+    last = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            last = name
+    return last
+
+
+def _head_aliases(head: str) -> list[str]:
+    # r3d_18 with dropout wraps its fc as Sequential(Dropout, Linear): `fc.1.*` there, `fc.*` in torchvision's.
+    return [head, head.removesuffix(".1")] if head.endswith(".1") else [head, f"{head}.1"]
+
+
+def _strip_prefixes(sd: dict[str, Tensor], wanted: set[str]) -> tuple[dict[str, Tensor], str]:
+    """The source with the prefix (one of PREFIXES or a chain of up to 3, e.g. "module.backbone.") removed that
+    makes the most keys match the model's; unchanged when none helps."""
+    best, best_hits, removed = sd, len(wanted.intersection(sd)), ""
+    chains = [p for n in (1, 2, 3) for p in itertools.product(PREFIXES, repeat=n)]
+    for chain in chains:
+        prefix = "".join(chain)
+        if not any(k.startswith(prefix) for k in sd):
+            continue
+        candidate = {k.removeprefix(prefix): v for k, v in sd.items()}
+        hits = len(wanted.intersection(candidate))
+        if hits > best_hits:
+            best, best_hits, removed = candidate, hits, prefix
+    return best, removed
+
+
+def load_init(
+    model: nn.Module,
+    source_state_dict: Mapping[str, Tensor],
+    *,
+    name: str,
+    source: str = "a state dict",
+    key: str = "model.init",
+    source_classes: Sequence[str] | None = None,
+    classes: Sequence[str] | None = None,
+) -> InitReport:
+    """Load the matching weights of `source_state_dict` into `model` in place and report (see the module doc).
+
+    name: the model's role in reports ("primary"); source: how reports name the weights; key: the config key
+    errors start with. `source_classes` / `classes`: the class names of the source and of this run, when known;
+    a source naming other classes (even as many) leaves the classifier fresh, or its logits would mean others.
+    Raises InitError for another architecture; the model is unchanged then."""
+    target = model.state_dict()
+    head = head_prefix(model)
+    head_keys = [k for k in target if head is not None and k.startswith(f"{head}.")]
+    wanted = set(target)
+    if head is not None:
+        wanted |= {alias + k[len(head):] for k in head_keys for alias in _head_aliases(head)}
+    sd, stripped = _strip_prefixes(dict(source_state_dict), wanted)
+    classes_differ = source_classes is not None and classes is not None and list(source_classes) != list(classes)
+    report = InitReport(name=name, source=source, total=len(target), stripped=stripped)
+    loaded: dict[str, Tensor] = {}
+    used: set[str] = set()
+    head_from: tuple[int, ...] | None = None
+    for k, t in target.items():
+        src = k if k in sd else None
+        if src is None and k in head_keys and head is not None:
+            src = next((a + k[len(head):] for a in _head_aliases(head) if a + k[len(head):] in sd), None)
+        if src is None:
+            (report.reinitialised if k in head_keys else report.missing).append(k)
+            continue
+        used.add(src)
+        value = sd[src]
+        if k in head_keys and (_shape(value) != _shape(t) or classes_differ):
+            report.reinitialised.append(k)
+            if head_from is None or k.endswith(".weight"):
+                head_from = _shape(value)
+            continue
+        if _shape(value) != _shape(t):
+            raise InitError(f"{key}: {source} does not fit the {name} model ({type(model).__name__}): {k} is "
+                            f"{_shape(value)} in the source, {_shape(t)} in the model")
+        loaded[k] = value
+        report.matched.append(k)
+    report.unexpected = [k for k in sd if k not in used]
+    backbone = [k for k in target if k not in head_keys]
+    found = len(backbone) - len(report.missing)
+    if backbone and (found == 0 or found < MIN_BACKBONE_FRACTION * len(backbone)):
+        first = report.missing[0]
+        example = next(iter(report.unexpected), None)
+        hint = f"; the source's keys look like {example} {_shape(sd[example])}" if example is not None else ""
+        raise InitError(f"{key}: {source} does not fit the {name} model ({type(model).__name__}): only "
+                        f"{found}/{len(backbone)} backbone keys found; {first} {_shape(target[first])} is not in "
+                        f"the source{hint}")
+    if report.reinitialised:
+        out = target[head_keys[0]].shape[0] if head_keys else "?"
+        if classes_differ and head_from is not None and head_from[:1] == (out,):
+            report.head = "re-initialised (the source's classes differ from this run's)"
+        elif head_from is not None:
+            report.head = f"re-initialised ({head_from[0]} -> {out} classes)"
+        else:
+            report.head = "re-initialised (not in the source)"
+    target.update({k: v.to(dtype=target[k].dtype) for k, v in loaded.items()})
+    model.load_state_dict(target)
+    return report

@@ -1,0 +1,10 @@
+"""Self-supervised pretraining of a backbone on the unlabeled (all train) videos: rho-MoCo / SimCLR objectives,
+k-NN and linear-probe monitors, checkpoints that model.init reads. Pure PyTorch (no Ray, no MLflow).
+
+    python -m ssl_core.pretrain --config configs/pretrain_demo.yaml          # Ray-free
+    python -m workflows.pretrain --config configs/pretrain_demo.yaml         # Ray Data + Ray Train + MLflow
+
+Modules: config (the `pretrain:` section), data (rho clips of a video; torch-free, read by Ray Data tasks),
+augment, objectives, knn, step (network, step, checkpoint), local (the Ray-free loop). Nothing is imported
+here, so the decode tasks that read `ssl_core.pretrain.data` stay free of torch.
+"""

@@ -1,0 +1,281 @@
+"""The pretraining network, one optimisation step, and its checkpoint: shared by the Ray Train worker
+(workflows/pretrain_loop.py) and the Ray-free loop (ssl_core/pretrain/local.py).
+
+    classifier (model.primary, e.g. small3d) with its last nn.Linear replaced by nn.Identity -> features (B, F)
+      -> projection MLP -> embedding (B, proj_dim) -> objective (ssl_core/pretrain/objectives.py)
+      -> [pretext head: Linear(F, 2) on the features, pretrain.pretext]
+
+The classifier's own last Linear (`fc` for small3d / r3d_18, `blocks.5.proj` for r3d_50) is kept aside at its
+fresh init and saved with the backbone: a checkpoint holds the full classifier's state dict, so model.init,
+workflows.evaluate and model_from_state read it like any vidssl checkpoint. Its meta names that head
+`untrained_head`, and model.init leaves a training run's classifier at its own fresh init (ssl_core/models/init.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ssl_core.checkpoint import model_meta, save_training_state, unwrap
+from ssl_core.models import build_model
+from ssl_core.models.init import InitReport, head_prefix
+from ssl_core.pretrain.config import PretrainConfig, PretrainSetup
+from ssl_core.pretrain.objectives import (
+    KeyQueue,
+    momentum_at,
+    momentum_update,
+    nt_xent,
+    projection_mlp,
+    rho_info_nce,
+    scalar_metrics,
+)
+
+STAGE = "pretrain"
+
+
+class Encoder(nn.Module):
+    """backbone -> features; projection MLP -> embedding. The momentum encoder is a copy of this."""
+
+    def __init__(self, backbone: nn.Module, projector: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.projector = projector
+
+    def forward(self, video: Tensor) -> tuple[Tensor, Tensor]:
+        feats = self.backbone(video)
+        return feats, self.projector(feats)
+
+
+def grouped(encoder: nn.Module, video: Tensor, groups: int) -> tuple[Tensor, Tensor]:
+    """encoder over `groups` consecutive chunks of the batch (each its own BatchNorm statistics), concatenated."""
+    outs = [encoder(part) for part in video.chunk(max(1, min(groups, len(video))))]
+    return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
+
+
+class PretrainNet(nn.Module):
+    """The trained network (what DDP wraps): encoder (backbone + projector) and the optional pretext head."""
+
+    def __init__(self, classifier: nn.Module, p: PretrainConfig) -> None:
+        super().__init__()
+        head = head_prefix(classifier)
+        if head is None:
+            raise ValueError(f"{type(classifier).__name__} has no nn.Linear classifier to take features before")
+        linear = classifier.get_submodule(head)
+        assert isinstance(linear, nn.Linear)
+        self.head_name = head
+        self.feature_dim = linear.in_features
+        # A plain attribute, not a submodule: not trained, not wrapped by DDP, saved with the backbone.
+        self.head_state = {f"{head}.{k}": v.detach().cpu().clone() for k, v in linear.state_dict().items()}
+        classifier.set_submodule(head, nn.Identity())
+        self.encoder = Encoder(classifier, projection_mlp(self.feature_dim, p.hidden_dim, p.proj_dim, p.proj_layers))
+        self.pretext_head = nn.Linear(self.feature_dim, 2) if p.pretext != "none" else None
+
+    def forward(self, video: Tensor, groups: int = 1) -> tuple[Tensor, Tensor, Tensor | None]:
+        """video (N, 3, T, h, w) -> features (N, F), embedding (N, proj_dim), pretext logits (N, 2) or None."""
+        feats, z = grouped(self.encoder, video, groups)
+        return feats, z, self.pretext_head(feats) if self.pretext_head is not None else None
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.encoder.backbone
+
+    def classifier_state_dict(self) -> dict[str, Tensor]:
+        """The full classifier's state dict: the trained backbone plus the untouched head."""
+        state = {k: v.detach().cpu().clone() for k, v in self.backbone.state_dict().items()}
+        state.update(self.head_state)
+        return state
+
+    def load_classifier_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        prefix = f"{self.head_name}."
+        self.head_state = {k: v.detach().cpu().clone() for k, v in state.items() if k.startswith(prefix)}
+        self.backbone.load_state_dict({k: v for k, v in state.items() if not k.startswith(prefix)})
+
+
+def export_classifier(net: PretrainNet, model_name: str, num_classes: int) -> nn.Module:
+    """A fresh model.primary classifier holding the pretrained backbone (and the untrained head), on the CPU."""
+    model = build_model(model_name, num_classes=num_classes)
+    model.load_state_dict(net.classifier_state_dict())
+    return model.eval()
+
+
+def build_net(
+    setup: PretrainSetup, classes: Sequence[str], sources: Mapping[str, str] | None = None, *, init: bool = True,
+) -> tuple[PretrainNet, list[InitReport]]:
+    """The network for model.primary with len(classes) outputs (the head is never trained), started from
+    model.init when set and `init` (a fresh start; `sources`: a local file replacing an MLflow URI, see
+    ssl_core.loop.init_models)."""
+    from ssl_core.loop import init_models
+
+    cfg = setup.base
+    classifier = build_model(cfg.model.primary, num_classes=len(classes))
+    reports = init_models(cfg, {"primary": classifier}, classes, sources) if cfg.model.init and init else []
+    return PretrainNet(classifier, setup.pretrain), reports
+
+
+class Pretrainer:
+    """The objective around the (possibly DDP-wrapped) PretrainNet: momentum encoder and queue for rho_moco."""
+
+    def __init__(self, net: nn.Module, p: PretrainConfig, *, iterations: int, queue_size: int, seed: int = 0) -> None:
+        self.net = net
+        self.p = p
+        self.iterations = iterations
+        core: PretrainNet = unwrap(net)  # type: ignore[assignment]
+        device = next(core.parameters()).device
+        self.key_encoder: nn.Module | None = None
+        self.queue: KeyQueue | None = None
+        self.momentum = p.momentum
+        if p.objective == "rho_moco":
+            self.key_encoder = copy.deepcopy(core.encoder).to(device).train()
+            for param in self.key_encoder.parameters():
+                param.requires_grad_(False)
+            generator = torch.Generator().manual_seed(seed)  # the same initial queue on every worker
+            self.queue = KeyQueue(queue_size, p.proj_dim, generator=generator).to(device)
+
+    @property
+    def core(self) -> PretrainNet:
+        return unwrap(self.net)  # type: ignore[return-value]
+
+    def loss(self, views: Tensor, pretext: Tensor | None, step: int) -> tuple[Tensor, dict[str, Tensor | float]]:
+        """views (B, rho, 3, T, h, w) normalised; pretext (B, rho) int64 labels (pretrain.pretext) or None."""
+        p = self.p
+        b, rho = views.shape[:2]
+        clips = views.transpose(0, 1).flatten(0, 1)  # clip-major: rows i*B .. i*B + B-1 are every video's clip i
+        groups = p.bn_splits if self.key_encoder is not None else 1
+        feats, z, logits = self.net(clips, groups=groups)
+        z = F.normalize(z.float(), dim=1)
+        metrics: dict[str, Tensor | float] = {}
+        if self.key_encoder is not None and self.queue is not None:
+            m = momentum_at(step, self.iterations, p.momentum, p.momentum_anneal)
+            with torch.no_grad():
+                momentum_update(self.core.encoder, self.key_encoder, m)
+                # Shuffled BN: the keys are computed in groups of another order than the queries'.
+                order = torch.randperm(len(clips), device=clips.device)
+                _, k_shuffled = grouped(self.key_encoder, clips[order], groups)
+                k = torch.empty_like(k_shuffled)
+                k[order] = k_shuffled
+                k = F.normalize(k.float(), dim=1)
+            contrastive, metrics = rho_info_nce(z.view(rho, b, -1), k.view(rho, b, -1), self.queue.negatives(),
+                                                p.temperature)
+            self.queue.enqueue_gathered(k.view(rho, b, -1)[0])  # one key per video: its first clip's
+            metrics["pretrain/momentum"] = m
+        else:
+            contrastive, metrics = nt_xent(z.view(rho, b, -1), p.temperature)
+        loss = contrastive
+        metrics["loss/contrastive"] = contrastive.detach()
+        if logits is not None and pretext is not None:
+            target = pretext.transpose(0, 1).flatten().to(logits.device)
+            pretext_loss = F.cross_entropy(logits.float(), target)
+            loss = loss + p.pretext_weight * pretext_loss
+            metrics["loss/pretext"] = pretext_loss.detach()
+            metrics["pretext/accuracy"] = (logits.argmax(dim=1) == target).float().mean()
+        # Spread of the embeddings over the batch, x sqrt(dim): ~1 when spread over the sphere, 0 when collapsed.
+        metrics["pretrain/embedding_std"] = z.detach().std(dim=0).mean() * math.sqrt(z.shape[1])
+        metrics["pretrain/feature_norm"] = feats.detach().float().norm(dim=1).mean()
+        metrics["loss/total"] = loss.detach()
+        return loss, metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything but the backbone (saved as the classifier): projector, pretext head, key encoder, queue."""
+        core = self.core
+        return {
+            "objective": self.p.objective,
+            "projector": core.encoder.projector.state_dict(),
+            "pretext_head": core.pretext_head.state_dict() if core.pretext_head is not None else {},
+            "key_encoder": self.key_encoder.state_dict() if self.key_encoder is not None else {},
+            "queue": self.queue.state_dict() if self.queue is not None else {},
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        core = self.core
+        if state.get("objective", self.p.objective) != self.p.objective:
+            raise ValueError(f"the checkpoint was pretrained with {state['objective']}, not {self.p.objective}")
+        core.encoder.projector.load_state_dict(state["projector"])
+        if core.pretext_head is not None:
+            core.pretext_head.load_state_dict(state["pretext_head"])
+        if self.key_encoder is not None:
+            self.key_encoder.load_state_dict(state["key_encoder"])
+        if self.queue is not None:
+            queue = state["queue"]
+            if queue["keys"].shape != self.queue.keys.shape:
+                raise ValueError(f"the checkpoint's queue is {tuple(queue['keys'].shape)}, this run's "
+                                 f"{tuple(self.queue.keys.shape)} (pretrain.queue_size / proj_dim changed)")
+            self.queue.load_state_dict(queue)
+
+
+def pretrain_optimize(
+    trainer: Pretrainer,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    views: Tensor,
+    pretext: Tensor | None,
+    *,
+    grad_clip: float,
+) -> dict[str, float]:
+    """loss -> backward -> clip -> step -> LR (the momentum encoder moved inside the loss, MoCo's order);
+    returns the step's scalar metrics. The step count is the scheduler's (checkpointed, so it resumes)."""
+    step = scheduler.last_epoch
+    autocast = (torch.autocast(device_type="cuda", dtype=torch.bfloat16) if views.device.type == "cuda"
+                else contextlib.nullcontext())
+    with autocast:
+        loss, metrics = trainer.loss(views, pretext, step)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(list(trainer.net.parameters()), grad_clip)
+    optimizer.step()
+    scheduler.step()
+    out = scalar_metrics(metrics)
+    out["grad_norm"] = float(grad_norm)
+    return out
+
+
+def pretrain_meta(setup: PretrainSetup, classes: Sequence[str], head_name: str) -> dict[str, Any]:
+    """model_meta plus what marks a self-supervised backbone: its classifier (`untrained_head`) was never trained."""
+    return {**model_meta(setup.base, classes), "stage": STAGE, "objective": setup.pretrain.objective,
+            "untrained_head": head_name}
+
+
+def save_pretrain_checkpoint(
+    directory: str | Path,
+    *,
+    setup: PretrainSetup,
+    trainer: Pretrainer,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    step: int,
+    classes: Sequence[str],
+) -> Path:
+    """An ssl_core.checkpoint directory: models {"primary": the full classifier}, model_names, num_classes, the
+    objective's state (algorithm), optimizer, scheduler, step, RNG, meta (pretrain_meta)."""
+    core = trainer.core
+    name = setup.base.model.primary
+    return save_training_state(
+        directory, models={"primary": export_classifier(core, name, len(classes))}, optimizer=optimizer,
+        scheduler=scheduler, step=step, algorithm_state=trainer.state_dict(), model_names={"primary": name},
+        num_classes=len(classes), meta=pretrain_meta(setup, classes, core.head_name),
+    )
+
+
+def restore_pretrain_state(
+    state: Mapping[str, Any],
+    *,
+    trainer: Pretrainer,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> int:
+    """Load a pretraining checkpoint (load_training_state) into the objects; returns the step to continue from."""
+    if (state.get("meta") or {}).get("stage") != STAGE:
+        raise ValueError("not a pretraining checkpoint (its meta has no stage=pretrain)")
+    trainer.core.load_classifier_state_dict(state["models"]["primary"])
+    trainer.load_state_dict(state["algorithm"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    return int(state["step"])

@@ -1,0 +1,294 @@
+"""Self-supervised pretraining of a backbone on every train video, on Ray Data + Ray Train, tracked in MLflow.
+
+    python -m workflows.pretrain --config configs/pretrain_demo.yaml [--set pretrain.rho=4] [--smoke-test]
+    python -m workflows.pretrain --config configs/pretrain_demo.yaml --resume latest   # continue the newest one
+    python -m workflows.train --config configs/demo.yaml --set model.init=<the run folder it prints>
+
+The objective (pretrain.objective: rho-MoCo or SimCLR, optional speed / arrow-of-time pretext) sees no label:
+the train stream carries none. Labels feed only the monitors: k-NN top-1 of frozen features every
+pretrain.knn_every steps (`knn/top1`, memory bank = the labeled split, queries = the test split) and a linear
+probe at the end (`probe/top1`). At the end the backbone (the full model.primary classifier, its head untrained)
+is logged and registered under tracking.registered_model with tags vidssl.stage=pretrain, vidssl.objective and
+vidssl.run_id; `knn/top1_curve.png` is logged beside it. The run folder holds Ray Train checkpoints in
+ssl_core.checkpoint format: `model.init=<run folder>` (or the registered model's URI) starts a training run
+from the backbone, its classifier fresh.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ssl_core.config import ConfigError
+from ssl_core.data.manifest import ManifestError
+from ssl_core.pretrain.config import PretrainSetup, load_pretrain_config, pretrain_with_overrides
+from workflows import console
+from workflows.ray_session import init_ray
+from workflows.train import LOG_FILE, RUN_FILE, RunState
+
+SMOKE_TEST = ("train.iterations=4", "train.log_every=2", "pretrain.knn_every=4", "train.checkpoint_every=4")
+STAGE = "pretrain"
+log = logging.getLogger("vidssl.pretrain")
+
+
+@dataclass
+class PretrainOutcome:
+    run_dir: Path
+    mlflow_run_id: str
+    tracking_uri: str
+    metrics: dict[str, Any]
+    model_uri: str
+    model_version: str | None
+    num_classes: int
+
+
+def is_pretrain_run(run_dir: Path) -> bool:
+    try:
+        return "pretrain" in json.loads((run_dir / RUN_FILE).read_text()).get("config", {})
+    except (OSError, ValueError):
+        return False
+
+
+def find_pretrain_run(storage: Path, which: str) -> Path:
+    """`latest` -> the most recently started pretraining run under storage (training runs may share it);
+    otherwise a run name."""
+    if which != "latest":
+        run_dir = storage / which
+        if not is_pretrain_run(run_dir):
+            raise ConfigError(f"--resume: no pretraining run named {which!r} under {storage}")
+        return run_dir
+    runs = [p.parent for p in sorted(storage.glob(f"*/{RUN_FILE}"), key=lambda p: p.stat().st_mtime)]
+    runs = [r for r in runs if is_pretrain_run(r)]
+    if not runs:
+        raise ConfigError(f"--resume latest: no pretraining run to resume under {storage}")
+    return runs[-1]
+
+
+def new_run_dir(setup: PretrainSetup) -> tuple[str, Path]:
+    storage = Path(setup.base.output.storage).resolve()
+    base = setup.base.tracking.run_name or f"pretrain-{setup.pretrain.objective}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name, k = base, 1
+    while (storage / name).exists():  # never reuse a folder
+        k += 1
+        name = f"{base}-{k}"
+    (storage / name).mkdir(parents=True)
+    return name, storage / name
+
+
+def logical_cpus(setup: PretrainSetup) -> int:
+    """The CPUs an in-process Ray declares: the workers' plus one per Dataset execution running at once (the
+    train stream, and the k-NN set while rank 0 evaluates); see workflows.train.logical_cpus for why."""
+    s = setup.base.scaling
+    return math.ceil(s.num_workers * s.cpus_per_worker) + 2
+
+
+def _queue_note(setup: PretrainSetup, num_train: int) -> str:
+    if setup.pretrain.objective != "rho_moco":
+        return ""
+    size = setup.queue_size(num_train)
+    auto = " (automatic: min(4096, half the train videos))" if setup.pretrain.queue_size is None else ""
+    return f"queue of {size} negative keys{auto}"
+
+
+@console.with_run_log
+def run_pretraining(
+    setup: PretrainSetup,
+    *,
+    resume: str | None = None,
+    overrides: Sequence[str] = (),
+    extra_tags: Mapping[str, str] = {},
+    progress: bool = True,
+) -> PretrainOutcome:
+    """Pretrain one run, or continue run `resume` (its stored config plus `overrides`), register the backbone,
+    and return where it lives and its last metrics."""
+    import ray
+    import ray.train
+    import torch
+    from ray.train.torch import TorchTrainer
+
+    from ssl_core.checkpoint import load_training_state, model_from_state
+    from ssl_core.data.prepare import prepare_data
+    from workflows.data import SkipCounter
+    from workflows.model_init import resolve_sources, tag_registered_version
+    from workflows.plots import metric_curve_figure
+    from workflows.pretrain_data import build_pretrain_datasets
+    from workflows.pretrain_loop import pretrain_loop_per_worker
+    from workflows.tracking import Tracker, check_reachable, resolve_uri, upload_unsent
+    from workflows.train import log_data_inputs
+
+    if resume is not None:
+        run_dir = find_pretrain_run(Path(setup.base.output.storage).resolve(), resume)
+        state = RunState.load(run_dir)
+        check_reachable(state.tracking_uri)
+        setup = pretrain_with_overrides(state.config, overrides)
+        state.config = setup.to_dict()
+        state.save()
+        tracker = Tracker(state.tracking_uri, state.mlflow_run_id)
+        tracker.client.update_run(state.mlflow_run_id, status="RUNNING")
+        data = prepare_data(setup.base, run_dir)
+        sources, _ = resolve_sources(setup.base, run_dir, state.tracking_uri)
+    else:
+        uri = resolve_uri(setup.base.tracking.uri)
+        check_reachable(uri)  # before the run folder and the data: an unreachable server leaves nothing behind
+        name, run_dir = new_run_dir(setup)
+        data = prepare_data(setup.base, run_dir)
+        tags = {"vidssl.stage": STAGE, "vidssl.objective": setup.pretrain.objective,
+                "vidssl.primary": setup.base.model.primary, "vidssl.run_dir": str(run_dir), **extra_tags}
+        params: dict[str, Any] = {}
+        # model.init: the backbone may itself start from weights (e.g. Kinetics-400); checked before Ray starts.
+        sources, lineage = resolve_sources(setup.base, run_dir, uri)
+        if setup.base.model.init:
+            from ssl_core.pretrain.step import build_net
+
+            _, reports = build_net(setup, data.manifest.classes, sources)
+            for report in reports:
+                print(report.line(), flush=True)
+                tags[f"init.{report.name}"] = report.line()
+                params.update(report.params())
+            tags.update(lineage)
+        tracker = Tracker.start(uri, setup.base.tracking.experiment, name, tags)
+        num_train = len(data.labeled) + len(data.unlabeled)
+        tracker.log_params({**setup.params(), **params, "pretrain.queue_size_used": setup.queue_size(num_train),
+                            "data.num_train": num_train, "data.num_labeled": len(data.labeled),
+                            "data.num_test": len(data.test)})
+        tracker.log_text(yaml_text(setup), "config.yaml")
+        if data.split_file is not None:
+            tracker.log_artifact(data.split_file)
+        log_data_inputs(tracker, setup.base, data.manifest, data.split_file)
+        state = RunState(name, run_dir, tracker.run_id, uri, setup.to_dict())
+        state.save()
+
+    console.log_to(run_dir / LOG_FILE)
+    cfg = setup.base
+    train_records = [*data.labeled, *data.unlabeled]  # every train video; the stream drops their labels
+    note = _queue_note(setup, len(train_records))
+    print(f"pretraining {cfg.model.primary} with {setup.pretrain.objective} (rho {setup.pretrain.rho}) on "
+          f"{len(train_records)} train videos" + (f", {note}" if note else ""), flush=True)
+    init_ray(min_cpus=logical_cpus(setup))
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    counter = SkipCounter.remote()
+    channel = console.progress_channel() if progress else None
+    datasets = build_pretrain_datasets(setup, train_records, data.labeled, data.test, counter)
+    s = cfg.scaling
+    trainer = TorchTrainer(
+        pretrain_loop_per_worker,
+        train_loop_config={
+            "config": setup.to_dict(),
+            "classes": list(data.manifest.classes),
+            "tracking_uri": state.tracking_uri,
+            "mlflow_run_id": state.mlflow_run_id,
+            "skip_counter": counter,
+            "progress": channel,
+            "init": sources,
+            "queue_size": setup.queue_size(len(train_records)),
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker={"CPU": s.cpus_per_worker}
+        ),
+        run_config=ray.train.RunConfig(
+            name=state.name,
+            storage_path=str(run_dir.parent),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+            failure_config=ray.train.FailureConfig(max_failures=s.max_failures),
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
+        ),
+        datasets=datasets,
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),  # the k-NN set goes whole to rank 0
+    )
+    try:
+        with console.TrainingProgress(channel, cfg.train.iterations, state.name):
+            result = trainer.fit()
+    except BaseException:
+        tracker.finish("FAILED")
+        raise
+
+    skipped = ray.get(counter.report.remote())
+    if skipped:
+        tracker.log_text("".join(f"{p}\t{why}\n" for p, why in sorted(skipped.items())), "data/skipped_videos.tsv")
+        log.warning("skipped %d unreadable videos (listed in MLflow artifact data/skipped_videos.tsv)", len(skipped))
+    with result.checkpoint.as_directory() as ckpt_dir:
+        final = load_training_state(ckpt_dir)
+        upload_unsent(ckpt_dir)
+    # The full classifier (its head untrained): what model.init, evaluate and predict read.
+    model = model_from_state(final, "primary", "the final checkpoint")
+    example = torch.zeros(1, 3, cfg.data.num_frames, cfg.augment.crop_size, cfg.augment.crop_size)
+    model_uri, version = tracker.log_model(model.eval(), cfg.tracking.registered_model, example.numpy(),
+                                           dict(final["meta"]))
+    if version is not None and cfg.tracking.registered_model:
+        name = cfg.tracking.registered_model
+        for key, value in {"vidssl.stage": STAGE, "vidssl.objective": setup.pretrain.objective,
+                           "vidssl.run_id": state.mlflow_run_id}.items():
+            tracker.client.set_model_version_tag(name, version, key, value)
+        tag_registered_version(tracker.client, state.mlflow_run_id, name, version)
+    history = tracker.metric_history("knn/top1")
+    if history:
+        chance = 1 / len(data.manifest.classes)
+        tracker.log_figure(metric_curve_figure(history, metric="k-NN top-1", chance=chance,
+                                               title=f"{setup.pretrain.objective}: k-NN top-1 of frozen features"),
+                           "knn/top1_curve.png")
+    tracker.finish()
+    metrics = dict(result.metrics)
+    return PretrainOutcome(run_dir, state.mlflow_run_id, state.tracking_uri, metrics, model_uri, version,
+                           len(data.manifest.classes))
+
+
+def yaml_text(setup: PretrainSetup) -> str:
+    import yaml
+
+    return yaml.safe_dump(setup.to_dict(), sort_keys=False)
+
+
+def summary(outcome: PretrainOutcome, setup: PretrainSetup) -> str:
+    m = outcome.metrics
+
+    def pct(key: str) -> str:
+        value = m.get(key)
+        return "n/a" if value is None or value != value else f"{100 * value:.1f} %"
+
+    return (f"{setup.pretrain.objective} pretraining of {setup.base.model.primary} on {setup.base.data.root}: step "
+            f"{m.get('step')}\n"
+            f"k-NN top-1 {pct('knn/top1')} (top-5 {pct('knn/top5')}), linear probe top-1 {pct('probe/top1')}; "
+            f"chance {100 / outcome.num_classes:.1f} %")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", help="pretraining YAML file (e.g. configs/pretrain_demo.yaml)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set pretrain.rho=4 (repeatable)")
+    parser.add_argument("--resume", metavar="RUN|latest", help="continue a pretraining run from its latest checkpoint")
+    parser.add_argument("--smoke-test", action="store_true", help="4 iterations, to check the wiring")
+    parser.add_argument("--verbose", action="store_true",
+                        help=f"also print what Ray, Ray Data, Ray Train and MLflow log (always in <run>/{LOG_FILE})")
+    args = parser.parse_args(argv)
+    with console.session(args.verbose):
+        try:
+            setup = load_pretrain_config(args.config, [*args.set, *(SMOKE_TEST if args.smoke_test else ())])
+            outcome = run_pretraining(setup, resume=args.resume, overrides=args.set)
+        except (ConfigError, ManifestError, FileExistsError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        from ssl_core.pretrain.config import pretrain_from_dict
+        from workflows.tracking import ui_command
+
+        stored = pretrain_from_dict(RunState.load(outcome.run_dir).config)
+        print()
+        print(summary(outcome, stored))
+        print(f"run folder: {outcome.run_dir}  (log: {LOG_FILE})")
+        print(f"MLflow run: {outcome.mlflow_run_id}  model: {outcome.model_uri}  version: {outcome.model_version}")
+        print(f"fine-tune:  .venv/bin/python -m workflows.train --config configs/demo.yaml "
+              f"--set model.init={outcome.run_dir}")
+        print(f"review it:  {ui_command(outcome.tracking_uri)}")
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
