@@ -6,8 +6,8 @@ table. Everything else is written to the log file of the run folder (`<run folde
 `<sweep folder>/sweep.log`): the logs of Ray, Ray Data, Ray Train, Tune and MLflow, Python warnings, and all
 that Ray's worker processes print (Train workers, Ray Data's split coordinators and tasks, Tune trials).
 Entry points without a folder (evaluate, predict, prepare, label-queue) leave the workers' output in Ray's own
-session logs (/tmp/ray/session_latest/logs). With --verbose the console shows everything as Ray prints it, and
-the log file still gets a copy.
+session logs (/tmp/ray/session_latest/logs). With --verbose the console shows everything as the libraries print
+it; the log file still gets the workers' output and the records that reach the root logger.
 
     with console.session(args.verbose):        # each entry point's main()
         init_ray()                             # routes the workers' output (workflows/ray_session.py)

@@ -23,8 +23,16 @@ def init_ray(min_cpus: float = 0) -> None:
     if not ray.is_initialized():
         kwargs = {}
         # RAY_ADDRESS (set by `ray job submit`) connects to the cluster; otherwise Ray starts in-process.
-        if not os.environ.get("RAY_ADDRESS") and min_cpus > (os.cpu_count() or 1):
-            kwargs["num_cpus"] = math.ceil(min_cpus)
+        if not os.environ.get("RAY_ADDRESS"):
+            if min_cpus > (os.cpu_count() or 1):
+                kwargs["num_cpus"] = math.ceil(min_cpus)
+            # One node of fixed size, so Ray Data's cluster autoscaler has nothing to scale up; yet a busy
+            # Dataset's scale-up request is served first from the node's CPUs, before the rest is shared among
+            # the running Datasets, and can leave another training stream none (the starvation described in
+            # workflows.train.logical_cpus). Utilization thresholds above 100 % stop those requests; the
+            # workers Ray starts inherit them.
+            for resource in ("CPU", "GPU", "MEMORY", "OBJECT_STORE_MEMORY"):
+                os.environ.setdefault(f"RAY_DATA_DEFAULT_CLUSTER_SCALING_UP_{resource}_UTIL_THRESHOLD", "2")
         quiet = not console.verbose()
         # Quiet: the "ray" logger's records go to the log file (console.adopt_library_loggers) instead of Ray's
         # console handler, from ray.init's own messages on.

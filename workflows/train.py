@@ -107,7 +107,8 @@ def logical_cpus(cfg: Config, with_unlabeled: bool) -> int:
     starved: Ray Data starts a task only when the Train worker already waits for a batch, and after 60 s logs
     "Cluster resources are not enough to run any task ... The job may hang forever". No decode_cpus /
     cpus_per_worker fixes it on 2 CPUs (any Train share leaves less than 2 whole CPUs for 2 streams), so an
-    in-process Ray declares the workers' CPUs plus one whole CPU per execution: 4 for the demo. These are
+    in-process Ray declares the workers' CPUs plus one whole CPU per execution: 4 for the demo (and stops Ray
+    Data's scale-up requests, which would otherwise hand a busy stream the others' share: init_ray). These are
     logical CPUs (scheduling tokens); each stream's budget of 1 CPU lets it keep 1 / data.decode_cpus tasks
     in flight, so decoding overlaps training instead of waiting for it. A cluster's nodes have CPUs to spare;
     a 2-CPU cluster joined with RAY_ADDRESS still starves (the warning then lands in the run's log file)."""
