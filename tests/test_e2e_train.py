@@ -126,7 +126,7 @@ def test_cmpl_two_workers_then_resume(
 @pytest.mark.parametrize(
     ("name", "models"),
     [
-        ("fixmatch", {"primary"}),
+        ("fixmatch", {"primary", "auxiliary"}),  # the demo's fixmatch trains a temporal-gradient companion
         ("pseudo_label", {"primary"}),
         ("mean_teacher", {"primary", "teacher"}),  # the EMA teacher is evaluated too
         ("mixmatch", {"primary"}),
