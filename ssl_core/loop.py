@@ -14,9 +14,9 @@ import contextlib
 import math
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -190,6 +190,28 @@ def optimize(
 # --- the Ray-free loop ---------------------------------------------------------------------------------
 
 
+T = TypeVar("T")
+
+
+def prefetched(
+    pool: ThreadPoolExecutor, decode: Callable[..., T | None], tasks: Iterator[tuple[Any, ...]], batch: int
+) -> Iterator[list[T]]:
+    """Endless lists of `batch` decoded items, `decode(*task)` run by `pool`'s threads two batches ahead so
+    decoding overlaps the training step (PyAV releases the GIL); a None (an unreadable video) is skipped."""
+    ahead: deque[Future[T | None]] = deque()
+    items: list[T] = []
+    while True:
+        while len(ahead) < 2 * batch:
+            ahead.append(pool.submit(decode, *next(tasks)))
+        decoded = ahead.popleft().result()
+        if decoded is None:
+            continue
+        items.append(decoded)
+        if len(items) == batch:
+            yield items
+            items = []
+
+
 def _clip_batches(
     records: Sequence[VideoRecord], batch: int, cfg: Config, seed: int, pool: ThreadPoolExecutor,
     cache: ClipCache | None = None,
@@ -214,20 +236,8 @@ def _clip_batches(
             return None
         return clip, record.label
 
-    todo = tasks()
-    ahead: deque[Future[tuple[np.ndarray, int] | None]] = deque()
-    clips, labels = [], []
-    while True:
-        while len(ahead) < 2 * batch:
-            ahead.append(pool.submit(decode, *next(todo)))
-        decoded = ahead.popleft().result()
-        if decoded is None:
-            continue
-        clips.append(decoded[0])
-        labels.append(decoded[1])
-        if len(clips) == batch:
-            yield torch.from_numpy(np.stack(clips)), torch.tensor(labels)
-            clips, labels = [], []
+    for items in prefetched(pool, decode, tasks(), batch):
+        yield torch.from_numpy(np.stack([clip for clip, _ in items])), torch.tensor([label for _, label in items])
 
 
 def run_local(cfg: Config, *, device: str = "cpu", decode_threads: int = 2) -> dict[str, Any]:

@@ -261,3 +261,14 @@ def pseudo_label_forward(
     with torch.no_grad():
         logits_weak = teacher(weak).to(logits_strong.dtype)
     return logits_lab, logits_weak, logits_strong
+
+
+def warmup_step(models: dict[str, nn.Module], batch: LabeledBatch, label_smoothing: float):  # -> StepOutput
+    """A supervised warm-up step of every model (fixmatch, cmpl): the unlabeled clips are not even forwarded,
+    a third of the step's work."""
+    from ssl_core.algorithms.registry import StepOutput
+
+    sup = {role: labeled_loss(model(batch.video), batch, label_smoothing) for role, model in models.items()}
+    loss = sum(sup.values())
+    metrics = {f"loss/sup_{role}": value.detach() for role, value in sup.items()}
+    return StepOutput(loss=loss, metrics={**metrics, "loss/total": loss.detach(), "unsup_weight": loss.new_tensor(0.0)})

@@ -27,6 +27,7 @@ from ssl_core.algorithms.components import (
     mix_labeled,
     pseudo_label_forward,
     unlabeled_ramp,
+    warmup_step,
 )
 from ssl_core.algorithms.registry import Algorithm, StepOutput, check_param, register_algorithm, require_keys
 from ssl_core.algorithms.thresholds import PseudoLabeler, validate_threshold_options
@@ -73,14 +74,9 @@ class FixMatch(Algorithm):
         roles = tuple(self.models)
         batch = mix_labeled(labeled["video"], labeled["label"], p.labeled_mixup)
         ramp = unlabeled_ramp(self.steps_done, p.unsup_warmup, p.unsup_rampup)
+        if ramp == 0.0:
+            return warmup_step(self.models, batch, p.label_smoothing)
         sup: dict[str, Tensor] = {}
-        if ramp == 0.0:  # supervised warm-up: the unlabeled clips are not even forwarded (a third of the work)
-            for role in roles:
-                sup[role] = labeled_loss(self.models[role](batch.video), batch, p.label_smoothing)
-            loss = sum(sup.values())
-            metrics = {f"loss/sup_{role}": value.detach() for role, value in sup.items()}
-            return StepOutput(loss=loss, metrics={**metrics, "loss/total": loss.detach(),
-                                                  "unsup_weight": loss.new_tensor(0.0)})
         weak: dict[str, Tensor] = {}
         strong: dict[str, Tensor] = {}
         for role in roles:

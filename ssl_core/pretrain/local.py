@@ -13,9 +13,8 @@ from __future__ import annotations
 import math
 import shutil
 import time
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from torch import Tensor, nn
 from ssl_core.data.clip_cache import ClipCache
 from ssl_core.data.decode import DecodeError
 from ssl_core.data.manifest import VideoRecord
+from ssl_core.loop import prefetched
 from ssl_core.pretrain.augment import pretrain_views
 from ssl_core.pretrain.config import PretrainSetup
 from ssl_core.pretrain.data import decode_views
@@ -53,20 +53,8 @@ def view_batches(
         except DecodeError:
             return None
 
-    todo = tasks()
-    ahead: deque[Future[tuple[np.ndarray, np.ndarray] | None]] = deque()
-    clips, labels = [], []
-    while True:
-        while len(ahead) < 2 * batch:
-            ahead.append(pool.submit(decode, *next(todo)))
-        decoded = ahead.popleft().result()
-        if decoded is None:
-            continue
-        clips.append(decoded[0])
-        labels.append(decoded[1])
-        if len(clips) == batch:
-            yield torch.from_numpy(np.stack(clips)), torch.from_numpy(np.stack(labels))
-            clips, labels = [], []
+    for items in prefetched(pool, decode, tasks(), batch):
+        yield torch.from_numpy(np.stack([v for v, _ in items])), torch.from_numpy(np.stack([y for _, y in items]))
 
 
 def record_features(
