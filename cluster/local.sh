@@ -5,6 +5,9 @@
 #   cluster/local.sh status      the Ray nodes, the MLflow URL, which of our processes are alive
 #   cluster/local.sh env         the exports a client shell needs (eval "$(cluster/local.sh env)")
 #   cluster/local.sh down        stop both Ray nodes and the MLflow server (only the processes started here)
+#   cluster/local.sh kill-worker-node
+#                                SIGKILL every process of the worker node (raylet, its workers, their jobs'
+#                                actors): a machine lost mid-run, for rehearsing recovery; `down` still cleans up
 #
 # Options (before the command):
 #   --host HOST   bind the Ray dashboard / job API and the MLflow server to HOST instead of 127.0.0.1
@@ -43,7 +46,7 @@ while [[ $# -gt 0 ]]; do
         --host) [[ $# -ge 2 ]] || { echo "error: --host needs a value" >&2; exit 2; }; HOST="$2"; shift 2 ;;
         --host=*) HOST="${1#--host=}"; shift ;;
         -h|--help|help) usage; exit 0 ;;
-        up|down|status|env) [[ -z "$CMD" ]] || { echo "error: one command at a time" >&2; exit 2; }; CMD="$1"; shift ;;
+        up|down|status|env|kill-worker-node) [[ -z "$CMD" ]] || { echo "error: one command at a time" >&2; exit 2; }; CMD="$1"; shift ;;
         *) echo "error: unknown argument: $1" >&2; usage >&2; exit 2 ;;
     esac
 done
@@ -71,10 +74,17 @@ alive() { [[ -n "${1:-}" ]] && kill -0 "$1" 2>/dev/null; }
 # Every process of this cluster: the sessions `up` started (setsid), their descendants, and Ray processes whose
 # command line names one of this cluster's Ray temp dirs. Nothing else on the machine matches.
 cluster_pids() {
-    local sids="" sid
-    for sid in ${MLFLOW_SID:-} ${HEAD_SID:-} ${WORKER_SID:-}; do sids="$sids $sid"; done
-    ps -eo pid=,ppid=,sid=,args= | awk -v sids="$sids" -v self="$$" \
-            -v t1="${HEAD_TMP:-/nonexistent-vidssl}" -v t2="${WORKER_TMP:-/nonexistent-vidssl}" '
+    session_pids "${MLFLOW_SID:-} ${HEAD_SID:-} ${WORKER_SID:-}" "${HEAD_TMP:-}" "${WORKER_TMP:-}"
+}
+
+# The worker node alone: its `ray start` session, the raylet's workers below it, Ray processes of its temp dir.
+worker_node_pids() {
+    session_pids "${WORKER_SID:-}" "${WORKER_TMP:-}" ""
+}
+
+session_pids() {  # session_pids "SID..." TMP1 TMP2
+    ps -eo pid=,ppid=,sid=,args= | awk -v sids="$1" -v self="$$" \
+            -v t1="${2:-/nonexistent-vidssl}" -v t2="${3:-/nonexistent-vidssl}" '
         BEGIN { n = split(sids, s, " "); for (i = 1; i <= n; i++) want[s[i]] = 1 }
         { pid = $1; ppid[pid] = $2; args = $0; sub(/^ *[0-9]+ +[0-9]+ +[0-9]+ /, "", args)
           ray = index(args, "site-packages/ray/") > 0 && (index(args, t1) > 0 || index(args, t2) > 0)
@@ -363,8 +373,19 @@ cmd_down() {
     return 0
 }
 
+cmd_kill_worker_node() {
+    load_state || die "the cluster is not up"
+    local pids
+    pids=$(worker_node_pids | tr '\n' ' ')
+    [[ -n "${pids// /}" ]] || die "the worker node has no processes left"
+    # shellcheck disable=SC2086
+    kill -KILL $pids 2>/dev/null || true
+    log "worker node killed: $(wc -w <<<"$pids") processes (SIGKILL); the head node's GCS marks it dead shortly"
+}
+
 case "$CMD" in
     up) cmd_up ;;
+    kill-worker-node) cmd_kill_worker_node ;;
     status) cmd_status ;;
     env) cmd_env ;;
     down) cmd_down ;;

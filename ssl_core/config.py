@@ -140,6 +140,9 @@ class ScalingConfig:
     torch_threads: int = 1
     # Worker-group restarts (from the latest checkpoint) after a training worker dies; -1: unlimited, 0: none.
     max_failures: int = 2
+    # How Ray places the training workers: PACK fills a node first; SPREAD puts them on different nodes where
+    # it can (a lost node then takes fewer workers with it); STRICT_* fail instead of falling back.
+    placement_strategy: str = "PACK"
 
 
 @dataclass
@@ -304,6 +307,7 @@ LAYOUTS = ("folder", "csv", "ucf101", "kinetics")
 DECODERS = ("pyav", "torchcodec")
 CACHE_MODES = ("auto", "on", "off")
 PLACEMENTS = ("auto", "device", "data")
+PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 
 
 def validate(cfg: Config) -> None:
@@ -383,6 +387,8 @@ def validate(cfg: Config) -> None:
     _check(s.cpus_per_worker > 0, "scaling.cpus_per_worker", "must be > 0")
     _check(s.torch_threads >= 1, "scaling.torch_threads", "must be >= 1")
     _check(s.max_failures >= -1, "scaling.max_failures", "must be >= 0, or -1 for unlimited restarts")
+    _check(s.placement_strategy in PLACEMENT_STRATEGIES, "scaling.placement_strategy",
+           f"must be one of {', '.join(PLACEMENT_STRATEGIES)}")
     syn = d.synthetic
     _check(syn.classes >= 2, "data.synthetic.classes", "must be >= 2")
     _check(syn.videos_per_class >= 2, "data.synthetic.videos_per_class", "must be >= 2")

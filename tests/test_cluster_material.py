@@ -3,9 +3,7 @@ runtime_env (pinned to the lock's versions), the CMPL configs, and cluster/local
 
     .venv/bin/python -m pytest -q tests/test_cluster_material.py
 
-Nothing here starts a service. The opt-in end-to-end test (VIDSSL_CLUSTER_TESTS=1) runs `cluster/local.sh up`,
-submits a smoke-test training job to the two-node cluster, finds its run in the MLflow server, then `down`
-(several minutes; ports from VIDSSL_RAY_PORT / VIDSSL_DASHBOARD_PORT / VIDSSL_MLFLOW_PORT).
+Nothing here starts a service: the two-node cluster's own tests are in tests/test_cluster_e2e.py.
 """
 
 from __future__ import annotations
@@ -15,13 +13,9 @@ import json
 import os
 import re
 import shlex
-import shutil
 import socket
 import subprocess
 import sysconfig
-import tempfile
-import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -302,47 +296,3 @@ def test_local_sh_down_and_status_without_a_cluster(tmp_path: Path) -> None:
 
 def test_cluster_state_is_git_ignored() -> None:
     assert "/.cluster/" in (REPO / ".gitignore").read_text().splitlines()
-
-
-# --- opt-in: the two-node rehearsal end to end --------------------------------------------------------
-
-
-@pytest.mark.e2e
-@pytest.mark.skipif(os.environ.get("VIDSSL_CLUSTER_TESTS") != "1", reason="set VIDSSL_CLUSTER_TESTS=1 (minutes)")
-def test_local_cluster_end_to_end(tmp_path: Path) -> None:
-    from mlflow import MlflowClient
-
-    # A short state dir: the Ray temp dirs go inside it (unix socket paths must stay short).
-    state = Path(tempfile.mkdtemp(prefix="vidssl-e2e-", dir="/tmp"))
-    env = {**os.environ, "VIDSSL_CLUSTER_DIR": str(state)}
-    venv = REPO / ".venv" / "bin"
-    subprocess.run([str(LOCAL_SH), "up"], env=env, check=True, timeout=900)
-    try:
-        exports = subprocess.run([str(LOCAL_SH), "env"], env=env, capture_output=True, text=True, check=True).stdout
-        for name, value in re.findall(r"^export (\w+)=(\S+)$", exports, flags=re.M):
-            env[name] = value
-        dashboard = re.search(r"--address (http://\S+)", exports)[1]
-        experiment = f"cluster-e2e-{uuid.uuid4().hex[:8]}"
-        start = time.time()
-        subprocess.run(
-            [str(venv / "ray"), "job", "submit", "--address", dashboard, "--working-dir", str(REPO), "--",
-             "python", "-m", "workflows.train", "--config", "configs/demo.yaml", "--smoke-test",
-             f"--set=data.root={REPO / 'data' / 'synth'}", "--set=scaling.num_workers=2",
-             "--set=scaling.cpus_per_worker=0.75", "--set=data.decode_cpus=0.25", "--set=data.eval_clips=1",
-             f"--set=output.storage={tmp_path / 'runs'}", f"--set=tracking.experiment={experiment}",
-             "--set=tracking.registered_model=null"],
-            env=env, check=True, timeout=1800, cwd=REPO)
-        print(f"job took {time.time() - start:.0f}s")
-        client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
-        runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
-        assert len(runs) == 1 and runs[0].info.status == "FINISHED"
-
-        # In a subprocess: it needs the cluster's token (RAY_AUTH_*), which this process does not carry.
-        nodes = subprocess.run(
-            [str(venv / "python"), "-c", "import sys; from ray.util.state import list_actors; print(len({a.node_id "
-             "for a in list_actors(address=sys.argv[1], filters=[('class_name', '=', 'RayTrainWorker')])}))",
-             dashboard], env=env, capture_output=True, text=True, check=True).stdout
-        assert nodes.strip() == "2", "the two Ray Train workers did not spread over both nodes"
-    finally:
-        subprocess.run([str(LOCAL_SH), "down"], env=env, check=True, timeout=120)
-        shutil.rmtree(state, ignore_errors=True)

@@ -50,6 +50,7 @@ def test_switching_algorithm_keeps_shared_keys_valid() -> None:
         ("augment.crop_size=500", "augment.crop_size"),
         ("data.layout=zip", "data.layout"),
         ("scaling.max_failures=-2", "scaling.max_failures"),
+        ("scaling.placement_strategy=spread", "scaling.placement_strategy"),
         ("data.cache=sometimes", "data.cache"),
         ("data.cache_budget_gb=0", "data.cache_budget_gb"),
         ("data.cache_dir=''", "data.cache_dir"),

@@ -33,6 +33,7 @@ import ray
 from ssl_core.data.clip_cache import ClipCache, open_cache
 from ssl_core.data.decode import DecodeError, get_decoder
 from ssl_core.data.manifest import VideoRecord
+from workflows.ray_session import on_driver_node
 
 if TYPE_CHECKING:  # the decode tasks import this module: keep torch and the model zoo out of them
     from ssl_core.config import Config
@@ -296,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.set)
     data = prepare_data(cfg, run_dir=None)
-    counter = SkipCounter.remote()
+    counter = SkipCounter.options(**on_driver_node()).remote()
     datasets = build_datasets(cfg, data.labeled, data.unlabeled, data.test, counter, with_unlabeled=True)
     for i, batch in enumerate(datasets["unlabeled"].iter_batches(batch_size=cfg.train.batch_size)):
         print(f"batch {i}: clip {batch['clip'].shape} {batch['clip'].dtype}")

@@ -31,7 +31,7 @@ from ssl_core.config import ConfigError
 from ssl_core.data.manifest import ManifestError
 from ssl_core.pretrain.config import PretrainSetup, load_pretrain_config, pretrain_with_overrides
 from workflows import console
-from workflows.ray_session import init_ray
+from workflows.ray_session import init_ray, on_driver_node
 from workflows.train import LOG_FILE, RUN_FILE, RunState
 
 SMOKE_TEST = ("train.iterations=4", "train.log_every=2", "pretrain.knn_every=4", "train.checkpoint_every=4")
@@ -174,7 +174,7 @@ def run_pretraining(
           f"{len(train_records)} train videos" + (f", {note}" if note else ""), flush=True)
     init_ray(min_cpus=logical_cpus(setup))
     ray.data.DataContext.get_current().enable_progress_bars = False
-    counter = SkipCounter.remote()
+    counter = SkipCounter.options(**on_driver_node()).remote()
     channel = console.progress_channel() if progress else None
     datasets = build_pretrain_datasets(setup, train_records, data.labeled, data.test, counter)
     s = cfg.scaling
@@ -191,7 +191,8 @@ def run_pretraining(
             "queue_size": setup.queue_size(len(train_records)),
         },
         scaling_config=ray.train.ScalingConfig(
-            num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker={"CPU": s.cpus_per_worker}
+            num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker={"CPU": s.cpus_per_worker},
+            placement_strategy=s.placement_strategy,
         ),
         run_config=ray.train.RunConfig(
             name=state.name,

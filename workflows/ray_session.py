@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from typing import Any
 
 
 def init_ray(min_cpus: float = 0) -> None:
@@ -44,3 +45,12 @@ def init_ray(min_cpus: float = 0) -> None:
     if not console.verbose():
         # Datasets executed by this driver (evaluate, predict, prepare, ...): one overall bar, not one per operator.
         ray.data.DataContext.get_current().enable_operator_progress_bars = False
+
+
+def on_driver_node() -> dict[str, Any]:
+    """Actor options that keep a driver-owned actor (skip counter, progress channel) on the driver's node, as
+    Ray Train keeps its controller there: a lost worker node must not take the run's bookkeeping with it."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return {"scheduling_strategy": NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)}

@@ -29,7 +29,7 @@ from typing import Any
 from ssl_core.config import Config, ConfigError, dump_yaml, from_dict, load_config, with_overrides
 from ssl_core.data.manifest import Manifest, ManifestError
 from workflows import console
-from workflows.ray_session import init_ray
+from workflows.ray_session import init_ray, on_driver_node
 
 RUN_FILE = "vidssl_run.json"
 LOG_FILE = console.LOG_FILE  # in the run folder: this process's logs and Ray's workers' output, see console.py
@@ -213,7 +213,7 @@ def run_training(
     init_ray(min_cpus=logical_cpus(cfg, get_algorithm(cfg.algorithm.name).needs_unlabeled))
     # Per process: a Tune trial actor has its own DataContext.
     ray.data.DataContext.get_current().enable_progress_bars = False
-    counter = SkipCounter.remote()
+    counter = SkipCounter.options(**on_driver_node()).remote()
     channel = console.progress_channel() if progress else None
     algorithm_cls = get_algorithm(cfg.algorithm.name)
     datasets = build_datasets(cfg, data.labeled, data.unlabeled, data.test, counter,
@@ -231,7 +231,8 @@ def run_training(
             "init": init.sources,
         },
         scaling_config=ray.train.ScalingConfig(
-            num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker={"CPU": s.cpus_per_worker}
+            num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker={"CPU": s.cpus_per_worker},
+            placement_strategy=s.placement_strategy,
         ),
         run_config=ray.train.RunConfig(
             name=state.name,
