@@ -22,7 +22,7 @@ from ssl_core.checkpoint import latest_checkpoint_dir, load_training_state, mode
 from ssl_core.data.transforms import AugmentConfig
 from ssl_core.models import build_model
 from ssl_core.models.init import load_init, read_init_source
-from ssl_core.pretrain.augment import VideoGrayscale, pretrain_views
+from ssl_core.pretrain.augment import VideoGrayscale, foreground_masks, pretrain_views, swap_backgrounds
 from ssl_core.pretrain.config import PretrainConfig, load_pretrain_config
 from ssl_core.pretrain.data import decode_views
 from ssl_core.pretrain.knn import knn_accuracy, knn_scores, linear_probe
@@ -33,6 +33,7 @@ from ssl_core.pretrain.objectives import (
     momentum_at,
     momentum_update,
     nt_xent,
+    projection_mlp,
     rho_info_nce,
 )
 from ssl_core.pretrain.step import (
@@ -194,6 +195,44 @@ def test_every_clip_gets_its_own_appearance_draw_shared_by_its_frames() -> None:
     assert torch.equal(gray[:, 0], gray[:, 1]) and torch.equal(gray[:, 1], gray[:, 2]) and gray.dtype == torch.uint8
 
 
+def _moving_square_clips(videos: int) -> torch.Tensor:
+    """(videos, 1, 6, 48, 48, 3) uint8: each video its own flat background colour and a white square moving
+    right by 2 pixels a frame in rows 10..17."""
+    clips = torch.zeros(videos, 1, 6, 48, 48, 3, dtype=torch.uint8)
+    for v in range(videos):
+        clips[v] = 20 * (v + 1)
+        for t in range(6):
+            clips[v, 0, t, 10:18, 10 + 2 * t:18 + 2 * t] = 255
+    return clips
+
+
+def test_background_swap_keeps_the_moving_foreground_on_another_videos_still_frame() -> None:
+    clips = _moving_square_clips(3)
+    mask = foreground_masks(clips.flatten(0, 1), 0.1)
+    assert mask.shape == (3, 1, 48, 48, 1) and mask.sum(dim=(1, 2, 3, 4)).min() >= 0.1 * 48 * 48
+    assert mask[:, 0, 14, 18, 0].eq(1).all() and mask[:, 0, 40, 40, 0].eq(0).all()  # the path, not a far corner
+    swapped = swap_backgrounds(clips, 1.0, 0.1, torch.Generator().manual_seed(0))
+    assert swapped.shape == clips.shape and swapped.dtype == torch.uint8
+    for v in range(3):
+        corner = int(swapped[v, 0, 3, 40, 40, 0])
+        assert corner != 20 * (v + 1) and corner in {20, 40, 60}  # another video's background
+        assert torch.equal(swapped[v, 0, 3, 10:18, 16:24], clips[v, 0, 3, 10:18, 16:24])  # the square stays
+    assert torch.equal(swap_backgrounds(clips, 0.0, 0.1), clips)
+    assert torch.equal(swap_backgrounds(clips[:1], 1.0, 0.1), clips[:1])  # one video: no other background
+
+
+def test_projection_batch_norm_spreads_the_embeddings_of_a_relu_backbone() -> None:
+    torch.manual_seed(0)
+    feats = torch.rand(16, 64) + 1.0  # positive features with a large shared mean, as after ReLU + max pooling
+
+    def mean_cosine(z: torch.Tensor) -> float:
+        z = F.normalize(z.detach(), dim=1)
+        return float((z @ z.T).mean())
+
+    assert mean_cosine(projection_mlp(64, 128, 32, 3, batch_norm=False)(feats)) > 0.9
+    assert mean_cosine(projection_mlp(64, 128, 32, 3)(feats)) < 0.6
+
+
 class _FakeReader:
     """decode_clip returns frames numbered start, start + stride, ... (start drawn from rng in [0, 100))."""
 
@@ -249,7 +288,9 @@ def test_config_defaults_sections_and_errors_naming_the_key() -> None:
                           ("pretrain.min_scale=0.9", "pretrain.min_scale:"), ("pretrain.nope=1", "pretrain.nope:"),
                           ("pretrain.temperature=0", "pretrain.temperature:"), ("algorithm.name=cmpl", "algorithm:"),
                           ("pretrain.bn_splits=100", "pretrain.bn_splits:"),
-                          ("model.auxiliary_init=x.pt", "model.auxiliary_init:")]:
+                          ("model.auxiliary_init=x.pt", "model.auxiliary_init:"),
+                          ("pretrain.background_swap=2", "pretrain.background_swap:"),
+                          ("pretrain.foreground_ratio=0", "pretrain.foreground_ratio:")]:
         with pytest.raises(ConfigError, match=f"^{key}"):
             load_pretrain_config(CONFIG, [override])
     with pytest.raises(ConfigError, match="^train.batch_size:"):

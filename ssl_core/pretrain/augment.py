@@ -8,6 +8,12 @@ dataset (an actor's colour, the background, the drift) stop identifying the vide
 torchvision's v2 Grayscale / RandomGrayscale pass a Video through unchanged (their kernel takes images only),
 so the grayscale here is VideoGrayscale.
 
+Colour and framing do not hide a video's scenery (the layout and texture of its background): clips of one
+video then match on the background alone and the features learn nothing about the action. The background
+swap (`pretrain.background_swap`, FAME: Ding et al., CVPR 2022, "Motion-aware Contrastive Video Representation
+Learning via Foreground-background Merging") keeps each chosen clip's moving foreground (the pixels whose frame
+differences are largest) and pastes it on another video's still frame, so positives share motion, not scenery.
+
     python -c "import torch; from ssl_core.data.transforms import AugmentConfig; \
 from ssl_core.pretrain.augment import pretrain_views; from ssl_core.pretrain.config import PretrainConfig; \
 print(pretrain_views(torch.randint(0, 256, (2, 3, 8, 72, 72, 3), dtype=torch.uint8), AugmentConfig(), \
@@ -17,6 +23,7 @@ PretrainConfig()).shape)"
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision import tv_tensors
 from torchvision.transforms import v2
@@ -63,6 +70,39 @@ def pretrain_transform(aug: AugmentConfig, p: PretrainConfig) -> v2.Transform:
     return v2.Compose(ops)
 
 
+def foreground_masks(clips: Tensor, ratio: float) -> Tensor:
+    """clips (N, T, H, W, 3) uint8 -> (N, 1, H, W, 1) float 0/1: the `ratio` of each clip's pixels that change
+    most (absolute frame differences, averaged over time and channels, smoothed over 9 x 9 pixels)."""
+    x = clips.float()
+    energy = (x[:, 1:] - x[:, :-1]).abs().mean(dim=(1, 4))  # (N, H, W)
+    energy = F.avg_pool2d(energy[:, None], 9, stride=1, padding=4, count_include_pad=False)[:, 0]
+    keep = max(1, round(ratio * energy[0].numel()))
+    threshold = energy.flatten(1).topk(keep, dim=1).values[:, -1]
+    return (energy >= threshold[:, None, None]).float()[:, None, :, :, None]
+
+
+def swap_backgrounds(clips: Tensor, p: float, ratio: float, generator: torch.Generator | None = None) -> Tensor:
+    """clips (B, rho, T, H, W, 3) uint8: each clip, with probability p, keeps its foreground (foreground_masks)
+    on the first frame of a clip of another video of the batch, held still. Needs B >= 2 (else unchanged)."""
+    b, rho = clips.shape[:2]
+    if p <= 0 or b < 2:
+        return clips
+    chosen = torch.rand(b, rho, generator=generator) < p
+    if not chosen.any():
+        return clips
+    # Another video for each clip: an offset of 1..B-1 videos, never the clip's own video.
+    donor = (torch.arange(b)[:, None] + torch.randint(1, b, (b, rho), generator=generator)) % b
+    flat, donors = clips.flatten(0, 1), donor.flatten()
+    idx = chosen.flatten().nonzero().squeeze(1).to(clips.device)
+    picked = flat[idx]
+    still = clips[donors[idx.cpu()].to(clips.device), 0, :1].float()  # (n, 1, H, W, 3): a donor's first frame
+    mask = foreground_masks(picked, ratio)
+    merged = (mask * picked.float() + (1 - mask) * still).round().clamp(0, 255).to(torch.uint8)
+    out = flat.clone()
+    out[idx] = merged
+    return out.view_as(clips)
+
+
 def pretrain_views(
     clips: Tensor,  # (B, rho, T, H, W, 3) uint8
     aug: AugmentConfig,
@@ -72,5 +112,6 @@ def pretrain_views(
     if clips.ndim != 6:
         raise ValueError(f"clips must be (B, rho, T, H, W, 3) uint8, got {tuple(clips.shape)}")
     b, rho = clips.shape[:2]
+    clips = swap_backgrounds(clips, p.background_swap, p.foreground_ratio)
     views = augment_batch(clips.flatten(0, 1), pretrain_transform(aug, p))
     return views.view(b, rho, *views.shape[1:])

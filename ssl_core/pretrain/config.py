@@ -56,10 +56,12 @@ class PretrainConfig:
     # Cosine anneal of m from `momentum` to 1 over train.iterations (BYOL / rho-MoCo): keys change less and less.
     momentum_anneal: bool = False
     # Projection MLP on the backbone features (the features themselves are what is kept): hidden width, output
-    # width, number of Linear layers (rho-MoCo: 3; MoCo v2: 2). No BatchNorm in it: tiny CPU batches.
+    # width, number of Linear layers (rho-MoCo: 3; MoCo v2: 2), BatchNorm after each hidden layer (proj_bn, as
+    # SimCLR v2 / rho-MoCo: without it the embeddings of small3d start collapsed, ssl_core/pretrain/objectives.py).
     hidden_dim: int = 512
     proj_dim: int = 128
     proj_layers: int = 3
+    proj_bn: bool = True
     # MoCo's shuffling BN on one device: the query batch is run through the backbone in this many groups and the
     # key batch in as many groups of a shuffled order, so the BN statistics a query and its positive key see
     # differ (BN over the same clips leaks "same batch" and the loss drops without learning). 1: off.
@@ -74,6 +76,10 @@ class PretrainConfig:
     hue: float = 0.15
     jitter_p: float = 0.8
     grayscale_p: float = 0.2
+    # Background swap (FAME, ssl_core/pretrain/augment.py): the probability that a clip keeps only its moving
+    # foreground, pasted on another video's still frame, and the fraction of its pixels taken as foreground.
+    background_swap: float = 0.0
+    foreground_ratio: float = 0.15
     # k-NN monitor (labels never reach a loss): every knn_every steps (0: only at the end), frozen, L2-normalised
     # backbone features of the labeled split are the memory bank, the test split the queries; weighted vote of
     # the knn_k nearest with weights exp(sim / knn_temperature) (InstDisc, DINO: k 20-200, T 0.07).
@@ -165,8 +171,9 @@ def validate_pretrain(setup: PretrainSetup) -> None:
            f"need 0 < pretrain.min_scale <= pretrain.max_scale <= 1, got {p.min_scale} and {p.max_scale}")
     _check(p.color_jitter >= 0, "pretrain.color_jitter", f"must be >= 0, got {p.color_jitter}")
     _check(0 <= p.hue <= 0.5, "pretrain.hue", f"must be in [0, 0.5], got {p.hue}")
-    for key in ("jitter_p", "grayscale_p"):
+    for key in ("jitter_p", "grayscale_p", "background_swap"):
         _check(0 <= getattr(p, key) <= 1, f"pretrain.{key}", f"must be in [0, 1], got {getattr(p, key)}")
+    _check(0 < p.foreground_ratio <= 1, "pretrain.foreground_ratio", f"must be in (0, 1], got {p.foreground_ratio}")
     _check(p.knn_every >= 0, "pretrain.knn_every", "must be >= 0 (0: k-NN at the end only)")
     _check(p.knn_temperature > 0, "pretrain.knn_temperature", f"must be > 0, got {p.knn_temperature}")
     _check(p.probe_steps >= 0, "pretrain.probe_steps", "must be >= 0 (0: no linear probe)")

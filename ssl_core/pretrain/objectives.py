@@ -140,12 +140,20 @@ class KeyQueue(nn.Module):
         return self.keys.clone()
 
 
-def projection_mlp(in_dim: int, hidden_dim: int, out_dim: int, layers: int) -> nn.Sequential:
-    """`layers` Linear layers with ReLU between them (MoCo v2 style, no BatchNorm: batches are tiny here)."""
+def projection_mlp(
+    in_dim: int, hidden_dim: int, out_dim: int, layers: int, *, batch_norm: bool = True
+) -> nn.Sequential:
+    """`layers` Linear layers with [BatchNorm and] ReLU between them (SimCLR v2 / rho-MoCo / MoCo v3 heads).
+
+    The BatchNorm matters where the backbone ends in ReLU + pooling (small3d, the ResNets): its features are
+    all positive with a large shared mean (cosine ~0.94 between random clips at init), which a plain MLP passes
+    on; every embedding then starts in one spot and the contrastive loss sits at its uniform value."""
     mods: list[nn.Module] = []
     dim = in_dim
     for _ in range(layers - 1):
-        mods += [nn.Linear(dim, hidden_dim), nn.ReLU(inplace=True)]
+        mods += [nn.Linear(dim, hidden_dim, bias=not batch_norm)]
+        mods += [nn.BatchNorm1d(hidden_dim)] if batch_norm else []
+        mods += [nn.ReLU(inplace=True)]
         dim = hidden_dim
     mods.append(nn.Linear(dim, out_dim))
     return nn.Sequential(*mods)

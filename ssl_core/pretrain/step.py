@@ -75,7 +75,8 @@ class PretrainNet(nn.Module):
         # A plain attribute, not a submodule: not trained, not wrapped by DDP, saved with the backbone.
         self.head_state = {f"{head}.{k}": v.detach().cpu().clone() for k, v in linear.state_dict().items()}
         classifier.set_submodule(head, nn.Identity())
-        self.encoder = Encoder(classifier, projection_mlp(self.feature_dim, p.hidden_dim, p.proj_dim, p.proj_layers))
+        self.encoder = Encoder(classifier, projection_mlp(self.feature_dim, p.hidden_dim, p.proj_dim, p.proj_layers,
+                                                             batch_norm=p.proj_bn))
         self.pretext_head = nn.Linear(self.feature_dim, 2) if p.pretext != "none" else None
 
     def forward(self, video: Tensor, groups: int = 1) -> tuple[Tensor, Tensor, Tensor | None]:
