@@ -40,7 +40,7 @@ install-torchcodec: $(STAMP)
 		libavutil57 libswscale6 libavfilter8 libswresample4 libavdevice59 >/dev/null)
 
 demo: $(STAMP)
-	$(BIN)/python -m workflows.train --config configs/demo.yaml
+	$(BIN)/python -m workflows.train --config configs/demo.yaml --baseline
 
 # The README's test command. The failure-injection tests (a SIGKILLed Train worker, an MLflow server stopped
 # mid-run, a node of the two-node cluster/local.sh lost mid-run) take ~15 min together on 2 cores, over the

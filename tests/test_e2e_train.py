@@ -58,9 +58,11 @@ def test_cmpl_two_workers_then_resume(
 ) -> None:
     cfg = tiny_config(dataset, tmp_path)
     # The command a person runs (python -m workflows.train), its console checked below.
-    assert main(["--config", str(DEMO), *(arg for o in tiny_overrides(dataset, tmp_path) for arg in ("--set", o))]) == 0
+    sets = [arg for o in tiny_overrides(dataset, tmp_path) for arg in ("--set", o)]
+    assert main(["--config", str(DEMO), *sets, "--baseline"]) == 0
     printed = capfd.readouterr()
-    run_dir = find_run(tmp_path / "runs", "latest")
+    baseline_dir = find_run(tmp_path / "runs", "latest")
+    run_dir = baseline_dir.parent / baseline_dir.name.removesuffix("-baseline")
     outcome = RunState.load(run_dir)
 
     # Ray's, Ray Data's, Ray Train's and MLflow's output went to the run's log file, not the console.
@@ -74,6 +76,9 @@ def test_cmpl_two_workers_then_resume(
     assert "step 6/6  evaluation: primary top-1" in printed.out and "step 3/6  checkpoint saved" in printed.out
     assert "model       top-1 %  top-5 %  mask rate %  pseudo-label acc %" in printed.out  # the closing table
     assert f"run folder: {run_dir}" in printed.out
+    # --baseline: supervised on the same labeled split and budget, its row and the gain in the closing table
+    assert f"(baseline: same data, labels, budget; run {baseline_dir.name})" in printed.out
+    assert "points of top-1 over the baseline" in printed.out
     log_text = (run_dir / LOG_FILE).read_text()
     assert "RayTrainWorker" in log_text and "step 6/6 |" in log_text  # the workers' output, with rank 0's lines
 
@@ -92,6 +97,11 @@ def test_cmpl_two_workers_then_resume(
         assert client.get_metric_history(run.info.run_id, f"pseudo/accuracy_{role}")
     assert client.get_metric_history(run.info.run_id, "pseudo/agreement")
     assert run.data.metrics["data/skipped_videos"] == 1.0
+    baseline = client.get_run(run.data.tags["vidssl.baseline_run"])
+    assert baseline.data.params["algorithm.name"] == "supervised" and baseline.info.run_name == baseline_dir.name
+    assert baseline.data.tags["vidssl.baseline_of"] == run.info.run_id
+    assert baseline.data.params["data.labeled_split_file"] == str(run_dir / "labeled_split.csv")  # the same labels
+    assert run.data.metrics["baseline/top1_primary"] == baseline.data.metrics["eval/top1_primary"]
 
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     artifacts |= {a.path for a in client.list_artifacts(run.info.run_id, "eval")}
@@ -114,7 +124,7 @@ def test_cmpl_two_workers_then_resume(
     assert split[0] == "path,label" and len(split) == 1 + 3 * 3 + 4
     assert (outcome.run_dir / RUN_FILE).exists()
 
-    resumed = run_training(cfg, resume="latest", overrides=["train.iterations=8"])
+    resumed = run_training(cfg, resume=run_dir.name, overrides=["train.iterations=8"])
     assert resumed.mlflow_run_id == outcome.mlflow_run_id
     assert resumed.metrics["step"] == 8
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss/total")]

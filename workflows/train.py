@@ -274,18 +274,50 @@ def run_training(
     return TrainOutcome(run_dir, state.mlflow_run_id, state.tracking_uri, dict(result.metrics), model_uri, version)
 
 
-def summary_table(outcome: TrainOutcome, roles: Sequence[str]) -> str:
-    m = outcome.metrics
+def summary_table(outcome: TrainOutcome, roles: Sequence[str], baseline: TrainOutcome | None = None) -> str:
+    """The closing table: each model's test accuracy and pseudo-label diagnostics; with a baseline, its row and
+    the primary's gain over it."""
 
-    def pct(key: str) -> str:
-        value = m.get(key)
+    def pct(metrics: Mapping[str, Any], key: str) -> str:
+        value = metrics.get(key)
         return "   n/a" if value is None or value != value else f"{100 * value:6.1f}"
 
+    m = outcome.metrics
     lines = [f"{'model':<10} {'top-1 %':>8} {'top-5 %':>8} {'mask rate %':>12} {'pseudo-label acc %':>19}"]
     for role in roles:
-        lines.append(f"{role:<10} {pct(f'eval/top1_{role}'):>8} {pct(f'eval/top5_{role}'):>8} "
-                     f"{pct(f'pseudo/mask_rate_{role}'):>12} {pct(f'pseudo/accuracy_{role}'):>19}")
+        lines.append(f"{role:<10} {pct(m, f'eval/top1_{role}'):>8} {pct(m, f'eval/top5_{role}'):>8} "
+                     f"{pct(m, f'pseudo/mask_rate_{role}'):>12} {pct(m, f'pseudo/accuracy_{role}'):>19}")
+    if baseline is not None:
+        b = baseline.metrics
+        lines.append(f"{'supervised':<10} {pct(b, 'eval/top1_primary'):>8} {pct(b, 'eval/top5_primary'):>8}"
+                     f"   (baseline: same data, labels, budget; run {baseline.run_dir.name})")
+        gain = m.get("eval/top1_primary", math.nan) - b.get("eval/top1_primary", math.nan)
+        if gain == gain:
+            lines.append(f"unlabeled clips bought the primary {100 * gain:+.1f} points of top-1 over the baseline")
     return "\n".join(lines)
+
+
+def run_baseline(args: argparse.Namespace, outcome: TrainOutcome) -> TrainOutcome:
+    """Supervised training with the same config, labeled split and budget (`--baseline`): what the labeled clips
+    alone give (plain cross-entropy, raw weights: the results table's supervised row). Its own MLflow run, not
+    registered; the two runs name each other in tags and the SSL run gets `baseline/top1_primary` so the MLflow
+    UI can compare."""
+    from mlflow import MlflowClient
+
+    from ssl_core.data.prepare import SPLIT_FILE
+
+    sets = [*args.set, *(SMOKE_TEST if args.smoke_test else ()), "algorithm.name=supervised",
+            "train.ema_decay=0.0", "tracking.registered_model=null",
+            f"tracking.run_name={outcome.run_dir.name}-baseline",
+            f"data.labeled_split_file={outcome.run_dir / SPLIT_FILE}"]
+    baseline = run_training(load_config(args.config, sets), overrides=sets)
+    client = MlflowClient(tracking_uri=outcome.tracking_uri)
+    client.set_tag(outcome.mlflow_run_id, "vidssl.baseline_run", baseline.mlflow_run_id)
+    client.set_tag(baseline.mlflow_run_id, "vidssl.baseline_of", outcome.mlflow_run_id)
+    for key in ("eval/top1_primary", "eval/top5_primary"):
+        if key in baseline.metrics:
+            client.log_metric(outcome.mlflow_run_id, key.replace("eval/", "baseline/"), baseline.metrics[key])
+    return baseline
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -297,11 +329,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--smoke-test", action="store_true", help="4 iterations, to check the wiring")
     parser.add_argument("--verbose", action="store_true",
                         help=f"also print what Ray, Ray Data, Ray Train and MLflow log (always in <run>/{LOG_FILE})")
+    parser.add_argument("--baseline", action="store_true",
+                        help="then train supervised on the same labeled split and budget, and compare")
     args = parser.parse_args(argv)
     with console.session(args.verbose):
         try:
             cfg = load_config(args.config, [*args.set, *(SMOKE_TEST if args.smoke_test else ())])
             outcome = run_training(cfg, resume=args.resume, overrides=args.set)
+            baseline = run_baseline(args, outcome) if args.baseline else None
         except (ConfigError, ManifestError, FileExistsError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
@@ -311,7 +346,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = from_dict(RunState.load(outcome.run_dir).config)
         print()
         print(f"{cfg.algorithm.name} on {cfg.data.root}: step {outcome.metrics.get('step')}")
-        print(summary_table(outcome, get_algorithm(cfg.algorithm.name).roles_for(cfg.algorithm.resolved_params())))
+        roles = get_algorithm(cfg.algorithm.name).roles_for(cfg.algorithm.resolved_params())
+        print(summary_table(outcome, roles, baseline))
         print(f"run folder: {outcome.run_dir}  (log: {LOG_FILE})")
         print(f"MLflow run: {outcome.mlflow_run_id}  model: {outcome.model_uri}  version: {outcome.model_version}")
         print(f"review it:  {ui_command(outcome.tracking_uri)}")
