@@ -240,9 +240,10 @@ def _clip_batches(
         yield torch.from_numpy(np.stack([clip for clip, _ in items])), torch.tensor([label for _, label in items])
 
 
-def run_local(cfg: Config, *, device: str = "cpu", decode_threads: int = 2) -> dict[str, Any]:
-    """Train and evaluate one run in this process; returns test top-1/top-5 per evaluated model, the last
-    `train.log_every` window's mean step metrics (`end/...`) and clips/s."""
+def run_local(cfg: Config, *, device: str = "cpu", decode_threads: int = 2, evaluate: bool = True) -> dict[str, Any]:
+    """Train and evaluate one run in this process; returns test top-1/top-5 per evaluated model (not with
+    `evaluate=False`: speed measurements), the last `train.log_every` window's mean step metrics (`end/...`)
+    and clips/s."""
     from ssl_core.data.clip_cache import cache_for_config
     from ssl_core.data.decode import decode_eval_clips
     from ssl_core.data.prepare import prepare_data
@@ -279,6 +280,7 @@ def run_local(cfg: Config, *, device: str = "cpu", decode_threads: int = 2) -> d
     )
     clips, start = 0, time.perf_counter()
     window: dict[str, list[float]] = {}
+    # The last log window's means (mask rate, pseudo-label accuracy, losses): where training ended.
     last_window: dict[str, float] = {}
     precise_bn = PreciseBN(t.precise_bn_batches)
     for step in range(t.iterations):
@@ -297,6 +299,11 @@ def run_local(cfg: Config, *, device: str = "cpu", decode_threads: int = 2) -> d
             shown = " ".join(f"{k}={v:.3f}" for k, v in sorted(last_window.items()))
             print(f"step {step + 1}: {shown}", flush=True)
     elapsed = time.perf_counter() - start
+    result: dict[str, Any] = {f"end/{k}": v for k, v in last_window.items()}
+    result.update({"train_clips_per_s": clips / elapsed, "train_seconds": elapsed})
+    if not evaluate:
+        pool.shutdown()
+        return result
     evaluated = algorithm.deployed_models()
     precise_bn.apply(evaluated, dev)
     counts = {role: EvalCounts.zeros(num_classes) for role in evaluated}
@@ -310,9 +317,6 @@ def run_local(cfg: Config, *, device: str = "cpu", decode_threads: int = 2) -> d
         for role, m in evaluated.items():
             counts[role].add(video_probs(m, torch.from_numpy(video)[None], cfg.augment, dev), torch.tensor([r.label]))
     pool.shutdown()
-    # The last log window's means (mask rate, pseudo-label accuracy, losses): where training ended.
-    result: dict[str, Any] = {f"end/{k}": v for k, v in last_window.items()}
-    result.update({"train_clips_per_s": clips / elapsed, "train_seconds": elapsed})
     for role, c in counts.items():
         result.update({f"{k}_{role}": v for k, v in c.summary().items()})
     return result
