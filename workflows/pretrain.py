@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import math
 import sys
 import time
@@ -36,7 +35,6 @@ from workflows.train import LOG_FILE, RUN_FILE, RunState
 
 SMOKE_TEST = ("train.iterations=4", "train.log_every=2", "pretrain.knn_every=4", "train.checkpoint_every=4")
 STAGE = "pretrain"
-log = logging.getLogger("vidssl.pretrain")
 
 
 @dataclass
@@ -110,18 +108,18 @@ def run_pretraining(
     """Pretrain one run, or continue run `resume` (its stored config plus `overrides`), register the backbone,
     and return where it lives and its last metrics."""
     import ray
-    import ray.train
+    import ray.data
     import torch
-    from ray.train.torch import TorchTrainer
 
-    from ssl_core.checkpoint import load_training_state, model_from_state
+    from ssl_core.checkpoint import model_from_state
     from ssl_core.data.prepare import prepare_data
     from workflows.data import SkipCounter
+    from workflows.fit import fit
     from workflows.model_init import resolve_sources, tag_registered_version
     from workflows.plots import metric_curve_figure
     from workflows.pretrain_data import build_pretrain_datasets
     from workflows.pretrain_loop import pretrain_loop_per_worker
-    from workflows.tracking import Tracker, check_reachable, resolve_uri, upload_unsent
+    from workflows.tracking import Tracker, check_reachable, resolve_uri
     from workflows.train import log_data_inputs
 
     if resume is not None:
@@ -177,47 +175,19 @@ def run_pretraining(
     counter = SkipCounter.options(**on_driver_node()).remote()
     channel = console.progress_channel() if progress else None
     datasets = build_pretrain_datasets(setup, train_records, data.labeled, data.test, counter)
-    s = cfg.scaling
-    trainer = TorchTrainer(
-        pretrain_loop_per_worker,
-        train_loop_config={
-            "config": setup.to_dict(),
-            "classes": list(data.manifest.classes),
-            "tracking_uri": state.tracking_uri,
-            "mlflow_run_id": state.mlflow_run_id,
-            "skip_counter": counter,
-            "progress": channel,
-            "init": sources,
-            "queue_size": setup.queue_size(len(train_records)),
-        },
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker={"CPU": s.cpus_per_worker},
-            placement_strategy=s.placement_strategy,
-        ),
-        run_config=ray.train.RunConfig(
-            name=state.name,
-            storage_path=str(run_dir.parent),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
-            failure_config=ray.train.FailureConfig(max_failures=s.max_failures),
-            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
-        ),
-        datasets=datasets,
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),  # the k-NN set goes whole to rank 0
-    )
-    try:
-        with console.TrainingProgress(channel, cfg.train.iterations, state.name):
-            result = trainer.fit()
-    except BaseException:
-        tracker.finish("FAILED")
-        raise
-
-    skipped = ray.get(counter.report.remote())
-    if skipped:
-        tracker.log_text("".join(f"{p}\t{why}\n" for p, why in sorted(skipped.items())), "data/skipped_videos.tsv")
-        log.warning("skipped %d unreadable videos (listed in MLflow artifact data/skipped_videos.tsv)", len(skipped))
-    with result.checkpoint.as_directory() as ckpt_dir:
-        final = load_training_state(ckpt_dir)
-        upload_unsent(ckpt_dir)
+    loop_config = {
+        "config": setup.to_dict(),
+        "classes": list(data.manifest.classes),
+        "tracking_uri": state.tracking_uri,
+        "mlflow_run_id": state.mlflow_run_id,
+        "skip_counter": counter,
+        "progress": channel,
+        "init": sources,
+        "queue_size": setup.queue_size(len(train_records)),
+    }
+    # The k-NN set goes whole to rank 0.
+    result, final = fit(pretrain_loop_per_worker, loop_config, cfg, name=state.name, run_dir=run_dir, tracker=tracker,
+                        counter=counter, channel=channel, datasets=datasets, split=["train"])
     # The full classifier (its head untrained): what model.init, evaluate and predict read.
     model = model_from_state(final, "primary", "the final checkpoint")
     example = torch.zeros(1, 3, cfg.data.num_frames, cfg.augment.crop_size, cfg.augment.crop_size)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import math
 import os
 import sys
@@ -34,7 +33,6 @@ from workflows.ray_session import init_ray, on_driver_node
 RUN_FILE = "vidssl_run.json"
 LOG_FILE = console.LOG_FILE  # in the run folder: this process's logs and Ray's workers' output, see console.py
 SMOKE_TEST = ("train.iterations=4", "train.log_every=2", "train.eval_every=4", "train.checkpoint_every=4")
-log = logging.getLogger("vidssl.train")
 
 
 @dataclass
@@ -155,17 +153,17 @@ def run_training(
     driver draws the run's progress bar (a sweep's trials do not). The run folder's LOG_FILE receives the logs
     of this process and the output of Ray's workers while the run lasts."""
     import ray
-    import ray.train
+    import ray.data
     import torch
-    from ray.train.torch import TorchTrainer
 
     from ssl_core.algorithms import get_algorithm
-    from ssl_core.checkpoint import deployed_weights, load_training_state, model_meta
+    from ssl_core.checkpoint import deployed_weights, model_meta
     from ssl_core.data.prepare import prepare_data
     from ssl_core.models import build_model
     from workflows.data import SkipCounter, build_datasets
+    from workflows.fit import fit
     from workflows.model_init import prepare_init, tag_registered_version
-    from workflows.tracking import Tracker, check_reachable, resolve_uri, upload_unsent
+    from workflows.tracking import Tracker, check_reachable, resolve_uri
     from workflows.train_loop import train_loop_per_worker
 
     if resume is not None:
@@ -218,51 +216,19 @@ def run_training(
     algorithm_cls = get_algorithm(cfg.algorithm.name)
     datasets = build_datasets(cfg, data.labeled, data.unlabeled, data.test, counter,
                               with_unlabeled=algorithm_cls.needs_unlabeled, targets=data.targets)
-    s = cfg.scaling
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={
-            "config": cfg.to_dict(),
-            "classes": list(data.manifest.classes),
-            "tracking_uri": state.tracking_uri,
-            "mlflow_run_id": state.mlflow_run_id,
-            "skip_counter": counter,
-            "progress": channel,
-            "init": init.sources,
-        },
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker={"CPU": s.cpus_per_worker},
-            placement_strategy=s.placement_strategy,
-        ),
-        run_config=ray.train.RunConfig(
-            name=state.name,
-            storage_path=str(run_dir.parent),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
-            # A dead worker restarts the whole group from the latest checkpoint, into the same MLflow run.
-            failure_config=ray.train.FailureConfig(max_failures=s.max_failures),
-            # Ray Train's INFO log repeats every report's metrics; the rank-0 worker prints one line instead.
-            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
-            callbacks=list(callbacks),
-        ),
-        datasets=datasets,
-        # The test split is evaluated whole on rank 0; the training streams are split across workers.
-        dataset_config=ray.train.DataConfig(datasets_to_split=[k for k in datasets if k != "eval"]),
-    )
-    try:
-        with console.TrainingProgress(channel, cfg.train.iterations, state.name):
-            result = trainer.fit()
-    except BaseException:
-        tracker.finish("FAILED")
-        raise
-
-    skipped = ray.get(counter.report.remote())
-    if skipped:
-        tracker.log_text("".join(f"{p}\t{why}\n" for p, why in sorted(skipped.items())), "data/skipped_videos.tsv")
-        log.warning("skipped %d unreadable videos (listed in MLflow artifact data/skipped_videos.tsv)", len(skipped))
-    with result.checkpoint.as_directory() as ckpt_dir:
-        final = load_training_state(ckpt_dir)
-        # Metrics the rank-0 worker could not deliver while the server was away (see Tracker.write_unsent).
-        upload_unsent(ckpt_dir)
+    loop_config = {
+        "config": cfg.to_dict(),
+        "classes": list(data.manifest.classes),
+        "tracking_uri": state.tracking_uri,
+        "mlflow_run_id": state.mlflow_run_id,
+        "skip_counter": counter,
+        "progress": channel,
+        "init": init.sources,
+    }
+    # The test split is evaluated whole on rank 0; the training streams are split across workers.
+    result, final = fit(train_loop_per_worker, loop_config, cfg, name=state.name, run_dir=run_dir, tracker=tracker,
+                        counter=counter, channel=channel, datasets=datasets,
+                        split=[k for k in datasets if k != "eval"], callbacks=callbacks)
     model = build_model(final["model_names"]["primary"], num_classes=final["num_classes"])
     model.load_state_dict(deployed_weights(final, "primary"))
     example = torch.zeros(1, 3, cfg.data.num_frames, cfg.augment.crop_size, cfg.augment.crop_size)
