@@ -132,3 +132,20 @@ def test_sweep_prints_one_line_per_trial_event(capsys: pytest.CaptureFixture[str
         "trial a_00001 finished: top1_primary 18.8 % at step 30",
     ]
     assert cb.status_text([a, b]) == "0 running, 2 pending, 1 stopped early, best top1_primary 18.8 % (a_00001)"
+
+
+def test_closing_table_with_the_supervised_baseline_and_the_gain() -> None:
+    from workflows.train import TrainOutcome, summary_table
+
+    def outcome(name: str, metrics: dict[str, float]) -> TrainOutcome:
+        return TrainOutcome(Path("runs") / name, "id", "sqlite://", metrics, "models:/m/1", None)
+
+    run = outcome("cmpl-1", {"eval/top1_primary": 0.405, "eval/top5_primary": 0.9, "eval/top1_auxiliary": 0.84,
+                             "pseudo/mask_rate_primary": 0.38, "pseudo/accuracy_primary": 0.937})
+    base = outcome("cmpl-1-baseline", {"eval/top1_primary": 0.317, "eval/top5_primary": 0.8})
+    lines = summary_table(run, ["primary", "auxiliary"], base).splitlines()
+    assert lines[1].split() == ["primary", "40.5", "90.0", "38.0", "93.7"]
+    assert lines[2].split()[:3] == ["auxiliary", "84.0", "n/a"]
+    assert lines[3].split()[:3] == ["supervised", "31.7", "80.0"] and lines[3].endswith("run cmpl-1-baseline)")
+    assert lines[4] == "unlabeled clips bought the primary +8.8 points of top-1 over the baseline"
+    assert len(summary_table(run, ["primary"]).splitlines()) == 2  # no baseline: no row, no gain line
