@@ -35,8 +35,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from workflows.ray_session import on_driver_node
-
 LOG_FILE = "driver.log"
 # Libraries that attach their own console handlers; without --verbose their records go to the root logger's
 # handlers instead (the log file; the console only at ERROR and above). Their children propagate to them.
@@ -326,11 +324,12 @@ class _Channel:
         return records
 
 
-def progress_channel() -> Any:
-    """A Ray actor (no CPU) the rank-0 worker reports its progress to; pass it in the train loop config."""
+def progress_channel(**actor_options: Any) -> Any:
+    """A Ray actor (no CPU) the rank-0 worker reports its progress to; pass it in the train loop config.
+    `actor_options`: Ray actor options, e.g. workflows.ray_session.on_driver_node()."""
     import ray
 
-    return ray.remote(num_cpus=0)(_Channel).options(**on_driver_node()).remote()
+    return ray.remote(num_cpus=0)(_Channel).options(**actor_options).remote()
 
 
 def _mask_rate(metrics: Mapping[str, float]) -> float | None:

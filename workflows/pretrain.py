@@ -173,7 +173,7 @@ def run_pretraining(
     init_ray(min_cpus=logical_cpus(setup))
     ray.data.DataContext.get_current().enable_progress_bars = False
     counter = SkipCounter.options(**on_driver_node()).remote()
-    channel = console.progress_channel() if progress else None
+    channel = console.progress_channel(**on_driver_node()) if progress else None
     datasets = build_pretrain_datasets(setup, train_records, data.labeled, data.test, counter)
     loop_config = {
         "config": setup.to_dict(),

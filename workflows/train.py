@@ -212,7 +212,7 @@ def run_training(
     # Per process: a Tune trial actor has its own DataContext.
     ray.data.DataContext.get_current().enable_progress_bars = False
     counter = SkipCounter.options(**on_driver_node()).remote()
-    channel = console.progress_channel() if progress else None
+    channel = console.progress_channel(**on_driver_node()) if progress else None
     algorithm_cls = get_algorithm(cfg.algorithm.name)
     datasets = build_datasets(cfg, data.labeled, data.unlabeled, data.test, counter,
                               with_unlabeled=algorithm_cls.needs_unlabeled, targets=data.targets)
