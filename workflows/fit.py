@@ -17,6 +17,16 @@ from workflows import console
 log = logging.getLogger("vidssl.fit")
 
 
+def driver_actors(progress: bool) -> tuple[Any, Any]:
+    """The run's skip counter and, when the driver draws the progress bar, its progress channel (else None):
+    both on the driver's node, so a lost worker node does not take them along."""
+    from workflows.data import SkipCounter
+    from workflows.ray_session import on_driver_node
+
+    counter = SkipCounter.options(**on_driver_node()).remote()
+    return counter, console.progress_channel(**on_driver_node()) if progress else None
+
+
 def fit(
     loop_per_worker: Callable[[dict[str, Any]], None],
     loop_config: Mapping[str, Any],

@@ -30,7 +30,7 @@ from ssl_core.config import ConfigError
 from ssl_core.data.manifest import ManifestError
 from ssl_core.pretrain.config import PretrainSetup, load_pretrain_config, pretrain_with_overrides
 from workflows import console
-from workflows.ray_session import init_ray, on_driver_node
+from workflows.ray_session import init_ray
 from workflows.train import LOG_FILE, RUN_FILE, RunState
 
 SMOKE_TEST = ("train.iterations=4", "train.log_every=2", "pretrain.knn_every=4", "train.checkpoint_every=4")
@@ -113,8 +113,7 @@ def run_pretraining(
 
     from ssl_core.checkpoint import model_from_state
     from ssl_core.data.prepare import prepare_data
-    from workflows.data import SkipCounter
-    from workflows.fit import fit
+    from workflows.fit import driver_actors, fit
     from workflows.model_init import resolve_sources, tag_registered_version
     from workflows.plots import metric_curve_figure
     from workflows.pretrain_data import build_pretrain_datasets
@@ -172,8 +171,7 @@ def run_pretraining(
           f"{len(train_records)} train videos" + (f", {note}" if note else ""), flush=True)
     init_ray(min_cpus=logical_cpus(setup))
     ray.data.DataContext.get_current().enable_progress_bars = False
-    counter = SkipCounter.options(**on_driver_node()).remote()
-    channel = console.progress_channel(**on_driver_node()) if progress else None
+    counter, channel = driver_actors(progress)
     datasets = build_pretrain_datasets(setup, train_records, data.labeled, data.test, counter)
     loop_config = {
         "config": setup.to_dict(),

@@ -28,7 +28,7 @@ from typing import Any
 from ssl_core.config import Config, ConfigError, dump_yaml, from_dict, load_config, with_overrides
 from ssl_core.data.manifest import Manifest, ManifestError
 from workflows import console
-from workflows.ray_session import init_ray, on_driver_node
+from workflows.ray_session import init_ray
 
 RUN_FILE = "vidssl_run.json"
 LOG_FILE = console.LOG_FILE  # in the run folder: this process's logs and Ray's workers' output, see console.py
@@ -160,8 +160,8 @@ def run_training(
     from ssl_core.checkpoint import deployed_weights, model_meta
     from ssl_core.data.prepare import prepare_data
     from ssl_core.models import build_model
-    from workflows.data import SkipCounter, build_datasets
-    from workflows.fit import fit
+    from workflows.data import build_datasets
+    from workflows.fit import driver_actors, fit
     from workflows.model_init import prepare_init, tag_registered_version
     from workflows.tracking import Tracker, check_reachable, resolve_uri
     from workflows.train_loop import train_loop_per_worker
@@ -211,8 +211,7 @@ def run_training(
     init_ray(min_cpus=logical_cpus(cfg, get_algorithm(cfg.algorithm.name).needs_unlabeled))
     # Per process: a Tune trial actor has its own DataContext.
     ray.data.DataContext.get_current().enable_progress_bars = False
-    counter = SkipCounter.options(**on_driver_node()).remote()
-    channel = console.progress_channel(**on_driver_node()) if progress else None
+    counter, channel = driver_actors(progress)
     algorithm_cls = get_algorithm(cfg.algorithm.name)
     datasets = build_datasets(cfg, data.labeled, data.unlabeled, data.test, counter,
                               with_unlabeled=algorithm_cls.needs_unlabeled, targets=data.targets)
