@@ -297,6 +297,27 @@ def test_config_defaults_sections_and_errors_naming_the_key() -> None:
         load_pretrain_config(CONFIG, ["pretrain.objective=simclr", "train.batch_size=1", "pretrain.bn_splits=1"])
 
 
+def test_residual_clips_reach_the_backbone_as_frame_differences() -> None:
+    from ssl_core.models.registry import temporal_gradient
+
+    torch.set_num_threads(1)
+    setup = load_pretrain_config(CONFIG, ["model.primary=small3d_w0.25", "pretrain.rho=3", "pretrain.residual_clips=2",
+                                          "pretrain.bn_splits=1", "pretrain.hidden_dim=16", "pretrain.proj_dim=8"])
+    net, _ = build_net(setup, ["a", "b"])
+    trainer = Pretrainer(net, setup.pretrain, iterations=4, queue_size=6, seed=0)
+    seen: list[torch.Tensor] = []
+    net.encoder.backbone.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach().clone()))
+    views = torch.randn(2, 3, 3, 4, 16, 16)  # 2 videos x rho 3 clips
+    loss, _ = trainer.loss(views, None, step=0)
+    assert torch.isfinite(loss)
+    shown = seen[0].view(3, 2, 3, 4, 16, 16)  # clip-major: every video's clip 0, then clip 1, then clip 2
+    assert torch.equal(shown[0], views[:, 0])  # the backbone's own view stays RGB
+    for i in (1, 2):
+        assert torch.allclose(shown[i], temporal_gradient(views[:, i]))
+    with pytest.raises(ConfigError, match="^pretrain.residual_clips:"):
+        load_pretrain_config(CONFIG, ["pretrain.residual_clips=2"])  # rho 2: one clip must stay RGB
+
+
 # --- network, step, checkpoint -> model.init -----------------------------------------------------------------
 
 

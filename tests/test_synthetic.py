@@ -49,6 +49,14 @@ def test_same_seed_same_frames_other_seed_other_frames(tmp_path: Path) -> None:
     assert _decoded_hash(a / rel) != _decoded_hash(c / rel)
 
 
+def test_worker_processes_write_the_same_videos(tmp_path: Path) -> None:
+    kwargs = {"classes": 2, "videos_per_class": 2, "frames": 8, "size": 32, "seed": 1}
+    one, two = (generate(tmp_path / name, workers=w, **kwargs).parent for name, w in (("one", 1), ("two", 2)))
+    assert (one / "manifest.csv").read_text() == (two / "manifest.csv").read_text()
+    for rel in ("move_left/move_left_000.mp4", "move_right/move_right_001.mp4"):
+        assert _decoded_hash(one / rel) == _decoded_hash(two / rel)
+
+
 @pytest.mark.parametrize("kwargs", [{"classes": 1}, {"classes": len(CLASS_NAMES) + 1}, {"size": 63}])
 def test_bad_arguments(tmp_path: Path, kwargs: dict[str, int]) -> None:
     with pytest.raises(ValueError):

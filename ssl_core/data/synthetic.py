@@ -23,13 +23,19 @@ print(generate(Path('/tmp/synth'), classes=4, videos_per_class=4))"
 from __future__ import annotations
 
 import csv
+import multiprocessing
+import os
 import zlib
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import av
 import numpy as np
+
+# Below this many videos per extra process, a spawned worker's start-up (numpy + PyAV imports) is not worth it.
+VIDEOS_PER_WORKER = 64
 
 # Ordered so that each pair of motion-only classes is followed by a pair of appearance-only classes.
 CLASS_NAMES: tuple[str, ...] = (
@@ -255,6 +261,12 @@ def write_mp4(path: Path, video: np.ndarray, *, fps: int, crf: int = 20, gop: in
             container.mux(packet)
 
 
+def _write_video(job: tuple[Path, str, tuple[int, int, int], int, int, int]) -> None:
+    path, name, key, frames, size, fps = job
+    # Keyed by (seed, class position, k): a video does not change when `classes` or the count grows.
+    write_mp4(path, render_video(name, np.random.default_rng(list(key)), frames=frames, size=size), fps=fps)
+
+
 def stratified_test_mask(names: list[str], labels: list[str], *, test_fraction: float, seed: int) -> list[bool]:
     """Per class, mark round(test_fraction * n) items (at most n - 1) as test; deterministic from seed.
 
@@ -282,8 +294,13 @@ def generate(
     size: int = 80,
     fps: int = 16,
     test_fraction: float = 0.25,
+    workers: int | None = None,
 ) -> Path:
-    """Write the dataset under out_dir and return the path of its manifest.csv."""
+    """Write the dataset under out_dir and return the path of its manifest.csv.
+
+    Each video depends only on (seed, class position, index), so `workers` processes (None: one per core for
+    large sets) write the same files as one.
+    """
     if not 2 <= classes <= len(CLASS_NAMES):
         raise ValueError(f"classes must be in [2, {len(CLASS_NAMES)}], got {classes}")
     if videos_per_class < 1 or frames < 1 or fps < 1:
@@ -292,16 +309,20 @@ def generate(
         raise ValueError(f"size must be an even number >= 16, got {size}")
     out_dir = Path(out_dir)
     names = CLASS_NAMES[:classes]
-    rel_paths: list[str] = []
-    labels: list[str] = []
-    for class_index, name in enumerate(names):
-        for k in range(videos_per_class):
-            # Keyed by (seed, class position, k): a video does not change when `classes` or the count grows.
-            rng = np.random.default_rng([seed, class_index, k])
-            rel = f"{name}/{name}_{k:03d}.mp4"
-            write_mp4(out_dir / rel, render_video(name, rng, frames=frames, size=size), fps=fps)
-            rel_paths.append(rel)
-            labels.append(name)
+    videos = [(class_index, name, k) for class_index, name in enumerate(names) for k in range(videos_per_class)]
+    rel_paths = [f"{name}/{name}_{k:03d}.mp4" for _, name, k in videos]
+    labels = [name for _, name, _ in videos]
+    jobs = [(out_dir / rel, name, (seed, class_index, k), frames, size, fps)
+            for rel, (class_index, name, k) in zip(rel_paths, videos, strict=True)]
+    if workers is None:
+        workers = min(os.cpu_count() or 1, max(1, len(jobs) // VIDEOS_PER_WORKER))
+    if workers > 1:
+        # Spawned, not forked: the caller may hold threads (Ray, decode pools) that a fork would copy mid-state.
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            list(pool.map(_write_video, jobs, chunksize=8))
+    else:
+        for job in jobs:
+            _write_video(job)
     is_test = stratified_test_mask(rel_paths, labels, test_fraction=test_fraction, seed=seed)
     manifest = out_dir / "manifest.csv"
     with manifest.open("w", newline="") as f:

@@ -76,6 +76,11 @@ class PretrainConfig:
     hue: float = 0.15
     jitter_p: float = 0.8
     grayscale_p: float = 0.2
+    # Residual-frame positives (IIC, Tao et al. 2020): the last `residual_clips` of a video's rho clips are shown as
+    # temporal gradients (frame differences, model `+tg`'s view) to the same backbone. A scene's static look is
+    # absent from them, so matching an RGB clip to its video's residual clip needs what moves: the per-video
+    # background stops being a shortcut. 0: every clip RGB; at most rho - 1 (the backbone's own RGB view stays).
+    residual_clips: int = 0
     # Background swap (FAME, ssl_core/pretrain/augment.py): the probability that a clip keeps only its moving
     # foreground, pasted on another video's still frame, and the fraction of its pixels taken as foreground.
     background_swap: float = 0.0
@@ -162,6 +167,8 @@ def validate_pretrain(setup: PretrainSetup) -> None:
     p, cfg = setup.pretrain, setup.base
     _check(p.objective in OBJECTIVES, "pretrain.objective", f"must be one of {OBJECTIVES}, got {p.objective!r}")
     _check(p.rho >= 2, "pretrain.rho", f"must be >= 2 (positives are other clips of the same video), got {p.rho}")
+    _check(0 <= p.residual_clips < p.rho, "pretrain.residual_clips",
+           f"must be in [0, pretrain.rho - 1 = {p.rho - 1}] (one clip per video stays RGB), got {p.residual_clips}")
     _check(p.queue_size is None or p.queue_size >= 1, "pretrain.queue_size", "must be >= 1, or null (automatic)")
     _check(p.temperature > 0, "pretrain.temperature", f"must be > 0, got {p.temperature}")
     _check(0 <= p.momentum < 1, "pretrain.momentum", f"must be in [0, 1), got {p.momentum}")

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from ssl_core.checkpoint import model_meta, save_training_state, unwrap
 from ssl_core.models import build_model
 from ssl_core.models.init import InitReport, head_prefix
+from ssl_core.models.registry import temporal_gradient
 from ssl_core.pretrain.config import PretrainConfig, PretrainSetup
 from ssl_core.pretrain.objectives import (
     KeyQueue,
@@ -148,6 +149,10 @@ class Pretrainer:
         """views (B, rho, 3, T, h, w) normalised; pretext (B, rho) int64 labels (pretrain.pretext) or None."""
         p = self.p
         b, rho = views.shape[:2]
+        if p.residual_clips:
+            rgb = rho - p.residual_clips
+            residual = temporal_gradient(views[:, rgb:].flatten(0, 1)).view_as(views[:, rgb:])
+            views = torch.cat([views[:, :rgb], residual], dim=1)
         clips = views.transpose(0, 1).flatten(0, 1)  # clip-major: rows i*B .. i*B + B-1 are every video's clip i
         groups = p.bn_splits if self.key_encoder is not None else 1
         feats, z, logits = self.net(clips, groups=groups)
