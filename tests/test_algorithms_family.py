@@ -245,7 +245,8 @@ def _clips(*rows: list[float]) -> torch.Tensor:
 def test_mixmatch_losses_with_fixed_lambda_and_permutation() -> None:
     cls = get_algorithm("mixmatch")
     x, w, s = [1.0, 0.0, -1.0], [2.0, 0.0, 0.0], [0.0, 1.0, 0.0]
-    algo = cls({"primary": IdentityModel()}, cls.Params(T=0.5, lambda_u=10.0, rampup_iters=0))
+    algo = cls({"primary": IdentityModel()},
+               cls.Params(T=0.5, lambda_u=10.0, rampup_iters=0, distribution_alignment=False))  # the paper's
     algo.sample_mix = lambda n: (0.7, torch.tensor([2, 0, 1]))
     out = algo.train_step({"video": _clips(x), "label": torch.tensor([0])}, {"weak": _clips(w), "strong": _clips(s)})
 
@@ -269,6 +270,26 @@ def test_mixmatch_losses_with_fixed_lambda_and_permutation() -> None:
     assert float(out.metrics["train/mixup_lambda"]) == pytest.approx(0.7)
     assert out.pseudo["primary"][0].tolist() == [0]  # argmax of the sharpened guess
     out.loss.backward()  # the targets carry no gradient, only the mixed forward does
+
+
+def test_mixmatch_distribution_alignment_keeps_guesses_off_one_class() -> None:
+    cls = get_algorithm("mixmatch")
+    weak = _clips([3.0, 0.0, 0.0], [2.0, 1.0, 0.0], [2.0, 0.0, 1.5])  # every clip leans to class 0
+    labeled = {"video": _clips([1.0, 0.0, 0.0]), "label": torch.tensor([0])}
+    guesses = {}
+    for aligned in (False, True):
+        algo = cls({"primary": IdentityModel()}, cls.Params(K=1, distribution_alignment=aligned))
+        algo.sample_mix = lambda n: (1.0, torch.arange(n))
+        out = algo.train_step(labeled, {"weak": weak})
+        guesses[aligned] = out.pseudo["primary"][0].tolist()
+    assert guesses == {False: [0, 0, 0], True: [0, 1, 2]}  # divided by the batch's mean guess, the rest shows
+    state = algo.state_dict()
+    assert set(state) == {"step", "align"} and state["align"]["p_model"].shape == (3,)
+    fresh = cls({"primary": IdentityModel()}, cls.Params(K=1))
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.align.state["p_model"], state["align"]["p_model"])
+    with pytest.raises(ValueError, match="mixmatch.stats_momentum"):
+        cls.Params(stats_momentum=1.0)
 
 
 def test_mixmatch_lambda_prime_is_at_least_half() -> None:
