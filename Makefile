@@ -39,10 +39,8 @@ install-torchcodec: $(STAMP)
 		(apt-get update -qq && apt-get install -y -qq --no-install-recommends libavcodec59 libavformat59 \
 		libavutil57 libswscale6 libavfilter8 libswresample4 libavdevice59 >/dev/null)
 
-# Two intra-op threads for the demo's one Train worker on a 2-core machine: 1.40x CMPL's iterations per minute
-# (docs/benchmarks.md); not in demo.yaml, whose runs in tests and sweeps put several workers on the same cores.
 demo: $(STAMP)
-	$(BIN)/python -m workflows.train --config configs/demo.yaml --baseline --set scaling.torch_threads=2
+	$(BIN)/python -m workflows.train --config configs/demo.yaml --baseline
 
 # The README's test command. The failure-injection tests (a SIGKILLed Train worker, an MLflow server stopped
 # mid-run, a node of the two-node cluster/local.sh lost mid-run) take ~15 min together on 2 cores, over the
