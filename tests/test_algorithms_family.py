@@ -327,7 +327,7 @@ def test_new_algorithms_are_registered_and_validate_params() -> None:
     names = {name for name, _, _ in list_algorithms()}
     assert {"pseudo_label", "mean_teacher", "mixmatch"} <= names
     assert get_algorithm("mixmatch").Params().lambda_u == 75.0
-    assert get_algorithm("mean_teacher").Params().ema_decay == 0.999
+    assert get_algorithm("mean_teacher").Params().ema_decay == 0.99
     with pytest.raises(ValueError, match="mean_teacher.ema_decay"):
         get_algorithm("mean_teacher").Params(ema_decay=1.5)
     with pytest.raises(ValueError, match="pseudo_label.threshold"):
