@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from ssl_core.algorithms.components import linear_rampup, mixmatch_losses, mixup, sharpen
 from ssl_core.algorithms.registry import Algorithm, StepOutput, check_param, register_algorithm, require_keys
-from ssl_core.algorithms.thresholds import DistributionAlignment
+from ssl_core.algorithms.thresholds import DistributionAlignment, validate_threshold_options
 
 
 @dataclass(frozen=True)
@@ -47,8 +47,7 @@ class MixMatchParams:
         check_param("mixmatch", "alpha", self.alpha, "positive")
         check_param("mixmatch", "lambda_u", self.lambda_u, "non_negative")
         check_param("mixmatch", "rampup_iters", self.rampup_iters, "non_negative")
-        if not 0.0 <= self.stats_momentum < 1.0:
-            raise ValueError(f"mixmatch.stats_momentum must be in [0, 1), got {self.stats_momentum}")
+        validate_threshold_options("mixmatch", "fixed", self.distribution_alignment, self.stats_momentum)
 
 
 @register_algorithm("mixmatch")
