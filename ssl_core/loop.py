@@ -240,10 +240,23 @@ def _clip_batches(
         yield torch.from_numpy(np.stack([clip for clip, _ in items])), torch.tensor([label for _, label in items])
 
 
-def run_local(cfg: Config, *, device: str = "cpu", decode_threads: int = 2, evaluate: bool = True) -> dict[str, Any]:
+def _print(line: str) -> None:
+    print(line, flush=True)
+
+
+def run_local(
+    cfg: Config,
+    *,
+    device: str = "cpu",
+    decode_threads: int = 2,
+    evaluate: bool = True,
+    say: Callable[[str], None] = _print,
+    on_window: Callable[[int, dict[str, float]], None] | None = None,
+) -> dict[str, Any]:
     """Train and evaluate one run in this process; returns test top-1/top-5 per evaluated model (not with
     `evaluate=False`: speed measurements), the last `train.log_every` window's mean step metrics (`end/...`)
-    and clips/s."""
+    and clips/s. `say` receives the text lines (weights loaded, clip cache, each log window's means);
+    `on_window(step, means)` each log window's means too (e.g. for MLflow)."""
     from ssl_core.data.clip_cache import cache_for_config
     from ssl_core.data.decode import decode_eval_clips
     from ssl_core.data.prepare import prepare_data
@@ -255,7 +268,7 @@ def run_local(cfg: Config, *, device: str = "cpu", decode_threads: int = 2, eval
     dev = torch.device(device)
     models = build_models(cfg, num_classes)
     for report in init_models(cfg, models, data.manifest.classes):
-        print(report.line(), flush=True)
+        say(report.line())
     models = {r: m.to(dev) for r, m in models.items()}
     optimizer = build_optimizer(cfg, models)
     algorithm_cls = get_algorithm(cfg.algorithm.name)
@@ -272,7 +285,7 @@ def run_local(cfg: Config, *, device: str = "cpu", decode_threads: int = 2, eval
     # data.cache: decode every video once (the decode threads build it) and slice the clips from it.
     cache, cache_report = cache_for_config(
         cfg, [r.path for r in (*data.labeled, *data.unlabeled, *data.test)], workers=max(1, decode_threads))
-    print(cache_report.line(), flush=True)
+    say(cache_report.line())
     labeled_it = _clip_batches(data.labeled, t.batch_size, cfg, t.seed, pool, cache)
     unlabeled_it = (
         _clip_batches(data.unlabeled, t.batch_size * t.mu, cfg, t.seed + 1, pool, cache)
@@ -297,7 +310,9 @@ def run_local(cfg: Config, *, device: str = "cpu", decode_threads: int = 2, eval
             last_window = {k: sum(v) / len(v) for k, v in window.items()}
             window = {}
             shown = " ".join(f"{k}={v:.3f}" for k, v in sorted(last_window.items()))
-            print(f"step {step + 1}: {shown}", flush=True)
+            say(f"step {step + 1}: {shown}")
+            if on_window is not None:
+                on_window(step + 1, last_window)
     elapsed = time.perf_counter() - start
     result: dict[str, Any] = {f"end/{k}": v for k, v in last_window.items()}
     result.update({"train_clips_per_s": clips / elapsed, "train_seconds": elapsed})

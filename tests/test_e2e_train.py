@@ -165,3 +165,32 @@ def test_supervised_then_noisy_student_from_its_run_folder(ray_local: None, data
                                        f"model.teacher={teacher.run_dir}", "model.primary=small3d_w0.5"))
     assert student.metrics["step"] == 2
     assert {"eval/top1_primary", "eval/top1_teacher"} <= set(student.metrics)
+
+
+def test_baseline_of_a_one_worker_run_trains_in_the_driver(
+    ray_local: None, dataset: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """One worker on this machine (the demo's case): the baseline is the same step in this process, with its own
+    MLflow run linked to the SSL run, and its folder holds its config and log but nothing to resume."""
+    overrides = tiny_overrides(dataset, tmp_path, "algorithm.name=pseudo_label", "scaling.num_workers=1",
+                               "train.iterations=4", "train.eval_every=4", "train.checkpoint_every=4")
+    assert main(["--config", str(DEMO), *[arg for o in overrides for arg in ("--set", o)], "--baseline"]) == 0
+    printed = capfd.readouterr().out
+    run_dir = find_run(tmp_path / "runs", "latest")  # the baseline's folder has no run file: not resumable
+    baseline_dir = run_dir.parent / f"{run_dir.name}-baseline"
+    assert not (baseline_dir / RUN_FILE).exists() and (baseline_dir / "config.yaml").exists()
+    assert "step 4: " in (baseline_dir / LOG_FILE).read_text()  # the step lines: in the log, not on the console
+    assert "in this process" in printed and "step 4: " not in printed
+    assert f"(baseline: same data, labels, budget; run {baseline_dir.name})" in printed
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    run = client.get_run(RunState.load(run_dir).mlflow_run_id)
+    baseline = client.get_run(run.data.tags["vidssl.baseline_run"])
+    assert baseline.info.status == "FINISHED" and baseline.info.run_name == baseline_dir.name
+    assert baseline.data.tags["vidssl.baseline_of"] == run.info.run_id
+    assert baseline.data.params["algorithm.name"] == "supervised"
+    assert baseline.data.params["data.labeled_split_file"] == str(run_dir / "labeled_split.csv")
+    assert [m.step for m in client.get_metric_history(baseline.info.run_id, "loss/total")] == [2, 4]
+    assert 0.0 <= baseline.data.metrics["eval/top1_primary"] <= 1.0
+    assert run.data.metrics["baseline/top1_primary"] == baseline.data.metrics["eval/top1_primary"]
+    assert client.search_model_versions("name='e2e-primary'")[0].run_id == run.info.run_id  # baseline unregistered

@@ -262,29 +262,6 @@ def summary_table(outcome: TrainOutcome, roles: Sequence[str], baseline: TrainOu
     return "\n".join(lines)
 
 
-def run_baseline(args: argparse.Namespace, outcome: TrainOutcome) -> TrainOutcome:
-    """Supervised training with the same config, labeled split and budget (`--baseline`): what the labeled clips
-    alone give (plain cross-entropy, raw weights: the results table's supervised row). Its own MLflow run, not
-    registered; the two runs name each other in tags and the SSL run gets `baseline/top1_primary` so the MLflow
-    UI can compare."""
-    from mlflow import MlflowClient
-
-    from ssl_core.data.prepare import SPLIT_FILE
-
-    sets = [*args.set, *(SMOKE_TEST if args.smoke_test else ()), "algorithm.name=supervised",
-            "train.ema_decay=0.0", "tracking.registered_model=null",
-            f"tracking.run_name={outcome.run_dir.name}-baseline",
-            f"data.labeled_split_file={outcome.run_dir / SPLIT_FILE}"]
-    baseline = run_training(load_config(args.config, sets), overrides=sets)
-    client = MlflowClient(tracking_uri=outcome.tracking_uri)
-    client.set_tag(outcome.mlflow_run_id, "vidssl.baseline_run", baseline.mlflow_run_id)
-    client.set_tag(baseline.mlflow_run_id, "vidssl.baseline_of", outcome.mlflow_run_id)
-    for key in ("eval/top1_primary", "eval/top5_primary"):
-        if key in baseline.metrics:
-            client.log_metric(outcome.mlflow_run_id, key.replace("eval/", "baseline/"), baseline.metrics[key])
-    return baseline
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="YAML experiment file (defaults apply to missing keys)")
@@ -301,7 +278,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             cfg = load_config(args.config, [*args.set, *(SMOKE_TEST if args.smoke_test else ())])
             outcome = run_training(cfg, resume=args.resume, overrides=args.set)
-            baseline = run_baseline(args, outcome) if args.baseline else None
+            baseline = None
+            if args.baseline:
+                from workflows.baseline import run_baseline
+
+                baseline = run_baseline(args.config, [*args.set, *(SMOKE_TEST if args.smoke_test else ())], outcome)
         except (ConfigError, ManifestError, FileExistsError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
