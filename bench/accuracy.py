@@ -99,11 +99,20 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a base key")
     parser.add_argument("--methods", help="comma-separated subset of the config's methods")
+    parser.add_argument("--fractions", help="comma-separated labeled fractions instead of the config's, e.g. 0.05")
+    parser.add_argument("--seeds", help="comma-separated seeds instead of the config's, e.g. 0,1,2")
 
 
 def load_grid(args: argparse.Namespace) -> tuple[BenchSpec, list[str], dict[tuple[str, float, int], Config]]:
     """The spec, the chosen methods and one validated Config per (method, fraction, seed); ConfigError first."""
     spec = load_spec(args.config)
+    try:
+        if getattr(args, "fractions", None):
+            spec.fractions = [float(f) for f in args.fractions.split(",") if f]
+        if getattr(args, "seeds", None):
+            spec.seeds = [int(s) for s in args.seeds.split(",") if s]
+    except ValueError as err:
+        raise ConfigError(f"--fractions / --seeds: {err}") from err
     chosen = [m for m in args.methods.split(",") if m] if args.methods else spec.methods
     grid = [(m, f, s) for f in spec.fractions for s in spec.seeds for m in chosen]
     return spec, chosen, {key: with_overrides(spec.base, [*args.set, *run_overrides(*key, spec.variants)])

@@ -85,3 +85,19 @@ def test_variants_are_rows_whose_overrides_win(tmp_path: Path) -> None:
     config.write_text("base: {}\nmethods: [x]\nlabeled_fractions: [0.05]\nseeds: [0]\nvariants: {x: [train.seed=1]}\n")
     with pytest.raises(Exception, match="variants.x: must set algorithm.name"):
         load_grid(argparse.Namespace(config=str(config), set=[], methods=None))
+
+
+def test_fractions_and_seeds_from_the_command_line_replace_the_files(tmp_path: Path) -> None:
+    import argparse
+
+    from bench.accuracy import load_grid
+
+    config = tmp_path / "bench.yaml"
+    config.write_text("base: {}\nmethods: [supervised]\nlabeled_fractions: [0.05, 0.1]\nseeds: [0, 1, 2]\n"
+                      "variants: {supervised: [algorithm.name=supervised]}\n")
+    args = argparse.Namespace(config=str(config), set=[], methods=None, fractions="0.2", seeds="4,5")
+    _, _, configs = load_grid(args)
+    assert sorted(configs) == [("supervised", 0.2, 4), ("supervised", 0.2, 5)]
+    assert configs[("supervised", 0.2, 5)].data.labeled_fraction == 0.2
+    with pytest.raises(Exception, match="--fractions / --seeds"):
+        load_grid(argparse.Namespace(config=str(config), set=[], methods=None, fractions="a", seeds=None))
