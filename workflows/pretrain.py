@@ -20,7 +20,6 @@ import argparse
 import json
 import math
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any
 from ssl_core.config import ConfigError
 from ssl_core.data.manifest import ManifestError
 from ssl_core.pretrain.config import PretrainSetup, load_pretrain_config, pretrain_with_overrides
+from ssl_core.run_folder import claim_run_dir, stamped
 from workflows import console
 from workflows.ray_session import init_ray
 from workflows.train import LOG_FILE, RUN_FILE, RunState
@@ -71,14 +71,8 @@ def find_pretrain_run(storage: Path, which: str) -> Path:
 
 
 def new_run_dir(setup: PretrainSetup) -> tuple[str, Path]:
-    storage = Path(setup.base.output.storage).resolve()
-    base = setup.base.tracking.run_name or f"pretrain-{setup.pretrain.objective}-{time.strftime('%Y%m%d-%H%M%S')}"
-    name, k = base, 1
-    while (storage / name).exists():  # never reuse a folder
-        k += 1
-        name = f"{base}-{k}"
-    (storage / name).mkdir(parents=True)
-    return name, storage / name
+    base = setup.base
+    return claim_run_dir(base.output.storage, base.tracking.run_name or stamped(f"pretrain-{setup.pretrain.objective}"))
 
 
 def logical_cpus(setup: PretrainSetup) -> int:

@@ -19,7 +19,6 @@ import json
 import math
 import os
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any
 
 from ssl_core.config import Config, ConfigError, dump_yaml, from_dict, load_config, with_overrides
 from ssl_core.data.manifest import Manifest, ManifestError
+from ssl_core.run_folder import claim_run_dir, stamped
 from workflows import console
 from workflows.ray_session import init_ray
 
@@ -82,16 +82,7 @@ def find_run(storage: Path, which: str) -> Path:
 
 
 def new_run_dir(cfg: Config) -> tuple[str, Path]:
-    storage = Path(cfg.output.storage).resolve()
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = cfg.tracking.run_name or f"{cfg.algorithm.name}-{stamp}"
-    name, k = base, 1
-    # Never reuse a folder: a new run must not touch another run's checkpoints.
-    while (storage / name).exists():
-        k += 1
-        name = f"{base}-{k}"
-    (storage / name).mkdir(parents=True)
-    return name, storage / name
+    return claim_run_dir(cfg.output.storage, cfg.tracking.run_name or stamped(cfg.algorithm.name))
 
 
 def logical_cpus(cfg: Config, with_unlabeled: bool) -> int:

@@ -31,6 +31,7 @@ from ssl_core.pretrain.config import PretrainSetup
 from ssl_core.pretrain.data import decode_views
 from ssl_core.pretrain.knn import knn_accuracy, linear_probe, video_features
 from ssl_core.pretrain.step import Pretrainer, build_net, pretrain_optimize, save_pretrain_checkpoint
+from ssl_core.run_folder import claim_run_dir, stamped
 
 
 def view_batches(
@@ -99,8 +100,8 @@ def run_local_pretrain(setup: PretrainSetup, *, device: str = "cpu", decode_thre
     cfg, p, t = setup.base, setup.pretrain, setup.base.train
     torch.manual_seed(t.seed)
     if run_dir is None:
-        name = cfg.tracking.run_name or f"pretrain-{p.objective}-local-{time.strftime('%Y%m%d-%H%M%S')}"
-        run_dir = Path(cfg.output.storage).resolve() / name
+        name = cfg.tracking.run_name or stamped(f"pretrain-{p.objective}-local")
+        _, run_dir = claim_run_dir(cfg.output.storage, name)
     run_dir.mkdir(parents=True, exist_ok=True)
     data = prepare_data(cfg, run_dir)  # the labeled split: the k-NN memory bank (labels reach no loss)
     classes = list(data.manifest.classes)
