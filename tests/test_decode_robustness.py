@@ -206,6 +206,18 @@ def test_missing_torchcodec_is_a_clear_error_not_a_skipped_video(monkeypatch: py
 
     from ssl_core.config import ConfigError, load_config
 
-    with pytest.raises(ConfigError, match=r"^data\.decoder: torchcodec is not installed; pip install"):
+    with pytest.raises(ConfigError, match=r"^data\.decoder: torchcodec or its FFmpeg libraries are missing; pip"):
         load_config(None, ["data.decoder=torchcodec"])
     assert load_config(None, []).data.decoder == "pyav"  # the default needs nothing more
+
+
+def test_torchcodec_without_its_ffmpeg_libraries_is_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torchcodec 0.17 imports without FFmpeg; its first VideoDecoder would fail on every video."""
+    utils = pytest.importorskip("torchcodec._internally_replaced_utils")
+
+    def no_ffmpeg() -> None:
+        raise RuntimeError("Could not load libtorchcodec. Likely causes: FFmpeg is not installed")
+
+    monkeypatch.setattr(utils, "load_core_libraries", no_ffmpeg)
+    with pytest.raises(decode.DecoderUnavailable, match=r"libavcodec59.*Could not load libtorchcodec"):
+        get_decoder("torchcodec")

@@ -389,8 +389,9 @@ def decode_eval_clips(
 
 DECODERS = ("pyav", "torchcodec")
 TORCHCODEC_HINT = (
-    "data.decoder: torchcodec is not installed; pip install 'vidssl[torchcodec]' and the system FFmpeg libraries "
-    "(apt-get install libavcodec59 libavformat59 libavutil57 libswscale6 libavfilter8 libswresample4 libavdevice59)"
+    "data.decoder: torchcodec or its FFmpeg libraries are missing; pip install 'vidssl[torchcodec]' and the "
+    "system FFmpeg libraries (apt-get install libavcodec59 libavformat59 libavutil57 libswscale6 libavfilter8 "
+    "libswresample4 libavdevice59)"
 )
 
 
@@ -398,6 +399,11 @@ def torchcodec_unavailable() -> str | None:
     """None when the torchcodec backend can be used here, else why not (the install hint and the cause)."""
     try:
         importlib.import_module("ssl_core.data.decode_torchcodec")
+        # torchcodec 0.17 imports without FFmpeg and fails at the first VideoDecoder instead: load its FFmpeg
+        # libraries now (memoised by torchcodec), so a missing FFmpeg is found here, not as every video skipped.
+        from torchcodec._internally_replaced_utils import load_core_libraries
+
+        load_core_libraries()
     except (ImportError, OSError, RuntimeError) as e:  # torchcodec raises RuntimeError when FFmpeg libs fail
         return f"{TORCHCODEC_HINT} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
     return None
