@@ -105,10 +105,13 @@ def pretrain_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if loop_config.get("progress") is not None:
             progress = ProgressSender(loop_config["progress"])
     logged_until = resume_tracking(tracker, checkpoint is not None, start_step, unsent)
+    def knn_now() -> tuple[dict[str, float], tuple[Tensor, Tensor, Tensor, Tensor]]:
+        features = knn_features(trainer.core.backbone, cfg, device)
+        return knn_accuracy(*features, len(classes), k=p.knn_k, temperature=p.knn_temperature), features
+
     if rank == 0 and start_step == 0 and p.knn_every:
         # The curve's first point: the features before any step (random, or model.init's), what pretraining must beat.
-        bank, bank_y, queries, query_y = knn_features(trainer.core.backbone, cfg, device)
-        knn = knn_accuracy(bank, bank_y, queries, query_y, len(classes), k=p.knn_k, temperature=p.knn_temperature)
+        knn, _ = knn_now()
         tracker.log_metrics(knn, step=0)
         if progress is not None:
             progress.report({**knn, "step": 0, "eval/top1_knn": knn["knn/top1"], "eval/top5_knn": knn["knn/top5"]})
@@ -145,8 +148,7 @@ def pretrain_loop_per_worker(loop_config: dict[str, Any]) -> None:
         metrics["data/skipped_videos"] = float(ray.get(counter.count.remote()))
         shown: dict[str, float] = {}
         if rank == 0 and knn_due:
-            bank, bank_y, queries, query_y = knn_features(trainer.core.backbone, cfg, device)
-            knn = knn_accuracy(bank, bank_y, queries, query_y, len(classes), k=p.knn_k, temperature=p.knn_temperature)
+            knn, (bank, bank_y, queries, query_y) = knn_now()
             metrics.update(knn)
             shown = {"eval/top1_knn": knn["knn/top1"], "eval/top5_knn": knn["knn/top5"]}
             if last and p.probe_steps:
