@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ssl_core.data.transforms import AugmentConfig, augment_batch, eval_transform
+from ssl_core.data.transforms import AugmentConfig, eval_view
 from ssl_core.metrics import confusion_matrix, per_class_accuracy, topk_correct
 
 
@@ -25,7 +25,7 @@ def video_probs(
     device: torch.device,
 ) -> Tensor:  # (B, num_classes) float, softmax averaged over the N clips
     b, n = clips.shape[:2]
-    video = augment_batch(clips.flatten(0, 1), eval_transform(aug)).to(device)
+    video = eval_view(clips.flatten(0, 1).to(device), aug)
     probs = model(video).float().softmax(dim=-1)
     return probs.view(b, n, -1).mean(dim=1)
 

@@ -26,10 +26,11 @@ from ssl_core.algorithms import get_algorithm
 from ssl_core.algorithms.registry import Algorithm, StepOutput
 from ssl_core.checkpoint import load_checkpoint_model, unwrap
 from ssl_core.config import Config, load_config
+from ssl_core.data.batched_augment import unlabeled_views, weak_view
 from ssl_core.data.clip_cache import ClipCache
 from ssl_core.data.decode import DecodeError, decode_clip
 from ssl_core.data.manifest import VideoRecord
-from ssl_core.data.transforms import AugmentConfig, augment_batch, unlabeled_views, weak_transform
+from ssl_core.data.transforms import AugmentConfig
 from ssl_core.evaluate import EvalCounts, PreciseBN
 from ssl_core.models import build_model
 from ssl_core.models.init import InitReport, InitSource, load_init, read_init_source
@@ -121,8 +122,8 @@ def make_batches(
     """Augmented, normalised batches in the algorithm contract (the unlabeled clip yields weak + strong).
 
     The uint8 clips move to `device` first and are augmented there: a quarter of the bytes of float views
-    cross the bus, and a GPU does the augmentation work."""
-    labeled = {"video": augment_batch(labeled_clips.to(device), weak_transform(aug)), "label": labels.to(device)}
+    cross the bus, and a GPU does the augmentation work (one batched kernel per op, ssl_core.data.batched_augment)."""
+    labeled = {"video": weak_view(labeled_clips.to(device), aug), "label": labels.to(device)}
     if unlabeled_clips is None:
         return labeled, None
     weak, strong = unlabeled_views(unlabeled_clips.to(device), aug)

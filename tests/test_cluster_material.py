@@ -69,10 +69,11 @@ def _lock() -> dict[str, str]:
 
 
 def test_every_pin_of_the_lock_carries_a_hash() -> None:
-    blocks = re.split(r"\n(?=[A-Za-z0-9])", LOCK.read_text().split("\n\n", 1)[1])
-    for block in blocks:
-        if block.strip():
-            assert "--hash=sha256:" in block, f"{LOCK}: no hash for {block.splitlines()[0]}"
+    # A pin is a line that starts with a name; its hashes are the indented lines under it (comments aside).
+    blocks = re.findall(r"^([A-Za-z0-9][^\n]*)\n((?:[ \t][^\n]*\n?)*)", LOCK.read_text(), flags=re.M)
+    assert len(blocks) > 50, f"{LOCK}: expected a full lock, found {len(blocks)} pins"
+    for pin, indented in blocks:
+        assert "--hash=sha256:" in indented, f"{LOCK}: no hash for {pin}"
 
 
 def test_the_installed_versions_are_the_locks() -> None:

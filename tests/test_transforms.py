@@ -1,18 +1,15 @@
-"""Tests for ssl_core.data.transforms: shapes, one random draw per clip, flip switch, view pairing."""
+"""The views' contract, for the batched views (ssl_core.data.batched_augment) and the per-clip torchvision reference
+(ssl_core.data.transforms): shapes, one random draw per clip, flip switch, view pairing; and the eval view."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import pytest
 import torch
 
-from ssl_core.data.transforms import (
-    AugmentConfig,
-    augment_batch,
-    eval_transform,
-    strong_transform,
-    unlabeled_views,
-    weak_transform,
-)
+from ssl_core.data import batched_augment
+from ssl_core.data.transforms import AugmentConfig, augment_per_clip, eval_view, strong_transform, weak_transform
 
 MEAN, STD = 0.45, 0.225
 
@@ -29,59 +26,90 @@ def _static_clips(b: int, t: int, h: int, w: int, seed: int = 0) -> torch.Tensor
     return image.expand(b, t, h, w, 3).contiguous()
 
 
-def test_shapes_and_dtypes() -> None:
+View = Callable[[torch.Tensor, AugmentConfig], torch.Tensor]
+# (weak, strong) of each implementation
+VIEWS: dict[str, tuple[View, View]] = {
+    "batched": (batched_augment.weak_view, batched_augment.strong_view),
+    "per_clip": (lambda c, cfg: augment_per_clip(c, weak_transform(cfg)),
+                 lambda c, cfg: augment_per_clip(c, strong_transform(cfg))),
+}
+
+
+def _unlabeled_views(impl: str, clips: torch.Tensor, cfg: AugmentConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    if impl == "batched":
+        return batched_augment.unlabeled_views(clips, cfg)
+    weak, strong = VIEWS[impl]
+    return weak(clips, cfg), strong(clips, cfg)
+
+
+@pytest.mark.parametrize("impl", VIEWS)
+def test_shapes_and_dtypes(impl: str) -> None:
     cfg = AugmentConfig(crop_size=24)
     clips = torch.randint(0, 256, (3, 5, 40, 48, 3), dtype=torch.uint8)
-    for transform in (weak_transform(cfg), strong_transform(cfg), eval_transform(cfg)):
-        out = augment_batch(clips, transform)
+    for out in (*(view(clips, cfg) for view in VIEWS[impl]), eval_view(clips, cfg)):
         assert out.shape == (3, 3, 5, 24, 24)
         assert out.dtype == torch.float32
-    weak, strong = unlabeled_views(clips, cfg)
+    weak, strong = _unlabeled_views(impl, clips, cfg)
     assert weak.shape == strong.shape == (3, 3, 5, 24, 24)
 
 
-def test_normalisation_matches_kinetics_stats() -> None:
+@pytest.mark.parametrize("impl", VIEWS)
+def test_normalisation_matches_kinetics_stats(impl: str) -> None:
     cfg = AugmentConfig(crop_size=16, min_scale=1.0, hflip=False)
     clips = torch.randint(0, 256, (2, 3, 16, 16, 3), dtype=torch.uint8)
-    torch.testing.assert_close(augment_batch(clips, weak_transform(cfg)), _normalised(clips))
+    torch.testing.assert_close(VIEWS[impl][0](clips, cfg), _normalised(clips))
 
 
-@pytest.mark.parametrize("make", [weak_transform, strong_transform])
-def test_all_frames_of_a_clip_get_the_same_augmentation(make) -> None:
+@pytest.mark.parametrize("impl", VIEWS)
+@pytest.mark.parametrize("strong", [False, True])
+def test_all_frames_of_a_clip_get_the_same_augmentation(impl: str, strong: bool) -> None:
     torch.manual_seed(0)
     cfg = AugmentConfig(crop_size=20, min_scale=0.3, erasing_p=1.0)
-    out = augment_batch(_static_clips(4, 6, 32, 40), make(cfg))
+    out = VIEWS[impl][strong](_static_clips(6, 6, 32, 40), cfg)
     for clip in out:  # (3, T, h, w)
         for t in range(1, clip.shape[1]):
             torch.testing.assert_close(clip[:, t], clip[:, 0], rtol=0, atol=0)
 
 
-def test_hflip_off_never_flips_and_on_does() -> None:
+@pytest.mark.parametrize("impl", VIEWS)
+@pytest.mark.parametrize("strong", [False, True])
+def test_clips_get_different_augmentations(impl: str, strong: bool) -> None:
+    torch.manual_seed(0)
+    cfg = AugmentConfig(crop_size=20, min_scale=0.3)
+    out = VIEWS[impl][strong](_static_clips(1, 2, 32, 40).expand(8, 2, 32, 40, 3).contiguous(), cfg)
+    distinct = {tuple(clip.flatten()[::97].tolist()) for clip in out}
+    assert len(distinct) >= 7, "eight copies of one clip should get (almost) eight different views"
+
+
+@pytest.mark.parametrize("impl", VIEWS)
+def test_hflip_off_never_flips_and_on_does(impl: str) -> None:
     torch.manual_seed(0)
     # Left half dark, right half bright: a flip is unmistakable.
     clips = torch.zeros(1, 2, 16, 16, 3, dtype=torch.uint8)
     clips[..., 8:, :] = 200
     identity = _normalised(clips)
     flipped = identity.flip(-1)
+    weak = VIEWS[impl][0]
     no_flip = AugmentConfig(crop_size=16, min_scale=1.0, hflip=False)
     for _ in range(30):
-        torch.testing.assert_close(augment_batch(clips, weak_transform(no_flip)), identity)
+        torch.testing.assert_close(weak(clips, no_flip), identity)
     with_flip = AugmentConfig(crop_size=16, min_scale=1.0, hflip=True)
-    outs = [augment_batch(clips, weak_transform(with_flip)) for _ in range(30)]
+    outs = [weak(clips, with_flip) for _ in range(30)]
     assert any(torch.allclose(o, flipped) for o in outs)
     assert all(torch.allclose(o, flipped) or torch.allclose(o, identity) for o in outs)
 
 
-def test_weak_and_strong_views_come_from_the_same_clip() -> None:
+@pytest.mark.parametrize("impl", VIEWS)
+def test_weak_and_strong_views_come_from_the_same_clip(impl: str) -> None:
     torch.manual_seed(0)
     clips = torch.randint(0, 256, (3, 2, 16, 16, 3), dtype=torch.uint8)
     # Geometry switched off and no RandAugment: the only difference left is the erased box.
     cfg = AugmentConfig(crop_size=16, min_scale=1.0, hflip=False, randaugment_ops=0, erasing_p=1.0)
-    weak, strong = unlabeled_views(clips, cfg)
+    weak, strong = _unlabeled_views(impl, clips, cfg)
     torch.testing.assert_close(weak, _normalised(clips))
     erased_value = (0.0 - MEAN) / STD
     for i in range(3):
-        differs = (weak[i] != strong[i]).any(dim=0)  # (T, h, w)
+        differs = ((weak[i] - strong[i]).abs() > 1e-4).any(dim=0)  # (T, h, w); float rounding aside
         assert differs.any(), "erasing_p=1 must erase something"
         # Outside the erased box strong equals weak of the SAME clip; inside it holds the fill value.
         erased = strong[i][:, differs]
@@ -89,13 +117,13 @@ def test_weak_and_strong_views_come_from_the_same_clip() -> None:
         assert torch.equal(differs[0], differs[1])  # the same box in every frame
 
 
-def test_eval_transform_is_deterministic_centre_crop() -> None:
+def test_eval_view_is_deterministic_centre_crop() -> None:
     # Width 48 -> resized 16x24 -> centre 16 columns come from the middle of the frame only.
     clips = torch.zeros(1, 2, 32, 48, 3, dtype=torch.uint8)
     clips[..., 12:36, :] = 255
     cfg = AugmentConfig(crop_size=16)
-    a = augment_batch(clips, eval_transform(cfg))
-    b = augment_batch(clips, eval_transform(cfg))
+    a = eval_view(clips, cfg)
+    b = eval_view(clips, cfg)
     assert torch.equal(a, b)
     assert a.shape == (1, 3, 2, 16, 16)
     # Centre 16 of 24 resized columns = original columns 8..40; bright band 12..36 sits inside.
@@ -111,8 +139,9 @@ def test_eval_transform_is_deterministic_centre_crop() -> None:
     ],
 )
 def test_bad_clips_raise(bad: torch.Tensor) -> None:
-    with pytest.raises(ValueError, match="uint8 tensor"):
-        augment_batch(bad, weak_transform(AugmentConfig()))
+    for view in (*VIEWS["batched"], *VIEWS["per_clip"], eval_view):
+        with pytest.raises(ValueError, match="uint8 tensor"):
+            view(bad, AugmentConfig())
 
 
 def test_bad_config_raises() -> None:

@@ -122,23 +122,21 @@ def rows_for_ids(
 
 def _augment(clips: np.ndarray, seeds: np.ndarray, augment: dict[str, Any], views: tuple[str, ...]
              ) -> dict[str, np.ndarray]:
-    """augment.placement = data: uint8 clips (B, T, H, W, 3) -> normalised float views (B, 3, T, h, w)."""
+    """augment.placement = data: uint8 clips (B, T, H, W, 3) -> normalised float views (B, 3, T, h, w), each
+    row's parameters drawn from its own seed (reproducible whichever task decodes it), applied batched."""
     import torch
 
-    from ssl_core.data.transforms import AugmentConfig, augment_batch, strong_transform, weak_transform
+    from ssl_core.data.batched_augment import apply_view, draw_view_per_row
+    from ssl_core.data.transforms import AugmentConfig
 
     torch.set_num_threads(1)  # many decode tasks share the cores; intra-op threads would oversubscribe them
     aug = AugmentConfig(**augment)
-    makers = {"video": weak_transform, "weak": weak_transform, "strong": strong_transform}
     frames = torch.from_numpy(np.ascontiguousarray(clips))
     out = {}
     for view in views:
-        made = []
-        for i, seed in enumerate(seeds):
-            torch.manual_seed(int(seed) * 7 + len(view))  # per-row draws, distinct per view
-            made.append(augment_batch(frames[i : i + 1], makers[view](aug))[0])
-        shape = (0, 3, clips.shape[1], aug.crop_size, aug.crop_size)
-        out[view] = torch.stack(made).numpy() if made else np.empty(shape, dtype=np.float32)
+        params = draw_view_per_row([int(s) * 7 + len(view) for s in seeds], clips.shape[2], clips.shape[3], aug,
+                                   strong=view == "strong")
+        out[view] = apply_view(frames, params, aug).numpy()
     return out
 
 

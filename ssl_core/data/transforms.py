@@ -1,15 +1,15 @@
-"""Weak / strong / eval video augmentation with torchvision.transforms.v2.
+"""Augmentation settings, the evaluation view, and the per-clip torchvision.transforms.v2 views.
 
 Clips arrive from the data pipeline as uint8 (B, T, H, W, 3); the helpers here turn them into normalised
-float (B, 3, T, h, w) model input. Each clip is wrapped as a `tv_tensors.Video`, so v2 draws ONE set of
-random parameters per clip (crop box, flip, RandAugment ops, erased box) and applies it to every frame:
-motion stays intact while the appearance changes. (pytorchvideo.transforms does not import with this
-torchvision, hence v2.)
+float (B, 3, T, h, w) model input. Training views are made batched by `ssl_core.data.batched_augment`; the
+per-clip form here (`augment_per_clip`: each clip wrapped as a `tv_tensors.Video`, so v2 draws ONE set of
+random parameters per clip and applies it to every frame) is the reference those views follow, the
+benchmark's baseline (bench.gpu_step), and what the pretraining views still use. (pytorchvideo.transforms
+does not import with this torchvision, hence v2.)
 
 Try it:
-    python -c "import torch; from ssl_core.data.transforms import AugmentConfig, unlabeled_views; \
-w, s = unlabeled_views(torch.randint(0, 256, (2, 8, 80, 80, 3), dtype=torch.uint8), AugmentConfig()); \
-print(w.shape, s.shape)"
+    python -c "import torch; from ssl_core.data.transforms import AugmentConfig, eval_view; \
+print(eval_view(torch.randint(0, 256, (2, 8, 80, 96, 3), dtype=torch.uint8), AugmentConfig()).shape)"
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class AugmentConfig:
 
 
 # Every transform below maps a Video uint8 (T, 3, H, W) to float (T, 3, crop, crop) in [0, 1];
-# normalisation happens once per batch in augment_batch.
+# normalisation happens once per batch (augment_per_clip, eval_view).
 _TO_FLOAT = v2.ToDtype(torch.float32, scale=True)
 
 
@@ -82,29 +82,36 @@ def eval_transform(cfg: AugmentConfig) -> v2.Transform:
     return v2.Compose([v2.Resize(cfg.crop_size, antialias=True), v2.CenterCrop(cfg.crop_size), _TO_FLOAT])
 
 
-def _check_clips(clips: Tensor) -> None:
+def check_clips(clips: Tensor) -> None:
     if not isinstance(clips, Tensor) or clips.dtype != torch.uint8 or clips.ndim != 5 or clips.shape[-1] != 3:
         shape = tuple(clips.shape) if isinstance(clips, Tensor) else type(clips).__name__
         dtype = clips.dtype if isinstance(clips, Tensor) else None
         raise ValueError(f"clips must be a uint8 tensor (B, T, H, W, 3); got {shape} {dtype}")
 
 
-def augment_batch(
+def _normalised(frames: Tensor) -> Tensor:  # (B, T, 3, h, w) float in [0, 1] -> (B, 3, T, h, w) normalised
+    mean = torch.tensor(MEAN, dtype=frames.dtype, device=frames.device).view(1, 1, 3, 1, 1)
+    std = torch.tensor(STD, dtype=frames.dtype, device=frames.device).view(1, 1, 3, 1, 1)
+    return ((frames - mean) / std).permute(0, 2, 1, 3, 4).contiguous()
+
+
+def augment_per_clip(
     clips: Tensor,  # (B, T, H, W, 3) uint8
     transform: v2.Transform,
 ) -> Tensor:  # (B, 3, T, h, w) float32, normalised
     """Apply `transform` clip by clip (one random draw per clip), stack and normalise."""
-    _check_clips(clips)
+    check_clips(clips)
     frames_first = clips.permute(0, 1, 4, 2, 3)  # (B, T, 3, H, W): the layout v2 expects for Video
-    out = torch.stack([transform(tv_tensors.Video(clip)).as_subclass(Tensor) for clip in frames_first])
-    mean = torch.tensor(MEAN, dtype=out.dtype, device=out.device).view(1, 1, 3, 1, 1)
-    std = torch.tensor(STD, dtype=out.dtype, device=out.device).view(1, 1, 3, 1, 1)
-    return ((out - mean) / std).permute(0, 2, 1, 3, 4).contiguous()
+    return _normalised(torch.stack([transform(tv_tensors.Video(clip)).as_subclass(Tensor) for clip in frames_first]))
 
 
-def unlabeled_views(
+def eval_view(
     clips: Tensor,  # (B, T, H, W, 3) uint8
     cfg: AugmentConfig,
-) -> tuple[Tensor, Tensor]:  # weak, strong: each (B, 3, T, h, w) float32
-    """Weak and strong views of the SAME decoded clips (FixMatch / CMPL consistency targets)."""
-    return augment_batch(clips, weak_transform(cfg)), augment_batch(clips, strong_transform(cfg))
+) -> Tensor:  # (B, 3, T, crop, crop) float32, normalised
+    """Short side -> crop_size, centre crop: deterministic, so the whole batch goes through v2 at once."""
+    check_clips(clips)
+    b, t = clips.shape[:2]
+    frames = clips.permute(0, 1, 4, 2, 3).reshape(b * t, 3, *clips.shape[2:4])
+    out = eval_transform(cfg)(frames)
+    return _normalised(out.view(b, t, *out.shape[1:]))

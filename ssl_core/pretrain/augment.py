@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from ssl_core.data.transforms import AugmentConfig, augment_batch
+from ssl_core.data.transforms import AugmentConfig, augment_per_clip
 from ssl_core.pretrain.config import PretrainConfig
 
 # ITU-R 601-2 luma, as torchvision's rgb_to_grayscale.
@@ -55,7 +55,7 @@ class VideoGrayscale(nn.Module):
 
 
 def pretrain_transform(aug: AugmentConfig, p: PretrainConfig) -> v2.Transform:
-    """uint8 Video (T, 3, H, W) -> float (T, 3, crop, crop) in [0, 1]; normalised later by augment_batch."""
+    """uint8 Video (T, 3, H, W) -> float (T, 3, crop, crop) in [0, 1]; normalised later by augment_per_clip."""
     ops: list[nn.Module] = [
         v2.RandomResizedCrop(aug.crop_size, scale=(p.min_scale, p.max_scale), antialias=True),
     ]
@@ -113,5 +113,5 @@ def pretrain_views(
         raise ValueError(f"clips must be (B, rho, T, H, W, 3) uint8, got {tuple(clips.shape)}")
     b, rho = clips.shape[:2]
     clips = swap_backgrounds(clips, p.background_swap, p.foreground_ratio)
-    views = augment_batch(clips.flatten(0, 1), pretrain_transform(aug, p))
+    views = augment_per_clip(clips.flatten(0, 1), pretrain_transform(aug, p))
     return views.view(b, rho, *views.shape[1:])

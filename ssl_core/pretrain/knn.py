@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ssl_core.data.transforms import AugmentConfig, augment_batch, eval_transform
+from ssl_core.data.transforms import AugmentConfig, eval_view
 
 
 @torch.no_grad()
@@ -27,7 +27,7 @@ def video_features(
     device: torch.device,
 ) -> Tensor:  # (B, F) float32, L2-normalised, on the CPU
     b, c = clips.shape[:2]
-    video = augment_batch(clips.flatten(0, 1), eval_transform(aug)).to(device)
+    video = eval_view(clips.flatten(0, 1).to(device), aug)
     feats = backbone(video).float().view(b, c, -1).mean(dim=1)
     return F.normalize(feats, dim=1).cpu()
 
