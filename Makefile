@@ -8,7 +8,7 @@ LOCK := requirements/lock.txt
 LOCK_VENV := .venv-lock
 PIP_TOOLS := pip-tools==7.6.2
 
-.PHONY: install install-torchcodec lock demo test test-slow lint clean-demo
+.PHONY: install install-torchcodec lock demo test test-slow lint clean-demo device-wheels
 
 install: $(STAMP)
 
@@ -30,6 +30,13 @@ lock:
 	$(LOCK_VENV)/bin/pip install -q $(PIP_TOOLS)
 	$(LOCK_VENV)/bin/pip-compile -q --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url \
 		--no-emit-find-links --extra dev --extra torchcodec -o $(LOCK) pyproject.toml requirements/torch.in
+
+# Wheels of what the GPU machine lacks for bench.gpu_step (kornia, and kornia_rs for Python 3.11-3.13: kornia 0.9 needs 3.11) at the lock's
+# versions, into .device-wheels/ (git-ignored), which the device tool carries (docs/benchmarks.md: GPU step).
+device-wheels: $(STAMP)
+	rm -rf .device-wheels && mkdir -p .device-wheels
+	for v in 3.11 3.12 3.13; do $(BIN)/pip download -q --no-deps --only-binary=:all: --python-version $$v \
+		-d .device-wheels $$(grep -E '^kornia(-rs)?==' $(LOCK) | cut -d' ' -f1); done
 
 # Optional torchcodec decode backend (data.decoder: torchcodec): the package is in the lock; this installs the
 # system FFmpeg libraries it links against (Debian 12 names; needs root). Without them the torchcodec tests skip.

@@ -128,6 +128,12 @@ class TrainConfig:
     # Precise BatchNorm: before each evaluation, recompute the evaluated models' BN statistics over the last
     # N training batches (ssl_core.evaluate.PreciseBN); 0: off.
     precise_bn_batches: int = 0
+    # GPU step levers (bench.gpu_step measures each, on and off). channels_last: models and clips in the
+    # channels_last_3d memory format (cuDNN's NDHWC kernels). compile: torch.compile the trained models
+    # (nn.Module.compile, in place: checkpoints keep their keys); off until measured on the target GPU, its
+    # first steps take minutes. On CUDA the optimizer is always the fused one and cuDNN autotunes.
+    channels_last: bool = False
+    compile: bool = False
 
 
 @dataclass

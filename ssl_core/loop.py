@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -32,6 +31,7 @@ from ssl_core.data.decode import DecodeError, decode_clip
 from ssl_core.data.manifest import VideoRecord
 from ssl_core.data.transforms import AugmentConfig
 from ssl_core.evaluate import EvalCounts, PreciseBN
+from ssl_core.metrics import WindowMeans
 from ssl_core.models import build_model
 from ssl_core.models.init import InitReport, InitSource, load_init, read_init_source
 from ssl_core.schedule import build_scheduler
@@ -103,11 +103,34 @@ def freeze(model: nn.Module) -> nn.Module:
 
 
 def build_optimizer(cfg: Config, models: Mapping[str, nn.Module]) -> torch.optim.Optimizer:
+    """SGD or AdamW over every trained model; the fused (one kernel per step) form when the models are on CUDA,
+    so place them first (place_models)."""
     params = [p for m in models.values() for p in m.parameters()]
+    fused = bool(params) and all(p.is_cuda for p in params)
     t = cfg.train
     if t.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, nesterov=True)
-    return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, nesterov=True,
+                               fused=fused or None)
+    return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay, fused=fused or None)
+
+
+def input_memory_format(cfg: Config) -> torch.memory_format:
+    """The memory format of model inputs (B, 3, T, h, w): channels_last_3d with train.channels_last."""
+    return torch.channels_last_3d if cfg.train.channels_last else torch.contiguous_format
+
+
+def place_models(models: Mapping[str, nn.Module], cfg: Config, device: torch.device) -> dict[str, nn.Module]:
+    """The models on `device`, in the configured memory format, compiled in place with train.compile."""
+    if device.type == "cuda":
+        # Clip shapes are fixed for a run: let cuDNN time its algorithms once and keep the fastest.
+        torch.backends.cudnn.benchmark = True
+    placed = {}
+    for role, model in models.items():
+        model = model.to(device, memory_format=input_memory_format(cfg))
+        if cfg.train.compile:
+            model.compile()
+        placed[role] = model
+    return placed
 
 
 def make_batches(
@@ -118,15 +141,17 @@ def make_batches(
     aug: AugmentConfig,
     device: torch.device,
     targets: Tensor | None = None,  # (B_u, C) stored teacher probabilities (data.pseudo_labels)
+    memory_format: torch.memory_format = torch.contiguous_format,  # of the views (input_memory_format)
 ) -> tuple[dict[str, Tensor], dict[str, Tensor] | None]:
     """Augmented, normalised batches in the algorithm contract (the unlabeled clip yields weak + strong).
 
     The uint8 clips move to `device` first and are augmented there: a quarter of the bytes of float views
     cross the bus, and a GPU does the augmentation work (one batched kernel per op, ssl_core.data.batched_augment)."""
-    labeled = {"video": weak_view(labeled_clips.to(device), aug), "label": labels.to(device)}
+    video = weak_view(labeled_clips.to(device), aug).contiguous(memory_format=memory_format)
+    labeled = {"video": video, "label": labels.to(device)}
     if unlabeled_clips is None:
         return labeled, None
-    weak, strong = unlabeled_views(unlabeled_clips.to(device), aug)
+    weak, strong = (v.contiguous(memory_format=memory_format) for v in unlabeled_views(unlabeled_clips.to(device), aug))
     unlabeled = {"weak": weak, "strong": strong}
     if true_labels is not None:
         unlabeled[TRUE_LABEL_KEY] = true_labels.to(device)
@@ -140,19 +165,23 @@ def stream_batches(
     ub: Mapping[str, Tensor] | None,  # {"clip" | "weak", "strong", "true_label"[, "target"]}
     aug: AugmentConfig,
     device: torch.device,
+    memory_format: torch.memory_format = torch.contiguous_format,  # of the views (input_memory_format)
 ) -> tuple[dict[str, Tensor], dict[str, Tensor] | None]:
     """Batches from the Ray Data streams in the algorithm contract: uint8 clips are augmented here (on the
     training device); views the data workers already made (augment.placement = data) only move."""
     if "clip" in lb:
         return make_batches(
             lb["clip"], lb["label"], None if ub is None else ub["clip"], None if ub is None else ub["true_label"],
-            aug, device, targets=None if ub is None else ub.get("target"),
+            aug, device, targets=None if ub is None else ub.get("target"), memory_format=memory_format,
         )
-    labeled = {"video": lb["video"].to(device), "label": lb["label"].to(device)}
+
+    def view(v: Tensor) -> Tensor:
+        return v.to(device).contiguous(memory_format=memory_format)
+
+    labeled = {"video": view(lb["video"]), "label": lb["label"].to(device)}
     if ub is None:
         return labeled, None
-    unlabeled = {"weak": ub["weak"].to(device), "strong": ub["strong"].to(device),
-                 TRUE_LABEL_KEY: ub["true_label"].to(device)}
+    unlabeled = {"weak": view(ub["weak"]), "strong": view(ub["strong"]), TRUE_LABEL_KEY: ub["true_label"].to(device)}
     if "target" in ub:
         unlabeled["target"] = ub["target"].float().to(device)
     return labeled, unlabeled
@@ -166,8 +195,10 @@ def optimize(
     unlabeled: dict[str, Tensor] | None,
     *,
     grad_clip: float,
-) -> tuple[StepOutput, dict[str, float]]:
-    """ssl_step -> backward -> clip -> step -> EMA -> LR; returns the step output and its scalar metrics."""
+) -> tuple[StepOutput, dict[str, Tensor]]:
+    """ssl_step -> backward -> clip -> step -> EMA -> LR; returns the step output and its scalar metrics as
+    detached 0-d tensors on the device: nothing here waits for the device (ssl_core.metrics.WindowMeans
+    brings them over once per logging window)."""
     algorithm.steps_done = scheduler.last_epoch  # steps done so far (the scheduler is checkpointed, so this resumes)
     device_type = labeled["video"].device.type
     autocast = (
@@ -183,8 +214,8 @@ def optimize(
     algorithm.after_optimizer_step()
     algorithm.update_ema()
     scheduler.step()
-    metrics = {"loss/total": float(out.loss.detach()), "grad_norm": float(grad_norm)}
-    metrics.update({k: float(v) for k, v in out.metrics.items()})
+    metrics = {"loss/total": out.loss.detach(), "grad_norm": grad_norm.detach()}
+    metrics.update({k: v.detach() for k, v in out.metrics.items()})
     return out, metrics
 
 
@@ -270,7 +301,7 @@ def run_local(
     models = build_models(cfg, num_classes)
     for report in init_models(cfg, models, data.manifest.classes):
         say(report.line())
-    models = {r: m.to(dev) for r, m in models.items()}
+    models = place_models(models, cfg, dev)
     optimizer = build_optimizer(cfg, models)
     algorithm_cls = get_algorithm(cfg.algorithm.name)
     if algorithm_cls.needs_targets:
@@ -293,23 +324,20 @@ def run_local(
         if algorithm.needs_unlabeled else None
     )
     clips, start = 0, time.perf_counter()
-    window: dict[str, list[float]] = {}
+    window = WindowMeans()
     # The last log window's means (mask rate, pseudo-label accuracy, losses): where training ended.
     last_window: dict[str, float] = {}
     precise_bn = PreciseBN(t.precise_bn_batches)
     for step in range(t.iterations):
         lb, y = next(labeled_it)
         ub, truth = next(unlabeled_it) if unlabeled_it is not None else (None, None)
-        labeled, unlabeled = make_batches(lb, y, ub, truth, cfg.augment, dev)
+        labeled, unlabeled = make_batches(lb, y, ub, truth, cfg.augment, dev, memory_format=input_memory_format(cfg))
         precise_bn.remember(labeled, unlabeled)
         _, metrics = optimize(algorithm, optimizer, scheduler, labeled, unlabeled, grad_clip=t.grad_clip)
         clips += lb.shape[0] + (0 if ub is None else ub.shape[0])
-        for key, value in metrics.items():
-            if not math.isnan(value):
-                window.setdefault(key, []).append(value)
+        window.add(metrics)
         if (step + 1) % t.log_every == 0 or step + 1 == t.iterations:
-            last_window = {k: sum(v) / len(v) for k, v in window.items()}
-            window = {}
+            last_window = window.means()
             shown = " ".join(f"{k}={v:.3f}" for k, v in sorted(last_window.items()))
             say(f"step {step + 1}: {shown}")
             if on_window is not None:

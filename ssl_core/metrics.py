@@ -6,6 +6,7 @@ Pure tensor functions; callers sum counts across batches (and workers) before di
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor
@@ -57,15 +58,15 @@ def pseudo_label_accuracy(
     pseudo: Tensor,  # (B,) int64 hard pseudo-labels
     mask: Tensor,  # (B,) bool or {0, 1}
     truth: Tensor,  # (B,) int64 true labels, -1 unknown (benchmarks only; never reach a loss)
-) -> float:
-    """Pseudo-label quality: among masked samples with a known truth, the fraction equal to it; nan if none."""
+) -> Tensor:
+    """Pseudo-label quality: among masked samples with a known truth, the fraction equal to it; nan if none.
+    A 0-d tensor on the pseudo-labels' device (computed without waiting for it)."""
     if not pseudo.shape == mask.shape == truth.shape:
         raise ValueError(f"pseudo_label_accuracy: shapes differ: pseudo {tuple(pseudo.shape)}, "
                          f"mask {tuple(mask.shape)}, truth {tuple(truth.shape)}")
-    selected = mask.bool() & (truth.to(mask.device) >= 0)
-    if not selected.any():
-        return math.nan
-    return float((pseudo[selected] == truth.to(pseudo.device)[selected]).float().mean())
+    truth = truth.to(pseudo.device)
+    selected = mask.to(pseudo.device).bool() & (truth >= 0)
+    return ((pseudo == truth) & selected).sum().float() / selected.sum().float()  # 0 / 0 = nan
 
 
 def agreement(logits_a: Tensor, logits_b: Tensor) -> float:  # (B, C) each
@@ -75,3 +76,35 @@ def agreement(logits_a: Tensor, logits_b: Tensor) -> float:  # (B, C) each
     if logits_a.shape[0] == 0:
         return math.nan
     return float((logits_a.argmax(-1) == logits_b.argmax(-1)).float().mean())
+
+
+class WindowMeans:
+    """Per-key means of step metrics (0-d tensors) over a logging window. The sums stay on the metrics' device,
+    so a GPU step never waits for a scalar to reach the host; `means()` brings them over, once per window. A
+    nan (e.g. pseudo-label accuracy with nothing above tau) counts as no sample, not as a value."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, Tensor] = {}
+        self.counts: dict[str, Tensor] = {}
+
+    def add(self, metrics: Mapping[str, Tensor]) -> None:
+        for key, value in metrics.items():
+            value = value.detach().float()
+            seen = ~value.isnan()
+            self.sums[key] = self.sums.get(key, 0.0) + torch.where(seen, value, 0.0)
+            self.counts[key] = self.counts.get(key, 0) + seen.int()
+
+    def totals(self) -> tuple[dict[str, float], dict[str, int]]:
+        """(sums, counts) of the window so far, as host numbers; the window starts over."""
+        keys = sorted(self.sums)
+        if not keys:
+            return {}, {}
+        sums = torch.stack([self.sums[k] for k in keys]).tolist()
+        counts = torch.stack([self.counts[k] for k in keys]).tolist()
+        self.sums, self.counts = {}, {}
+        return dict(zip(keys, sums, strict=True)), dict(zip(keys, counts, strict=True))
+
+    def means(self) -> dict[str, float]:
+        """The window's means of every key seen at least once (as a number); the window starts over."""
+        sums, counts = self.totals()
+        return {k: sums[k] / counts[k] for k in sums if counts[k]}

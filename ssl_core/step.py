@@ -6,7 +6,6 @@ then uses them only to measure pseudo-label accuracy. tests/test_step.py proves 
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from ssl_core.algorithms.registry import Algorithm, StepOutput
@@ -28,6 +27,5 @@ def ssl_step(
     out = algorithm.train_step(labeled, unlabeled)
     if truth is not None:
         for role, (hard, mask) in out.pseudo.items():
-            accuracy = pseudo_label_accuracy(hard, mask, truth)
-            out.metrics[f"pseudo/accuracy_{role}"] = torch.tensor(accuracy)
+            out.metrics[f"pseudo/accuracy_{role}"] = pseudo_label_accuracy(hard, mask, truth)
     return out

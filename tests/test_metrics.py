@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from ssl_core.metrics import (
+    WindowMeans,
     agreement,
     confusion_matrix,
     mask_rate,
@@ -65,8 +66,22 @@ def test_pseudo_label_accuracy_among_masked_only() -> None:
     pseudo = torch.tensor([0, 1, 2, 2])
     mask = torch.tensor([True, True, False, True])
     truth = torch.tensor([0, 2, 2, 2])  # masked: right, wrong, right; the unmasked one does not count
-    assert pseudo_label_accuracy(pseudo, mask, truth) == pytest.approx(2 / 3)
-    assert math.isnan(pseudo_label_accuracy(pseudo, torch.zeros(4, dtype=torch.bool), truth))
+    assert float(pseudo_label_accuracy(pseudo, mask, truth)) == pytest.approx(2 / 3)
+    assert math.isnan(float(pseudo_label_accuracy(pseudo, torch.zeros(4, dtype=torch.bool), truth)))
+    unknown = torch.tensor([0, -1, 2, -1])  # truth -1: not known, not counted
+    assert float(pseudo_label_accuracy(pseudo, mask, unknown)) == pytest.approx(1.0)
+
+
+def test_window_means_skip_nan_and_start_over() -> None:
+    window = WindowMeans()
+    window.add({"loss": torch.tensor(1.0), "acc": torch.tensor(math.nan)})
+    window.add({"loss": torch.tensor(3.0), "acc": torch.tensor(0.5)})
+    window.add({"loss": torch.tensor(2.0), "only_nan": torch.tensor(math.nan)})
+    assert window.means() == {"loss": pytest.approx(2.0), "acc": pytest.approx(0.5)}
+    window.add({"loss": torch.tensor(5.0)})
+    sums, counts = window.totals()
+    assert sums == {"loss": 5.0} and counts == {"loss": 1}
+    assert window.means() == {}
 
 
 def test_agreement() -> None:

@@ -14,7 +14,6 @@ import math
 import sys
 import tempfile
 import time
-from collections import defaultdict
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -34,7 +33,18 @@ from ssl_core.checkpoint import (
 )
 from ssl_core.config import Config, from_dict
 from ssl_core.evaluate import EvalCounts, PreciseBN, video_probs
-from ssl_core.loop import build_models, build_optimizer, freeze, init_models, model_names, optimize, stream_batches
+from ssl_core.loop import (
+    build_models,
+    build_optimizer,
+    freeze,
+    init_models,
+    input_memory_format,
+    model_names,
+    optimize,
+    place_models,
+    stream_batches,
+)
+from ssl_core.metrics import WindowMeans
 from ssl_core.schedule import build_scheduler
 from workflows.console import ProgressSender
 from workflows.plots import confusion_figure
@@ -99,7 +109,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     torch.manual_seed(cfg.train.seed * 1000 + rank)
     device = ray.train.torch.get_device()
     names = model_names(cfg)
-    models = build_models(cfg, num_classes)
+    models = place_models(build_models(cfg, num_classes), cfg, device)
     optimizer = build_optimizer(cfg, models)
     scheduler = build_scheduler(optimizer, warmup=cfg.train.warmup_iters, total=cfg.train.iterations)
     algorithm_cls = get_algorithm(cfg.algorithm.name)
@@ -145,23 +155,19 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if algorithm_cls.needs_unlabeled
         else None
     )
-    sums: dict[str, float] = defaultdict(float)
-    counts: dict[str, int] = defaultdict(int)
+    window = WindowMeans()
     window_start, window_clips = time.perf_counter(), 0
 
     precise_bn = PreciseBN(t.precise_bn_batches)
     for step in range(start_step, t.iterations):
         lb = next(labeled_it)
         ub = next(unlabeled_it) if unlabeled_it is not None else None
-        labeled, unlabeled = stream_batches(lb, ub, cfg.augment, device)
+        labeled, unlabeled = stream_batches(lb, ub, cfg.augment, device, input_memory_format(cfg))
         if rank == 0:
             precise_bn.remember(labeled, unlabeled)
         _, step_metrics = optimize(algorithm, optimizer, scheduler, labeled, unlabeled, grad_clip=t.grad_clip)
         window_clips += len(lb["label"]) + (0 if ub is None else len(ub["true_label"]))
-        for key, value in step_metrics.items():
-            # nan (e.g. pseudo-label accuracy with nothing above tau) counts as "no sample", not as a value
-            sums[key] += 0.0 if math.isnan(value) else value
-            counts[key] += 0 if math.isnan(value) else 1
+        window.add(step_metrics)
 
         done = step + 1
         if progress is not None:
@@ -169,9 +175,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         last = done == t.iterations
         if done % t.log_every and done % t.eval_every and done % t.checkpoint_every and not last:
             continue
-        metrics = mean_across_workers(sums, counts)
-        sums.clear()
-        counts.clear()
+        metrics = mean_across_workers(*window.totals())
         elapsed = time.perf_counter() - window_start
         metrics["perf/clips_per_s"] = window_clips * ctx.get_world_size() / max(elapsed, 1e-9)
         metrics["lr"] = scheduler.get_last_lr()[0]

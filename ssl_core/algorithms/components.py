@@ -233,6 +233,10 @@ class RecipeParams:
     # Pseudo-labels from the EMA copy of the model (train.ema_decay > 0), once it exists: a smoother teacher
     # than the raw weights, which chase each batch (the Mean Teacher / SVFormer argument).
     ema_teacher: bool = False
+    # Without an EMA teacher: the model's weak-view forward without gradient, apart from the labeled + strong
+    # one (a third less backward work and activation memory; BatchNorm then sees the weak clips as their own
+    # batch). Off by default: its accuracy effect is in docs/results.md.
+    weak_no_grad: bool = False
     # Labeled-term regularisation against memorising a handful of clips.
     label_smoothing: float = 0.0
     labeled_mixup: float = 0.0  # MixUp alpha on the labeled batch; 0: off
@@ -252,14 +256,17 @@ def pseudo_label_forward(
     labeled_video: Tensor,  # (B_l, 3, T, h, w)
     weak: Tensor,  # (B_u, 3, T, h, w)
     strong: Tensor,  # (B_u, 3, T, h, w)
+    *,
+    weak_no_grad: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:  # logits (B_l, C), weak (B_u, C) without grad, strong (B_u, C)
-    """joint_forward, or with a teacher: the model on labeled + strong (one pass), the teacher on weak."""
-    if teacher is None:
+    """joint_forward, or with a teacher (or weak_no_grad): the model on labeled + strong (one pass), the
+    teacher (or the model itself) on weak without gradient."""
+    if teacher is None and not weak_no_grad:
         return joint_forward(model, labeled_video, weak, strong)
     logits_lab, logits_strong = model(torch.cat([labeled_video, strong])).split([labeled_video.shape[0],
                                                                                   strong.shape[0]])
     with torch.no_grad():
-        logits_weak = teacher(weak).to(logits_strong.dtype)
+        logits_weak = (teacher if teacher is not None else model)(weak).to(logits_strong.dtype)
     return logits_lab, logits_weak, logits_strong
 
 

@@ -82,7 +82,8 @@ class FixMatch(Algorithm):
         for role in roles:
             teacher = self.ema.get(role) if p.ema_teacher else None
             logits_lab, weak[role], strong[role] = pseudo_label_forward(
-                self.models[role], teacher, batch.video, unlabeled["weak"], unlabeled["strong"]
+                self.models[role], teacher, batch.video, unlabeled["weak"], unlabeled["strong"],
+                weak_no_grad=p.weak_no_grad,
             )
             sup[role] = labeled_loss(logits_lab, batch, p.label_smoothing)
         if len(roles) == 1:
