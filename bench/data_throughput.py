@@ -8,20 +8,22 @@ Every contestant decodes the same generated videos into clips of the same T, str
 crop), using the same number of CPU processes (`--cpus`, default: all cores):
   (a) raw      decode_clip of exactly the pipeline's clips (same videos, same random starts) in one process:
                the ceiling per core;
-  (b) pipeline workflows.data.build_datasets' labeled stream (lazy rows -> decode tasks, one CPU each),
-               consumed on the driver; augmentation left to the device (augment.placement = device) so
-               every contestant does the same work;
+  (b) pipeline workflows.data.build_datasets' labeled stream (lazy rows -> decode tasks of the config's
+               default data.decode_cpus each), consumed on the driver; augmentation left to the device
+               (augment.placement = device) so every contestant does the same work;
   (c) pytorchvideo LabeledVideoDataset (PyAV decoder, random clip sampler) through a torch DataLoader with
                `--cpus` worker processes; frames subsampled at the stride, resized and cropped in the worker;
-  (b2) pipeline_x2  the pipeline at the config's default data.decode_cpus = 0.5 (two decode tasks per CPU:
-               they fill each other's idle gaps); shown, not in the ratios, as it runs twice the processes;
+  (b2) pipeline_1cpu  (full run only) the pipeline at one CPU per decode task (as many tasks as CPUs; shown,
+               not in the ratios): the default's extra tasks fill each other's idle gaps between chunks;
   (d) read_videos ray.data.read_videos (one row per FRAME, needs decord) regrouped into the same clips with
                groupby(path).map_groups; skipped with the reason when decord is missing.
 Then (full run only) the pipeline streams a fixed number of clips from manifests of `--memory-videos` sizes
 (hard links to the same files) to a consumer slower than the decoders, while a thread samples the driver's RSS
 and the object store's use; and it times reading a 100,000-row manifest up to the first decoded batch.
 
-The last line is the figure: `pipeline_vs_raw=<b / (a * cpus)> pipeline_vs_pytorchvideo=<b / c>`.
+Rates are steady-state clips/s: from the first batch to the last (what a long training run sees); the time to
+the first batch is its own column. The last line is the figure:
+`pipeline_vs_raw=<b / (a * cpus)> pipeline_vs_pytorchvideo=<b / c>`.
 Results also go to bench/out/data_throughput.json.
 """
 
@@ -31,6 +33,7 @@ import argparse
 import contextlib
 import importlib.util
 import json
+import math
 import os
 import platform
 import re
@@ -47,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from ssl_core.config import Config, with_overrides
+from ssl_core.config import Config, DataConfig, with_overrides
 from ssl_core.data import synthetic
 from ssl_core.data.decode import decode_clip
 from ssl_core.data.manifest import VideoRecord, load_manifest
@@ -149,21 +152,23 @@ def run_raw(clips: Sequence[tuple[str, int]], spec: ClipSpec) -> float:
 
 def consume(batches: Iterator[dict[str, Any]], n: int, key: str, delay_s: float = 0.0
             ) -> tuple[float, float, tuple[int, ...]]:
-    """(clips/s over the whole stream, first batch included; seconds to the first batch; clip shape).
-    delay_s per batch plays a training step slower than the decoders (what backpressure is for)."""
+    """(clips/s from the first batch to the n-th clip: the steady state, nan when the first batch held all n;
+    seconds to the first batch; clip shape). delay_s per batch plays a training step slower than the decoders
+    (what backpressure is for)."""
     start = time.perf_counter()
-    first_at, seen, shape = None, 0, ()
+    first_at, first_len, seen, shape = None, 0, 0, ()
     for batch in batches:
         time.sleep(delay_s)
         seen += len(batch[key])
         if first_at is None:
-            first_at, shape = time.perf_counter(), tuple(batch[key].shape[1:])
+            first_at, first_len, shape = time.perf_counter(), seen, tuple(batch[key].shape[1:])
         if seen >= n:
             break
     end = time.perf_counter()
     if seen < n or first_at is None:
         raise RuntimeError(f"the stream ended after {seen} of {n} clips")
-    return seen / (end - start), first_at - start, shape
+    rate = (seen - first_len) / (end - first_at) if seen > first_len else math.nan
+    return rate, first_at - start, shape
 
 
 def run_pipeline(cfg: Config, records: Sequence[VideoRecord], n: int, delay_s: float = 0.0
@@ -281,14 +286,18 @@ def with_watchdog(fn: Callable[[], Any], limit_s: float) -> Any:
 # --- memory ----------------------------------------------------------------------------------------
 
 
+def _rss_bytes() -> int:
+    """This process's resident set size (Linux /proc; psutil is not among the dependencies)."""
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
 class MemorySampler:
     """Peak driver RSS and object-store bytes, sampled every `every` seconds while in the `with` block."""
 
     def __init__(self, every: float = 0.25) -> None:
-        import psutil
         import ray
 
-        self.every, self.proc = every, psutil.Process()
+        self.every = every
         # This session's GCS: the summary call would refuse to guess when other Ray instances run here.
         self.address = ray.get_runtime_context().gcs_address
         self.peak_rss = self.peak_store = 0
@@ -302,7 +311,7 @@ class MemorySampler:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak_rss = max(self.peak_rss, self.proc.memory_info().rss)
+            self.peak_rss = max(self.peak_rss, _rss_bytes())
             with contextlib.suppress(Exception):  # the summary call can race Ray's start-up/shutdown
                 self.peak_store = max(self.peak_store, self._store_bytes())
             self._stop.wait(self.every)
@@ -375,7 +384,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--start-rows", type=int, default=100_000, help="manifest rows for the first-batch time")
     parser.add_argument("--work", type=Path, default=OUT / "data_throughput")
     args = parser.parse_args(argv)
-    clips = args.clips or (256 if args.quick else 960)
+    # As many clips in --quick (short videos, one repeat): with fewer, the tail of the stream, where some decode
+    # slots have no task left, weighs more (256 clips: 0.64-0.79 of raw; 640: 0.77-0.79; the full run 0.83-0.90).
+    clips = args.clips or 960
     repeats = args.repeats or (1 if args.quick else 2)
     video_frames = args.video_frames or (48 if args.quick else 160)  # 160 frames = 10 s at 16 fps
     spec = ClipSpec(args.frames, args.stride, args.size, fps=16)
@@ -387,28 +398,30 @@ def main(argv: Sequence[str] | None = None) -> None:
                        side=args.video_size, fps=spec.fps)
     ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
-    cfg = pipeline_config(args.work / "videos", spec, clips, args.batch, decode_cpus=1.0)
+    cfg = pipeline_config(args.work / "videos", spec, clips, args.batch, decode_cpus=DataConfig().decode_cpus)
     clip_list = the_clips(cfg, base, clips)
     print(f"{len(base)} videos of {video_frames} frames, short side {args.video_size}, a keyframe each second; "
           f"clips of {spec.num_frames} x {spec.size}^2 at stride {spec.stride}; {args.cpus} CPU processes; "
           f"{clips} clips x {repeats} repeats")
 
     # Ray's worker processes start once per session, not per dataset: start them before timing anything.
-    timed("warm-up", lambda: run_pipeline(pipeline_config(args.work / "videos", spec, 128, 64, 1.0), base, 128))
-    cfg_half = pipeline_config(args.work / "videos", spec, clips, args.batch, decode_cpus=0.5)
-    rates: dict[str, list[float]] = {"raw": [], "pipeline": [], "pytorchvideo": [], "pipeline_x2": [],
-                                     "read_videos": []}
+    warm = pipeline_config(args.work / "videos", spec, 128, 64, DataConfig().decode_cpus)
+    timed("warm-up", lambda: run_pipeline(warm, base, 128))
+    cfg_one = pipeline_config(args.work / "videos", spec, clips, args.batch, decode_cpus=1.0)
+    names = ["raw", "pipeline", "pytorchvideo", *([] if args.quick else ["pipeline_1cpu"]), "read_videos"]
+    rates: dict[str, list[float]] = {name: [] for name in names}
     first: dict[str, list[float]] = {k: [] for k in rates}
     notes: dict[str, str] = {}
     for r in range(repeats):
         print(f"repeat {r + 1}/{repeats}", flush=True)
         rates["raw"].append(timed("raw", lambda: run_raw(clip_list, spec)))
-        for name, fn in (
+        contestants = [
             ("pipeline", lambda: run_pipeline(cfg, base, clips)),
             ("pytorchvideo", lambda: run_pytorchvideo(clip_list, spec, args.batch, args.cpus)),
-            # Not in the ratios (twice the processes): the config's default of half a CPU per decode task.
-            ("pipeline_x2", lambda: run_pipeline(cfg_half, base, clips)),
-        ):
+        ]
+        if not args.quick:  # not in the ratios: one decode task per CPU, no task to fill another's gaps
+            contestants.append(("pipeline_1cpu", lambda: run_pipeline(cfg_one, base, clips)))
+        for name, fn in contestants:
             out = timed(name, fn)
             if isinstance(out, str):
                 notes[name] = out

@@ -1,13 +1,17 @@
-"""Weak / strong views of a whole batch of clips at once: one kornia kernel per op, one random draw per clip.
+"""Weak / strong views of a whole batch of clips at once: one kernel per op, one random draw per clip.
 
 The views are those of FixMatch on video (the per-clip torchvision reference is `transforms.augment_per_clip`):
   weak   = random resized crop (area min_scale..1, aspect 3/4..4/3) + horizontal flip;
   strong = weak + RandAugment (randaugment_ops ops per clip, each one of torchvision's 14 at
            randaugment_magnitude of 31 bins, signed ops flipped with probability 1/2) + erasing
            (probability erasing_p, area 2-33 %, aspect 0.3-3.3, filled with 0 before normalisation).
-Parameters are drawn per clip on the CPU (`draw_view`, from a torch.Generator: seeded runs repeat), repeated
-over the clip's frames (motion stays intact), and each op then runs once over every frame of the clips that
-drew it, on the clips' device. Geometric RandAugment ops share one affine warp per round.
+Parameters are drawn per clip on the CPU (`draw_view`, from a torch.Generator: seeded runs repeat) and shared by
+the clip's frames (motion stays intact). The ops run on the clips' device, each once for the batch: the crop and
+flip as one bilinear warp (kornia, a matrix per clip, frames folded into channels); per RandAugment round the clips
+are sorted by (op, sign), the geometric ops then run as one nearest-neighbour warp and each photometric setting as
+one torchvision call on its slice (the magnitude is fixed, so an (op, sign) pair is one setting); the erased boxes
+as one mask. Differences from the reference: a bilinear crop without antialiasing, float instead of uint8
+RandAugment (rounding), nothing else (tests/test_batched_augment.py checks each op against torchvision's).
 
 Try it:
     python -c "import torch; from ssl_core.data.transforms import AugmentConfig; \
