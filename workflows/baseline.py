@@ -25,7 +25,7 @@ from mlflow import MlflowClient
 from ssl_core.config import Config, dump_yaml, load_config
 from ssl_core.data.prepare import SPLIT_FILE
 from workflows import console
-from workflows.tracking import Tracker
+from workflows.tracking import Tracker, run_tags
 from workflows.train import LOG_FILE, TrainOutcome, new_run_dir, run_training
 
 # The run's step lines go to its log file only (the console shows loggers named vidssl*).
@@ -50,10 +50,7 @@ def train_in_driver(cfg: Config, tracking_uri: str) -> TrainOutcome:
 
     name, run_dir = new_run_dir(cfg)
     (run_dir / "config.yaml").write_text(dump_yaml(cfg))
-    d = cfg.data
-    tags = {"vidssl.algorithm": cfg.algorithm.name, "vidssl.primary": cfg.model.primary,
-            "vidssl.labeled": str(d.labeled_fraction or f"{d.labeled_per_class}/class"),
-            "vidssl.run_dir": str(run_dir), "vidssl.trained_in": "driver"}
+    tags = {**run_tags(cfg, run_dir), "vidssl.trained_in": "driver"}
     tracker = Tracker.start(tracking_uri, cfg.tracking.experiment, name, tags)
     tracker.log_params(cfg.flat())
     tracker.log_text(dump_yaml(cfg), "config.yaml")

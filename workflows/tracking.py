@@ -30,7 +30,7 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 
-from ssl_core.config import ConfigError
+from ssl_core.config import Config, ConfigError
 
 DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlartifacts"
@@ -153,6 +153,14 @@ def registry_notes_to_log() -> Iterator[None]:
         return
     with contextlib.redirect_stderr(_LinesToLog(logging.getLogger("mlflow"))):
         yield
+
+
+def run_tags(cfg: Config, run_dir: Path) -> dict[str, str]:
+    """The tags every training run's MLflow run carries (the UI's columns to filter runs by)."""
+    d = cfg.data
+    return {"vidssl.algorithm": cfg.algorithm.name, "vidssl.primary": cfg.model.primary,
+            "vidssl.labeled": str(d.labeled_fraction or f"{d.labeled_per_class}/class"),
+            "vidssl.run_dir": str(run_dir)}
 
 
 def table_digest(table: Any) -> str:

@@ -154,7 +154,7 @@ def run_training(
     from workflows.data import build_datasets
     from workflows.fit import driver_actors, fit
     from workflows.model_init import prepare_init, tag_registered_version
-    from workflows.tracking import Tracker, check_reachable, resolve_uri
+    from workflows.tracking import Tracker, check_reachable, resolve_uri, run_tags
     from workflows.train_loop import train_loop_per_worker
 
     if resume is not None:
@@ -179,15 +179,7 @@ def run_training(
         init = prepare_init(cfg, run_dir, uri, data.manifest.classes, fresh=True)
         for report in init.reports:
             print(report.line(), flush=True)
-        d = cfg.data
-        tags = {
-            "vidssl.algorithm": cfg.algorithm.name,
-            "vidssl.primary": cfg.model.primary,
-            "vidssl.labeled": str(d.labeled_fraction or f"{d.labeled_per_class}/class"),
-            "vidssl.run_dir": str(run_dir),
-            **init.tags(),
-            **extra_tags,
-        }
+        tags = {**run_tags(cfg, run_dir), **init.tags(), **extra_tags}
         tracker = Tracker.start(uri, cfg.tracking.experiment, name, tags)
         tracker.log_params({**cfg.flat(), **init.params(), "data.num_labeled": len(data.labeled),
                             "data.num_unlabeled": len(data.unlabeled), "data.num_test": len(data.test)})

@@ -203,13 +203,12 @@ def _randaugment_round(x: Tensor, ops: Tensor, signs: Tensor, cfg: AugmentConfig
     return x, order
 
 
-def _erase(x: Tensor, boxes: Tensor) -> None:
-    """Zero each clip's box (top, left, height, width) in all its frames (B, T*3, s, s), in place."""
-    side = x.shape[-1]
-    top, left, h, w = (v.view(-1, 1, 1, 1) for v in boxes.to(x.device).unbind(1))
-    ys = torch.arange(side, device=x.device).view(1, 1, side, 1)
-    xs = torch.arange(side, device=x.device).view(1, 1, 1, side)
-    x.masked_fill_((ys >= top) & (ys < top + h) & (xs >= left) & (xs < left + w), 0.0)
+def _kept(boxes: Tensor, side: int, device: torch.device) -> Tensor:
+    """(B, 1, 1, side, side) float: 0 inside each clip's erased box (top, left, height, width), 1 elsewhere."""
+    top, left, h, w = (v.view(-1, 1, 1, 1, 1) for v in boxes.to(device).unbind(1))
+    ys = torch.arange(side, device=device).view(1, 1, 1, side, 1)
+    xs = torch.arange(side, device=device).view(1, 1, 1, 1, side)
+    return (~((ys >= top) & (ys < top + h) & (xs >= left) & (xs < left + w))).float()
 
 
 def _crop_matrices(crop: Tensor, flip: Tensor, side: int) -> Tensor:
@@ -226,23 +225,22 @@ def _crop_matrices(crop: Tensor, flip: Tensor, side: int) -> Tensor:
 
 
 def _view(frames: Tensor, t: int, params: ViewParams, cfg: AugmentConfig) -> Tensor:
-    """Float frames (B, T*3, H, W) in 0..255 -> one normalised view (B, 3, T, crop, crop)."""
+    """Float frames (B, T*3, H, W) in [0, 1] -> one normalised view (B, 3, T, crop, crop)."""
     b, side = frames.shape[0], cfg.crop_size
     matrices = _crop_matrices(params.crop, params.flip, side).to(frames.device)
     x = warp_affine(frames, matrices, (side, side), align_corners=True)
-    mean = torch.tensor(MEAN, device=x.device).view(3, 1, 1)
-    std = torch.tensor(STD, device=x.device).view(3, 1, 1)
-    rounds = params.ops.shape[1]
-    if not rounds and not params.erase[:, 2].any():
-        x = torch.addcmul(-mean / std, x.view(b, t, 3, side, side), 1 / (255 * std))
-        return x.transpose(1, 2).contiguous()
-    x.mul_(1 / 255)
     order = torch.arange(b)
-    for r in range(rounds):
+    for r in range(params.ops.shape[1]):
         x, moved = _randaugment_round(x, params.ops[order, r], params.signs[order, r], cfg)
         order = order[moved]
-    _erase(x, params.erase[order])
-    x = torch.addcmul(-mean / std, x.view(b, t, 3, side, side), 1 / std)
+    mean = torch.tensor(MEAN, device=x.device).view(3, 1, 1)
+    std = torch.tensor(STD, device=x.device).view(3, 1, 1)
+    scale = 1 / std
+    if params.erase[:, 2].any():  # erasing fills 0 before normalisation: a scale of 0 inside the box
+        scale = scale * _kept(params.erase[order], side, x.device)
+    x = torch.addcmul(-mean / std, x.view(b, t, 3, side, side), scale)  # normalised (and erased) in one pass
+    if not params.ops.shape[1]:
+        return x.transpose(1, 2).contiguous()
     # Back to the clips' order, while making the (B, 3, T, s, s) layout.
     return torch.empty((b, 3, t, side, side), device=x.device).index_copy_(0, order.to(x.device), x.transpose(1, 2))
 
@@ -252,8 +250,10 @@ def apply_views(clips: Tensor, params: Sequence[ViewParams], cfg: AugmentConfig)
     on the clips' device. The clips become float once for all their views."""
     check_clips(clips)
     b, t, height, width, _ = clips.shape
-    # Frames folded into channels: one sampling grid per clip serves all its frames.
-    frames = torch.empty((b, t, 3, height, width), device=clips.device).copy_(clips.permute(0, 1, 4, 2, 3))
+    # Frames folded into channels (one sampling grid per clip serves all its frames), scaled to [0, 1] in the
+    # same pass.
+    frames = torch.div(clips.permute(0, 1, 4, 2, 3), 255, out=torch.empty((b, t, 3, height, width),
+                                                                           device=clips.device))
     return [_view(frames.view(b, t * 3, height, width), t, p, cfg) for p in params]
 
 

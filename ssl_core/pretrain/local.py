@@ -102,7 +102,8 @@ def run_local_pretrain(setup: PretrainSetup, *, device: str = "cpu", decode_thre
     if run_dir is None:
         name = cfg.tracking.run_name or stamped(f"pretrain-{p.objective}-local")
         _, run_dir = claim_run_dir(cfg.output.storage, name)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    else:  # a folder the caller chose (it may exist: e.g. the Ray run's folder)
+        run_dir.mkdir(parents=True, exist_ok=True)
     data = prepare_data(cfg, run_dir)  # the labeled split: the k-NN memory bank (labels reach no loss)
     classes = list(data.manifest.classes)
     train_paths = [r.path for r in (*data.labeled, *data.unlabeled)]  # every train video, without its label
