@@ -31,12 +31,18 @@ lock:
 	$(LOCK_VENV)/bin/pip-compile -q --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url \
 		--no-emit-find-links --extra dev --extra torchcodec -o $(LOCK) pyproject.toml requirements/torch.in
 
-# Wheels of what the GPU machine lacks for bench.gpu_step (kornia, and kornia_rs for Python 3.11-3.13: kornia 0.9 needs 3.11) at the lock's
-# versions, into .device-wheels/ (git-ignored), which the device tool carries (docs/benchmarks.md: GPU step).
+# Wheels of what the GPU machine lacks for bench.gpu_step (it has torch and torchvision), at the lock's versions, into
+# .device-wheels/ (git-ignored), which the device tool carries (docs/benchmarks.md: GPU step): the pure-Python ones
+# built here (pytorchvideo and fvcore are source releases), the compiled ones for Python 3.11-3.13 (kornia 0.9 needs
+# 3.11).
+DEVICE_PURE := kornia pytorchvideo fvcore iopath portalocker tabulate termcolor yacs tqdm
+DEVICE_BINARY := kornia-rs pyyaml
 device-wheels: $(STAMP)
 	rm -rf .device-wheels && mkdir -p .device-wheels
+	$(BIN)/pip wheel -q --no-deps -w .device-wheels \
+		$$(for p in $(DEVICE_PURE); do grep -E "^$$p==" $(LOCK) | cut -d' ' -f1; done)
 	for v in 3.11 3.12 3.13; do $(BIN)/pip download -q --no-deps --only-binary=:all: --python-version $$v \
-		-d .device-wheels $$(grep -E '^kornia(-rs)?==' $(LOCK) | cut -d' ' -f1); done
+		-d .device-wheels $$(for p in $(DEVICE_BINARY); do grep -E "^$$p==" $(LOCK) | cut -d' ' -f1; done); done
 
 # Optional torchcodec decode backend (data.decoder: torchcodec): the package is in the lock; this installs the
 # system FFmpeg libraries it links against (Debian 12 names; needs root). Without them the torchcodec tests skip.

@@ -15,7 +15,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import torch
@@ -26,9 +26,6 @@ from ssl_core.algorithms.registry import Algorithm, StepOutput
 from ssl_core.checkpoint import load_checkpoint_model, unwrap
 from ssl_core.config import Config, load_config
 from ssl_core.data.batched_augment import unlabeled_views, weak_view
-from ssl_core.data.clip_cache import ClipCache
-from ssl_core.data.decode import DecodeError, decode_clip
-from ssl_core.data.manifest import VideoRecord
 from ssl_core.data.transforms import AugmentConfig
 from ssl_core.evaluate import EvalCounts, PreciseBN
 from ssl_core.metrics import WindowMeans
@@ -36,6 +33,10 @@ from ssl_core.models import build_model
 from ssl_core.models.init import InitReport, InitSource, load_init, read_init_source
 from ssl_core.schedule import build_scheduler
 from ssl_core.step import TRUE_LABEL_KEY, ssl_step
+
+if TYPE_CHECKING:  # both import PyAV, which the step's half of this module does without
+    from ssl_core.data.clip_cache import ClipCache
+    from ssl_core.data.manifest import VideoRecord
 
 
 def model_names(cfg: Config) -> dict[str, str]:
@@ -251,6 +252,10 @@ def _clip_batches(
     """Endless in-process batches of decoded clips (records reshuffled each pass), decoded by `pool`'s
     threads two batches ahead, so decoding overlaps the training step (PyAV releases the GIL).
     With a `cache` (data.cache) the same clips are sliced from it instead of decoded."""
+    # Here, not at the top: the step's half of this module runs where PyAV is absent (bench.gpu_step on a GPU
+    # machine).
+    from ssl_core.data.decode import DecodeError, decode_clip
+
     rng = np.random.default_rng(seed)
     d = cfg.data
     read_clip = cache.decode_clip if cache is not None else decode_clip

@@ -7,6 +7,8 @@ and algorithm gives a rate, the profiled one its top kernels, the augmentation c
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 from bench import augment_speed, gpu_step
@@ -37,3 +39,12 @@ def test_augment_speed_times_both_contestants() -> None:
     r = augment_speed.compare(batch=2, mu=1, frames=2, size=24, crop=16, device=augment_speed.torch.device("cpu"),
                               steps=1, repeats=1)
     assert r["per_clip_ms"] > 0 and r["batched_ms"] > 0 and r["speedup"] > 0
+
+
+def test_the_step_code_imports_without_pyav_ray_or_mlflow() -> None:
+    """The GPU machines have torch but not PyAV, Ray or MLflow (DESIGN.md): bench.gpu_step must import there."""
+    code = ("import sys\nfor m in ('av', 'ray', 'mlflow', 'torchcodec'):\n    sys.modules[m] = None\n"
+            "import bench.gpu_step, ssl_core.loop\nprint('ok')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
