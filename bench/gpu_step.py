@@ -29,8 +29,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,7 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.augment_speed import per_clip_batch
+from bench.augment_speed import seconds_per_call as timed
 from ssl_core.algorithms import get_algorithm
 from ssl_core.config import Config, load_config
 from ssl_core.data.transforms import augment_per_clip, weak_transform
@@ -86,18 +86,6 @@ def peak_tflops(device: torch.device) -> float | None:
         return None
     name = torch.cuda.get_device_name(device)
     return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
-
-
-def timed(fn: Callable[[], Any], device: torch.device, steps: int) -> float:
-    """Seconds per call of fn, over `steps` calls after the device has finished all earlier work."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return (time.perf_counter() - start) / steps
 
 
 class Step:
