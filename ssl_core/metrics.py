@@ -99,8 +99,10 @@ class WindowMeans:
         keys = sorted(self.sums)
         if not keys:
             return {}, {}
-        sums = torch.stack([self.sums[k] for k in keys]).tolist()
-        counts = torch.stack([self.counts[k] for k in keys]).tolist()
+        # An algorithm may make a metric on the CPU beside others on the GPU: one device, then one transfer.
+        device = self.sums[keys[0]].device
+        sums = torch.stack([self.sums[k].to(device) for k in keys]).tolist()
+        counts = torch.stack([self.counts[k].to(device) for k in keys]).tolist()
         self.sums, self.counts = {}, {}
         return dict(zip(keys, sums, strict=True)), dict(zip(keys, counts, strict=True))
 
