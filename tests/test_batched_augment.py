@@ -78,7 +78,17 @@ def _reference_op(name: str, magnitude: float):
         "TranslateY": lambda v: TF.affine(v, angle=0.0, translate=[0, int(magnitude)], scale=1.0, shear=[0.0, 0.0]),
         "Rotate": lambda v: TF.rotate(v, angle=magnitude),
     }
-    return geometric.get(name) or ba._colour_op(name, magnitude)
+    photometric = {
+        "Brightness": lambda v: TF.adjust_brightness(v, 1.0 + magnitude),
+        "Color": lambda v: TF.adjust_saturation(v, 1.0 + magnitude),
+        "Contrast": lambda v: TF.adjust_contrast(v, 1.0 + magnitude),
+        "Sharpness": lambda v: TF.adjust_sharpness(v, 1.0 + magnitude),
+        "Posterize": lambda v: TF.posterize(v, bits=int(magnitude)),
+        "Solarize": lambda v: TF.solarize(v, threshold=magnitude),
+        "AutoContrast": TF.autocontrast,
+        "Equalize": TF.equalize,
+    }
+    return {**geometric, **photometric}[name]
 
 
 @pytest.mark.parametrize("op", range(1, len(ba.RANDAUGMENT_OPS)))

@@ -22,13 +22,13 @@ print(w.shape, s.shape)"
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
-from kornia.geometry.transform import warp_affine
+import torch.nn.functional as F
 from torch import Tensor
 from torchvision.transforms.v2 import functional as TF
 
@@ -60,59 +60,57 @@ class ViewParams:
         return ViewParams(*(torch.cat([getattr(p, f) for p in parts]) for f in ViewParams.__dataclass_fields__))
 
 
-def _first_valid(ok: Tensor, values: Sequence[Tensor]) -> tuple[Tensor, list[Tensor]]:
-    """Per row, whether any try is valid, and each value at the first valid try (tries along dim 1)."""
-    first = ok.int().argmax(dim=1, keepdim=True)
-    return ok.any(dim=1), [v.gather(1, first).squeeze(1) for v in values]
+def _rng(generator: torch.Generator | None) -> np.random.Generator:
+    """A NumPy generator seeded by one draw of the torch generator (the default one when None), so seeded runs
+    repeat; NumPy because a draw is ~40 small array ops, each ~1 us in NumPy and ~10 us as a torch op."""
+    g = generator if generator is not None else torch.default_generator
+    return np.random.default_rng(int(torch.randint(2**62, (1,), generator=g)))
 
 
-def _offsets(room: Tensor, g: torch.Generator) -> Tensor:
-    """Uniform integers in [0, room] per row (torch.randint's range, drawn for a whole column)."""
-    return (torch.rand(room.shape, generator=g) * (room + 1)).floor().long().clamp(max=room)
+def _first_valid(ok: np.ndarray, *values: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Per row, whether any try is valid, and each value at the first valid try (tries along axis 1)."""
+    first = ok.argmax(axis=1)
+    rows = np.arange(ok.shape[0])
+    return ok.any(axis=1), [v[rows, first] for v in values]
 
 
-def _crop_boxes(n: int, height: int, width: int, min_scale: float, g: torch.Generator) -> Tensor:
+def _crop_boxes(n: int, height: int, width: int, min_scale: float, rng: np.random.Generator) -> np.ndarray:
     """RandomResizedCrop's boxes (torchvision's draw: 10 tries of area and log-aspect, then the centre)."""
-    area = height * width
-    scale = min_scale + (1 - min_scale) * torch.rand(n, _TRIES, generator=g)
-    log_lo, log_hi = math.log(3 / 4), math.log(4 / 3)
-    ratio = torch.exp(log_lo + (log_hi - log_lo) * torch.rand(n, _TRIES, generator=g))
-    w = torch.sqrt(area * scale * ratio).round().long()
-    h = torch.sqrt(area * scale / ratio).round().long()
-    found, (h, w) = _first_valid((w > 0) & (w <= width) & (h > 0) & (h <= height), (h, w))
+    area = height * width * rng.uniform(min_scale, 1.0, (n, _TRIES))
+    ratio = np.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3), (n, _TRIES)))
+    w = np.round(np.sqrt(area * ratio)).astype(np.int64)
+    h = np.round(np.sqrt(area / ratio)).astype(np.int64)
+    found, (h, w) = _first_valid((w > 0) & (w <= width) & (h > 0) & (h <= height), h, w)
     in_ratio = width / height  # the fallback: the whole frame, its aspect clamped to 3/4..4/3
-    fallback_w = width if in_ratio <= 4 / 3 else round(height * 4 / 3)
-    fallback_h = height if in_ratio >= 3 / 4 else round(width / (3 / 4))
-    h = torch.where(found, h, fallback_h)
-    w = torch.where(found, w, fallback_w)
-    return torch.stack([_offsets(height - h, g), _offsets(width - w, g), h, w], dim=1)
+    h = np.where(found, h, height if in_ratio >= 3 / 4 else round(width / (3 / 4)))
+    w = np.where(found, w, width if in_ratio <= 4 / 3 else round(height * 4 / 3))
+    return np.stack([rng.integers(0, height - h + 1), rng.integers(0, width - w + 1), h, w], axis=1)
 
 
-def _erase_boxes(n: int, side: int, p: float, g: torch.Generator) -> Tensor:
+def _erase_boxes(n: int, side: int, p: float, rng: np.random.Generator) -> np.ndarray:
     """RandomErasing's boxes (scale 0.02-0.33, aspect 0.3-3.3, 10 tries); height 0 where not erased."""
-    apply = torch.rand(n, generator=g) < p
-    area = side * side * (0.02 + 0.31 * torch.rand(n, _TRIES, generator=g))
-    log_lo, log_hi = math.log(0.3), math.log(3.3)
-    aspect = torch.exp(log_lo + (log_hi - log_lo) * torch.rand(n, _TRIES, generator=g))
-    h = torch.sqrt(area * aspect).round().long()
-    w = torch.sqrt(area / aspect).round().long()
-    found, (h, w) = _first_valid((h < side) & (w < side), (h, w))
+    apply = rng.random(n) < p
+    area = side * side * rng.uniform(0.02, 0.33, (n, _TRIES))
+    aspect = np.exp(rng.uniform(math.log(0.3), math.log(3.3), (n, _TRIES)))
+    h = np.round(np.sqrt(area * aspect)).astype(np.int64)
+    w = np.round(np.sqrt(area / aspect)).astype(np.int64)
+    found, (h, w) = _first_valid((h < side) & (w < side), h, w)
     keep = apply & found
-    h, w = torch.where(keep, h, 0), torch.where(keep, w, 0)
-    return torch.stack([_offsets(side - h, g), _offsets(side - w, g), h, w], dim=1)
+    h, w = np.where(keep, h, 0), np.where(keep, w, 0)
+    return np.stack([rng.integers(0, side - h + 1), rng.integers(0, side - w + 1), h, w], axis=1)
 
 
 def draw_view(n: int, height: int, width: int, cfg: AugmentConfig, *, strong: bool,
               generator: torch.Generator | None = None) -> ViewParams:
     """Random parameters of one view for n clips of (height, width) frames."""
-    g = generator if generator is not None else torch.default_generator
-    crop = _crop_boxes(n, height, width, cfg.min_scale, g)
-    flip = (torch.rand(n, generator=g) < 0.5) & cfg.hflip
+    rng = _rng(generator)
+    crop = _crop_boxes(n, height, width, cfg.min_scale, rng)
+    flip = (rng.random(n) < 0.5) & cfg.hflip
     rounds = cfg.randaugment_ops if strong else 0
-    ops = torch.randint(len(RANDAUGMENT_OPS), (n, rounds), generator=g)
-    signs = torch.where(torch.rand(n, rounds, generator=g) < 0.5, -1.0, 1.0)
-    erase = _erase_boxes(n, cfg.crop_size, cfg.erasing_p if strong else 0.0, g)
-    return ViewParams(crop, flip, ops, signs, erase)
+    ops = rng.integers(0, len(RANDAUGMENT_OPS), (n, rounds))
+    signs = np.where(rng.random((n, rounds)) < 0.5, -1.0, 1.0).astype(np.float32)
+    erase = _erase_boxes(n, cfg.crop_size, cfg.erasing_p if strong else 0.0, rng)
+    return ViewParams(*(torch.from_numpy(a) for a in (crop, flip, ops, signs, erase)))
 
 
 def draw_view_per_row(seeds: Sequence[int], height: int, width: int, cfg: AugmentConfig, *, strong: bool
@@ -122,16 +120,53 @@ def draw_view_per_row(seeds: Sequence[int], height: int, width: int, cfg: Augmen
                                      generator=torch.Generator().manual_seed(int(s))) for s in seeds])
 
 
+def _gray(frames: Tensor) -> Tensor:
+    """torchvision's luma of float frames (N, 3, s, s) -> (N, 1, s, s)."""
+    r, g, b = frames.unbind(1)
+    return r.mul(0.2989).add_(g, alpha=0.587).add_(b, alpha=0.114).unsqueeze(1)
+
+
+def _blend_(frames: Tensor, other: Tensor, factor: float) -> Tensor:
+    """torchvision's _blend (frames * factor + other * (1 - factor), clamped), in place."""
+    return frames.mul_(factor).add_(other, alpha=1.0 - factor).clamp_(0, 1)
+
+
+def _sharpen_(frames: Tensor, factor: float) -> Tensor:
+    """torchvision's adjust_sharpness, in place: the interior blended with its blur by (1s around a 5) / 13, the
+    border kept. The kernel as a separable 3x3 box sum plus 4x the centre: torchvision's depthwise conv2d costs
+    ~1 ms per call here (oneDNN), the sums ~0.1 ms."""
+    rows = frames[..., :-2, :] + frames[..., 1:-1, :] + frames[..., 2:, :]
+    inner = frames[..., 1:-1, 1:-1]
+    blurred = (rows[..., :-2] + rows[..., 1:-1] + rows[..., 2:]).add_(inner, alpha=4).div_(13)
+    inner.add_(blurred.sub_(inner), alpha=1.0 - factor)
+    return frames.clamp_(0, 1)
+
+
+def _solarize_(frames: Tensor, threshold: float) -> Tensor:
+    """torchvision's solarize (1 - x where x >= threshold), in place: x * (1 - 2s) + s with s in {0, 1} gives x
+    and 1 - x exactly, and skips torch.where's CPU kernel (~5x slower than these passes here)."""
+    s = frames.ge(threshold).to(frames.dtype)
+    return frames.mul_(s.mul(-2).add_(1)).add_(s)
+
+
+def _posterize_(frames: Tensor, bits: int) -> Tensor:
+    """torchvision's posterize of float frames, in place."""
+    levels = 1 << bits
+    return frames.mul_(levels).floor_().clamp_(0, levels - 1).mul_(1.0 / levels)
+
+
 def _colour_op(name: str, magnitude: float) -> Callable[[Tensor], Tensor]:
-    """torchvision's photometric RandAugment op `name` at a signed magnitude, as its RandAugment applies it,
-    for a batch of float frames (N, 3, s, s) in [0, 1]."""
+    """torchvision's photometric RandAugment op `name` at a signed magnitude, as its RandAugment applies it, for
+    float frames (N, 3, s, s) in [0, 1] that the caller owns: in place where the op is a few passes (no new
+    tensor, no copy back; tests/test_batched_augment.py checks each against torchvision's functional op),
+    torchvision's own functional op otherwise."""
     ops: dict[str, Callable[[Tensor], Tensor]] = {
-        "Brightness": lambda v: TF.adjust_brightness(v, 1.0 + magnitude),
-        "Color": lambda v: TF.adjust_saturation(v, 1.0 + magnitude),
-        "Contrast": lambda v: TF.adjust_contrast(v, 1.0 + magnitude),
-        "Sharpness": lambda v: TF.adjust_sharpness(v, 1.0 + magnitude),
-        "Posterize": lambda v: TF.posterize(v, bits=int(magnitude)),
-        "Solarize": lambda v: TF.solarize(v, threshold=magnitude),
+        "Brightness": lambda v: v.mul_(1.0 + magnitude).clamp_(0, 1),
+        "Color": lambda v: _blend_(v, _gray(v), 1.0 + magnitude),
+        "Contrast": lambda v: _blend_(v, _gray(v).mean(dim=(-3, -2, -1), keepdim=True), 1.0 + magnitude),
+        "Sharpness": lambda v: _sharpen_(v, 1.0 + magnitude),
+        "Posterize": lambda v: _posterize_(v, int(magnitude)),
+        "Solarize": lambda v: _solarize_(v, magnitude),
         "AutoContrast": TF.autocontrast,
         "Equalize": TF.equalize,
     }
@@ -152,54 +187,71 @@ def _magnitude(name: str, level: int, side: int) -> float:
     return 0.0
 
 
-def _geometric_matrices(ops: Tensor, signs: Tensor, side: int, level: int) -> Tensor:
-    """(N, 2, 3) pixel-space forward maps of the geometric ops, as torchvision's RandAugment draws them: ShearX/Y
+def _geometric_maps(ops: np.ndarray, signs: np.ndarray, side: int, level: int) -> np.ndarray:
+    """(N, 3, 3) pixel-space forward maps of the geometric ops, as torchvision's RandAugment draws them: ShearX/Y
     about the top-left corner, TranslateX/Y by whole pixels, Rotate about the centre."""
     shear, shift, angle = (signs * _magnitude(name, level, side) for name in ("ShearX", "TranslateX", "Rotate"))
     # torchvision's conventions: a positive shear or angle maps the other way round; int(magnitude) pixels.
-    shear, shift, angle = -shear, shift.trunc(), -angle
-    m = torch.zeros(ops.shape[0], 2, 3, device=ops.device)
-    m[:, 0, 0] = m[:, 1, 1] = 1.0
-    m[:, 0, 1] = torch.where(ops == _OP["ShearX"], shear, 0.0)
-    m[:, 1, 0] = torch.where(ops == _OP["ShearY"], shear, 0.0)
-    m[:, 0, 2] = torch.where(ops == _OP["TranslateX"], shift, 0.0)
-    m[:, 1, 2] = torch.where(ops == _OP["TranslateY"], shift, 0.0)
+    shear, shift, rad = -shear, np.trunc(shift), np.deg2rad(-angle)
+    m = np.tile(np.eye(3), (len(ops), 1, 1))
+    m[:, 0, 1] = np.where(ops == _OP["ShearX"], shear, 0.0)
+    m[:, 1, 0] = np.where(ops == _OP["ShearY"], shear, 0.0)
+    m[:, 0, 2] = np.where(ops == _OP["TranslateX"], shift, 0.0)
+    m[:, 1, 2] = np.where(ops == _OP["TranslateY"], shift, 0.0)
     rotate = ops == _OP["Rotate"]
-    if rotate.any():
-        rad = torch.deg2rad(angle[rotate])
-        cos, sin, c = torch.cos(rad), torch.sin(rad), (side - 1) / 2
-        m[rotate] = torch.stack([torch.stack([cos, -sin, c - cos * c + sin * c], 1),
-                                 torch.stack([sin, cos, c - sin * c - cos * c], 1)], 1)
+    cos, sin, c = np.cos(rad[rotate]), np.sin(rad[rotate]), (side - 1) / 2
+    m[rotate, 0] = np.stack([cos, -sin, c - cos * c + sin * c], axis=1)
+    m[rotate, 1] = np.stack([sin, cos, c - sin * c - cos * c], axis=1)
     return m
 
 
-def _randaugment_round(x: Tensor, ops: Tensor, signs: Tensor, cfg: AugmentConfig) -> tuple[Tensor, Tensor]:
+def _sample(x: Tensor, theta: np.ndarray, side: int, **grid_sample: str | bool) -> Tensor:
+    """x (N, C, H, W) sampled onto side x side through theta (N, 2, 3): each output position's normalised
+    coordinates -> the input's (torch's affine_grid convention). One grid_sample call for the batch."""
+    corners = bool(grid_sample.get("align_corners", False))
+    grid = F.affine_grid(torch.from_numpy(theta).to(x.device, x.dtype), [x.shape[0], 1, side, side],
+                         align_corners=corners)
+    return F.grid_sample(x, grid, **grid_sample)
+
+
+def _geometric(x: Tensor, ops: np.ndarray, signs: np.ndarray, level: int) -> Tensor:
+    """The geometric RandAugment ops, one per clip of x (N, C, s, s), as one nearest-neighbour warp (zero fill)."""
+    side = x.shape[-1]
+    to_unit = np.array([[2 / (side - 1), 0, -1], [0, 2 / (side - 1), -1], [0, 0, 1]])  # pixel -> [-1, 1], corners
+    theta = to_unit @ np.linalg.inv(_geometric_maps(ops, signs, side, level)) @ np.linalg.inv(to_unit)
+    return _sample(x, theta[:, :2], side, mode="nearest", padding_mode="zeros", align_corners=True)
+
+
+_SIGNED = np.array([signed for _, signed in RANDAUGMENT_OPS])
+
+
+def _randaugment_round(x: Tensor, ops: np.ndarray, signs: np.ndarray, cfg: AugmentConfig
+                       ) -> tuple[Tensor, np.ndarray]:
     """One RandAugment op per clip of x (float (B, T*3, s, s) in [0, 1]): (the clips reordered by op and sign,
     with their ops applied; the order, as indices into x).
 
     Sorting the clips by (op, sign) makes each setting a contiguous slice, changed in place: the geometric
-    ops run as one nearest-neighbour warp (kornia, a matrix per clip) and each photometric (op, sign) as one
+    ops run as one nearest-neighbour warp (a matrix per clip) and each photometric (op, sign) as one
     torchvision call over the frames of its clips (the magnitude is fixed, so a pair is one setting)."""
     b, c, side, _ = x.shape
     t = c // 3
-    signed = torch.tensor([signed for _, signed in RANDAUGMENT_OPS])
-    key = ops * 2 + ((signs < 0) & signed[ops]).long()
-    order = key.argsort(stable=True)
-    x = x.index_select(0, order.to(x.device))
-    counts = torch.bincount(key, minlength=2 * len(RANDAUGMENT_OPS)).tolist()
-    starts = [0, *itertools.accumulate(counts)]
+    key = ops * 2 + ((signs < 0) & _SIGNED[ops])
+    order = np.argsort(key, kind="stable")
+    x = x.index_select(0, torch.from_numpy(order).to(x.device))
+    counts = np.bincount(key, minlength=2 * len(RANDAUGMENT_OPS))
+    starts = np.concatenate([[0], np.cumsum(counts)])
     frames = x.view(b * t, 3, side, side)
     first, last = starts[2 * _OP["ShearX"]], starts[2 * _OP["Rotate"] + 2]
     if last > first:
-        matrices = _geometric_matrices(ops[order[first:last]], signs[order[first:last]], side,
-                                       cfg.randaugment_magnitude).to(x.device)
-        x[first:last] = warp_affine(x[first:last], matrices, (side, side), mode="nearest", align_corners=True)
-    for k, count in enumerate(counts):
-        if count and k // 2 > _OP["Rotate"]:
-            name = RANDAUGMENT_OPS[k // 2][0]
-            fn = _colour_op(name, (-1.0 if k % 2 else 1.0) * _magnitude(name, cfg.randaugment_magnitude, side))
-            rows = slice(starts[k] * t, (starts[k] + count) * t)
-            frames[rows] = fn(frames[rows])
+        moved = order[first:last]
+        x[first:last] = _geometric(x[first:last], ops[moved], signs[moved], cfg.randaugment_magnitude)
+    for k in np.flatnonzero(counts[2 * _OP["Rotate"] + 2:]) + 2 * _OP["Rotate"] + 2:
+        name = RANDAUGMENT_OPS[k // 2][0]
+        fn = _colour_op(name, (-1.0 if k % 2 else 1.0) * _magnitude(name, cfg.randaugment_magnitude, side))
+        group = frames[starts[k] * t : starts[k + 1] * t]
+        done = fn(group)
+        if done.data_ptr() != group.data_ptr():  # an op that made a new tensor rather than work in place
+            group.copy_(done)
     return x, order
 
 
@@ -211,38 +263,41 @@ def _kept(boxes: Tensor, side: int, device: torch.device) -> Tensor:
     return (~((ys >= top) & (ys < top + h) & (xs >= left) & (xs < left + w))).float()
 
 
-def _crop_matrices(crop: Tensor, flip: Tensor, side: int) -> Tensor:
-    """(B, 2, 3) pixel-space maps from each clip's crop box (optionally mirrored) onto the side x side view."""
-    top, left, h, w = crop.float().unbind(1)
-    sx, sy = (side - 1) / (w - 1).clamp(min=1), (side - 1) / (h - 1).clamp(min=1)
-    mirror = torch.where(flip, -1.0, 1.0)
-    m = torch.zeros(crop.shape[0], 2, 3)
-    m[:, 0, 0] = mirror * sx
-    m[:, 0, 2] = torch.where(flip, side - 1 + sx * left, -sx * left)
-    m[:, 1, 1] = sy
-    m[:, 1, 2] = -sy * top
-    return m
+def _crop_theta(crop: np.ndarray, flip: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(B, 2, 3) affine_grid maps (align_corners=False) of each clip's crop box, mirrored where flipped: output
+    pixel u samples the frame at left + (u + 1/2) * w / side - 1/2, torchvision's resize positions."""
+    top, left, h, w = crop.T.astype(np.float64)
+    theta = np.zeros((len(crop), 2, 3))
+    theta[:, 0, 0] = np.where(flip, -w / width, w / width)
+    theta[:, 0, 2] = (2 * left + w) / width - 1
+    theta[:, 1, 1] = h / height
+    theta[:, 1, 2] = (2 * top + h) / height - 1
+    return theta
 
 
 def _view(frames: Tensor, t: int, params: ViewParams, cfg: AugmentConfig) -> Tensor:
     """Float frames (B, T*3, H, W) in [0, 1] -> one normalised view (B, 3, T, crop, crop)."""
-    b, side = frames.shape[0], cfg.crop_size
-    matrices = _crop_matrices(params.crop, params.flip, side).to(frames.device)
-    x = warp_affine(frames, matrices, (side, side), align_corners=True)
-    order = torch.arange(b)
-    for r in range(params.ops.shape[1]):
-        x, moved = _randaugment_round(x, params.ops[order, r], params.signs[order, r], cfg)
+    b, _, height, width = frames.shape
+    side = cfg.crop_size
+    theta = _crop_theta(params.crop.numpy(), params.flip.numpy(), height, width)
+    x = _sample(frames, theta, side, mode="bilinear", padding_mode="border", align_corners=False)
+    order = np.arange(b)
+    ops, signs = params.ops.numpy(), params.signs.numpy()
+    for r in range(ops.shape[1]):
+        x, moved = _randaugment_round(x, ops[order, r], signs[order, r], cfg)
         order = order[moved]
     mean = torch.tensor(MEAN, device=x.device).view(3, 1, 1)
     std = torch.tensor(STD, device=x.device).view(3, 1, 1)
     scale = 1 / std
     if params.erase[:, 2].any():  # erasing fills 0 before normalisation: a scale of 0 inside the box
-        scale = scale * _kept(params.erase[order], side, x.device)
-    x = torch.addcmul(-mean / std, x.view(b, t, 3, side, side), scale)  # normalised (and erased) in one pass
-    if not params.ops.shape[1]:
-        return x.transpose(1, 2).contiguous()
-    # Back to the clips' order, while making the (B, 3, T, s, s) layout.
-    return torch.empty((b, 3, t, side, side), device=x.device).index_copy_(0, order.to(x.device), x.transpose(1, 2))
+        scale = scale * _kept(params.erase, side, x.device)
+    out = torch.empty((b, 3, t, side, side), device=x.device)
+    target = out.transpose(1, 2)  # (B, T, 3, s, s): x's layout, written into the model's (B, 3, T) one
+    source = x.view(b, t, 3, side, side)
+    if ops.shape[1]:  # RandAugment reordered the clips: back to their order first, then normalised in place
+        source = target.index_copy_(0, torch.from_numpy(order).to(x.device), source)
+    torch.addcmul(-mean / std, source, scale, out=target)  # normalised (and erased) in one pass
+    return out
 
 
 def apply_views(clips: Tensor, params: Sequence[ViewParams], cfg: AugmentConfig) -> list[Tensor]:
