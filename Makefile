@@ -33,10 +33,9 @@ lock:
 
 # Wheels of what the GPU machine lacks for bench.gpu_step (it has torch and torchvision), at the lock's versions, into
 # .device-wheels/ (git-ignored), which the device tool carries (docs/benchmarks.md: GPU step): the pure-Python ones
-# built here (pytorchvideo and fvcore are source releases), the compiled ones for Python 3.11-3.13 (kornia 0.9 needs
-# 3.11).
-DEVICE_PURE := kornia pytorchvideo fvcore iopath portalocker tabulate termcolor yacs tqdm
-DEVICE_BINARY := kornia-rs pyyaml
+# built here (pytorchvideo and fvcore are source releases), the compiled one (pyyaml) for Python 3.11-3.13.
+DEVICE_PURE := pytorchvideo fvcore iopath portalocker tabulate termcolor yacs tqdm
+DEVICE_BINARY := pyyaml
 device-wheels: $(STAMP)
 	rm -rf .device-wheels && mkdir -p .device-wheels
 	$(BIN)/pip wheel -q --no-deps -w .device-wheels \

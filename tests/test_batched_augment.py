@@ -129,3 +129,20 @@ def test_erasing_zeroes_the_box_in_every_frame() -> None:
     inside[4:14, 6:18] = True
     assert torch.allclose(frames[:, :, inside], torch.tensor(0.0), atol=1e-5)
     assert torch.allclose(frames[:, :, ~inside], torch.tensor(200 / 255), atol=1e-5)
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_an_enlarged_crop_samples_where_torchvisions_resize_does(flip: bool) -> None:
+    """Enlarging, antialiasing does nothing: the crop must equal torchvision's bilinear resize of the box (the
+    frame's edges clamped, as torchvision clamps)."""
+    g = torch.Generator().manual_seed(7)
+    clips = torch.randint(0, 256, (1, 2, 24, 30, 3), dtype=torch.uint8, generator=g)
+    cfg = AugmentConfig(crop_size=40, randaugment_ops=0)
+    params = ba.ViewParams(crop=torch.tensor([[0, 0, 24, 30]]), flip=torch.tensor([flip]),
+                           ops=torch.zeros(1, 0, dtype=torch.long), signs=torch.zeros(1, 0),
+                           erase=torch.zeros(1, 4, dtype=torch.long))
+    frames = clips[0].permute(0, 3, 1, 2).float() / 255
+    expected = TF.resize(frames, [40, 40], antialias=True)
+    if flip:
+        expected = TF.horizontal_flip(expected)
+    torch.testing.assert_close(_frames_of(ba.apply_view(clips, params, cfg)[0]), expected, atol=1e-5, rtol=0)

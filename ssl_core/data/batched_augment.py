@@ -5,13 +5,16 @@ The views are those of FixMatch on video (the per-clip torchvision reference is 
   strong = weak + RandAugment (randaugment_ops ops per clip, each one of torchvision's 14 at
            randaugment_magnitude of 31 bins, signed ops flipped with probability 1/2) + erasing
            (probability erasing_p, area 2-33 %, aspect 0.3-3.3, filled with 0 before normalisation).
-Parameters are drawn per clip on the CPU (`draw_view`, from a torch.Generator: seeded runs repeat) and shared by
-the clip's frames (motion stays intact). The ops run on the clips' device, each once for the batch: the crop and
-flip as one bilinear warp (kornia, a matrix per clip, frames folded into channels); per RandAugment round the clips
-are sorted by (op, sign), the geometric ops then run as one nearest-neighbour warp and each photometric setting as
-one torchvision call on its slice (the magnitude is fixed, so an (op, sign) pair is one setting); the erased boxes
-as one mask. Differences from the reference: a bilinear crop without antialiasing, float instead of uint8
-RandAugment (rounding), nothing else (tests/test_batched_augment.py checks each op against torchvision's).
+Parameters are drawn per clip on the CPU (`draw_view`, NumPy seeded from a torch.Generator: seeded runs repeat)
+and shared by the clip's frames (motion stays intact). The ops run on the clips' device, each once for the batch:
+the crop and flip as one bilinear grid_sample (an affine map per clip, frames folded into channels, sampled at
+torchvision's resize positions); per RandAugment round the clips are sorted by (op, sign), the geometric ops then
+run as one nearest-neighbour grid_sample and each photometric setting as one call on its slice, in place (the
+magnitude is fixed, so an (op, sign) pair is one setting); the erased boxes as a zero scale in the normalisation.
+Differences from the reference: no antialiasing when a crop is shrunk (the default sizes resize crops by
+0.9-1.5x: it barely acts there), float instead of uint8 RandAugment (rounding); tests/test_batched_augment.py
+checks the crop and each op against torchvision's. On a CPU the cost is memory passes over the batch
+(bench.augment_speed, docs/benchmarks.md).
 
 Try it:
     python -c "import torch; from ssl_core.data.transforms import AugmentConfig; \
@@ -231,8 +234,8 @@ def _randaugment_round(x: Tensor, ops: np.ndarray, signs: np.ndarray, cfg: Augme
     with their ops applied; the order, as indices into x).
 
     Sorting the clips by (op, sign) makes each setting a contiguous slice, changed in place: the geometric
-    ops run as one nearest-neighbour warp (a matrix per clip) and each photometric (op, sign) as one
-    torchvision call over the frames of its clips (the magnitude is fixed, so a pair is one setting)."""
+    ops run as one nearest-neighbour warp (a matrix per clip) and each photometric (op, sign) as one call over
+    the frames of its clips (the magnitude is fixed, so a pair is one setting)."""
     b, c, side, _ = x.shape
     t = c // 3
     key = ops * 2 + ((signs < 0) & _SIGNED[ops])
@@ -276,19 +279,21 @@ def _crop_theta(crop: np.ndarray, flip: np.ndarray, height: int, width: int) -> 
 
 
 def _view(frames: Tensor, t: int, params: ViewParams, cfg: AugmentConfig) -> Tensor:
-    """Float frames (B, T*3, H, W) in [0, 1] -> one normalised view (B, 3, T, crop, crop)."""
+    """Float frames (B, T*3, H, W) in 0..255 -> one normalised view (B, 3, T, crop, crop)."""
     b, _, height, width = frames.shape
     side = cfg.crop_size
     theta = _crop_theta(params.crop.numpy(), params.flip.numpy(), height, width)
     x = _sample(frames, theta, side, mode="bilinear", padding_mode="border", align_corners=False)
     order = np.arange(b)
     ops, signs = params.ops.numpy(), params.signs.numpy()
+    if ops.shape[1]:
+        x.mul_(1 / 255)  # RandAugment's ops work on [0, 1]
     for r in range(ops.shape[1]):
         x, moved = _randaugment_round(x, ops[order, r], signs[order, r], cfg)
         order = order[moved]
     mean = torch.tensor(MEAN, device=x.device).view(3, 1, 1)
     std = torch.tensor(STD, device=x.device).view(3, 1, 1)
-    scale = 1 / std
+    scale = 1 / std if ops.shape[1] else 1 / (255 * std)
     if params.erase[:, 2].any():  # erasing fills 0 before normalisation: a scale of 0 inside the box
         scale = scale * _kept(params.erase, side, x.device)
     out = torch.empty((b, 3, t, side, side), device=x.device)
@@ -305,10 +310,9 @@ def apply_views(clips: Tensor, params: Sequence[ViewParams], cfg: AugmentConfig)
     on the clips' device. The clips become float once for all their views."""
     check_clips(clips)
     b, t, height, width, _ = clips.shape
-    # Frames folded into channels (one sampling grid per clip serves all its frames), scaled to [0, 1] in the
-    # same pass.
-    frames = torch.div(clips.permute(0, 1, 4, 2, 3), 255, out=torch.empty((b, t, 3, height, width),
-                                                                           device=clips.device))
+    # Frames folded into channels (one sampling grid per clip serves all its frames); still 0..255: a plain
+    # conversion costs half a scaling one, and the scale joins a later pass (the crop is linear).
+    frames = torch.empty((b, t, 3, height, width), device=clips.device).copy_(clips.permute(0, 1, 4, 2, 3))
     return [_view(frames.view(b, t * 3, height, width), t, p, cfg) for p in params]
 
 
