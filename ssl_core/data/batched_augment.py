@@ -8,9 +8,9 @@ The views are those of FixMatch on video (the per-clip torchvision reference is 
 Parameters are drawn per clip on the CPU (`draw_view`, NumPy seeded from a torch.Generator: seeded runs repeat)
 and shared by the clip's frames (motion stays intact). The ops run on the clips' device, each once for the batch:
 the crop and flip as one bilinear grid_sample (an affine map per clip, frames folded into channels, sampled at
-torchvision's resize positions); per RandAugment round the clips are sorted by (op, sign), the geometric ops then
-run as one nearest-neighbour grid_sample and each photometric setting as one call on its slice, in place (the
-magnitude is fixed, so an (op, sign) pair is one setting); the erased boxes as a zero scale in the normalisation.
+torchvision's resize positions); per RandAugment round the geometric ops as one nearest-neighbour grid_sample of
+their clips and each photometric setting (op, sign: the magnitude is fixed) as one call over its clips, in place
+where the op allows; the erased boxes as a zero scale in the normalisation.
 Differences from the reference: no antialiasing when a crop is shrunk (the default sizes resize crops by
 0.9-1.5x: it barely acts there), float instead of uint8 RandAugment (rounding); tests/test_batched_augment.py
 checks the crop and each op against torchvision's. On a CPU the cost is memory passes over the batch
@@ -228,34 +228,35 @@ def _geometric(x: Tensor, ops: np.ndarray, signs: np.ndarray, level: int) -> Ten
 _SIGNED = np.array([signed for _, signed in RANDAUGMENT_OPS])
 
 
-def _randaugment_round(x: Tensor, ops: np.ndarray, signs: np.ndarray, cfg: AugmentConfig
-                       ) -> tuple[Tensor, np.ndarray]:
-    """One RandAugment op per clip of x (float (B, T*3, s, s) in [0, 1]): (the clips reordered by op and sign,
-    with their ops applied; the order, as indices into x).
+def _apply_to_rows(x: Tensor, rows: np.ndarray, fn: Callable[[Tensor], Tensor]) -> None:
+    """x[rows] = fn(x[rows]) for clips `rows` (ascending) of x, in one call: on x's own slice when the rows are
+    one run (most settings hold one clip), else on a gathered copy scattered back."""
+    if rows[-1] - rows[0] + 1 == len(rows):
+        part = x[rows[0] : rows[-1] + 1]
+        done = fn(part)
+        if done.data_ptr() != part.data_ptr():  # an op that made a new tensor rather than work in place
+            part.copy_(done)
+        return
+    index = torch.from_numpy(rows).to(x.device)
+    x.index_copy_(0, index, fn(x.index_select(0, index)))
 
-    Sorting the clips by (op, sign) makes each setting a contiguous slice, changed in place: the geometric
-    ops run as one nearest-neighbour warp (a matrix per clip) and each photometric (op, sign) as one call over
-    the frames of its clips (the magnitude is fixed, so a pair is one setting)."""
+
+def _randaugment_round(x: Tensor, ops: np.ndarray, signs: np.ndarray, cfg: AugmentConfig) -> None:
+    """One RandAugment op per clip of x (float (B, T*3, s, s) in [0, 1]), in place: the geometric ops as one
+    nearest-neighbour warp of their clips (a matrix per clip), each photometric (op, sign) as one call over the
+    frames of its clips (the magnitude is fixed, so a pair is one setting). Clips stay where they are: sorting
+    them by setting would cost two passes over the batch per round (there and back), on a CPU more than the
+    ops themselves."""
     b, c, side, _ = x.shape
-    t = c // 3
+    level = cfg.randaugment_magnitude
+    geometric = np.flatnonzero((ops >= _OP["ShearX"]) & (ops <= _OP["Rotate"]))
+    if len(geometric):
+        _apply_to_rows(x, geometric, lambda v: _geometric(v, ops[geometric], signs[geometric], level))
     key = ops * 2 + ((signs < 0) & _SIGNED[ops])
-    order = np.argsort(key, kind="stable")
-    x = x.index_select(0, torch.from_numpy(order).to(x.device))
-    counts = np.bincount(key, minlength=2 * len(RANDAUGMENT_OPS))
-    starts = np.concatenate([[0], np.cumsum(counts)])
-    frames = x.view(b * t, 3, side, side)
-    first, last = starts[2 * _OP["ShearX"]], starts[2 * _OP["Rotate"] + 2]
-    if last > first:
-        moved = order[first:last]
-        x[first:last] = _geometric(x[first:last], ops[moved], signs[moved], cfg.randaugment_magnitude)
-    for k in np.flatnonzero(counts[2 * _OP["Rotate"] + 2:]) + 2 * _OP["Rotate"] + 2:
+    for k in np.unique(key[ops > _OP["Rotate"]]):
         name = RANDAUGMENT_OPS[k // 2][0]
-        fn = _colour_op(name, (-1.0 if k % 2 else 1.0) * _magnitude(name, cfg.randaugment_magnitude, side))
-        group = frames[starts[k] * t : starts[k + 1] * t]
-        done = fn(group)
-        if done.data_ptr() != group.data_ptr():  # an op that made a new tensor rather than work in place
-            group.copy_(done)
-    return x, order
+        fn = _colour_op(name, (-1.0 if k % 2 else 1.0) * _magnitude(name, level, side))
+        _apply_to_rows(x, np.flatnonzero(key == k), lambda v, fn=fn: fn(v.view(-1, 3, side, side)).view(v.shape))
 
 
 def _kept(boxes: Tensor, side: int, device: torch.device) -> Tensor:
@@ -284,24 +285,19 @@ def _view(frames: Tensor, t: int, params: ViewParams, cfg: AugmentConfig) -> Ten
     side = cfg.crop_size
     theta = _crop_theta(params.crop.numpy(), params.flip.numpy(), height, width)
     x = _sample(frames, theta, side, mode="bilinear", padding_mode="border", align_corners=False)
-    order = np.arange(b)
     ops, signs = params.ops.numpy(), params.signs.numpy()
     if ops.shape[1]:
         x.mul_(1 / 255)  # RandAugment's ops work on [0, 1]
     for r in range(ops.shape[1]):
-        x, moved = _randaugment_round(x, ops[order, r], signs[order, r], cfg)
-        order = order[moved]
+        _randaugment_round(x, ops[:, r], signs[:, r], cfg)
     mean = torch.tensor(MEAN, device=x.device).view(3, 1, 1)
     std = torch.tensor(STD, device=x.device).view(3, 1, 1)
     scale = 1 / std if ops.shape[1] else 1 / (255 * std)
     if params.erase[:, 2].any():  # erasing fills 0 before normalisation: a scale of 0 inside the box
         scale = scale * _kept(params.erase, side, x.device)
     out = torch.empty((b, 3, t, side, side), device=x.device)
-    target = out.transpose(1, 2)  # (B, T, 3, s, s): x's layout, written into the model's (B, 3, T) one
-    source = x.view(b, t, 3, side, side)
-    if ops.shape[1]:  # RandAugment reordered the clips: back to their order first, then normalised in place
-        source = target.index_copy_(0, torch.from_numpy(order).to(x.device), source)
-    torch.addcmul(-mean / std, source, scale, out=target)  # normalised (and erased) in one pass
+    # Normalised (and erased) in one pass, written straight into the model's (B, 3, T) layout.
+    torch.addcmul(-mean / std, x.view(b, t, 3, side, side), scale, out=out.transpose(1, 2))
     return out
 
 
