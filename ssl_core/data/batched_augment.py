@@ -290,8 +290,10 @@ def _view(frames: Tensor, t: int, params: ViewParams, cfg: AugmentConfig) -> Ten
         x.mul_(1 / 255)  # RandAugment's ops work on [0, 1]
     for r in range(ops.shape[1]):
         _randaugment_round(x, ops[:, r], signs[:, r], cfg)
-    mean = torch.tensor(MEAN, device=x.device).view(3, 1, 1)
-    std = torch.tensor(STD, device=x.device).view(3, 1, 1)
+    # Per-channel constants spelled out over a whole frame: broadcast within the frame, they keep the CPU's
+    # element-wise loop off its vectorised path (0.54 vs 0.31 ms for 16 clips here).
+    mean = torch.tensor(MEAN, device=x.device).view(3, 1, 1).expand(3, side, side).contiguous()
+    std = torch.tensor(STD, device=x.device).view(3, 1, 1).expand(3, side, side).contiguous()
     scale = 1 / std if ops.shape[1] else 1 / (255 * std)
     if params.erase[:, 2].any():  # erasing fills 0 before normalisation: a scale of 0 inside the box
         scale = scale * _kept(params.erase, side, x.device)
