@@ -2,13 +2,15 @@
 
     python -m bench.augment_speed                      # this machine's CPU: bench_accuracy's shapes (8 + 16 clips)
     python -m bench.augment_speed --device cuda --batch 8 --mu 3 --size 256 --crop 224   # bench.gpu_step's shapes
+    python -m bench.augment_speed --malloc-default     # glibc's allocator defaults, not the training process's
 
 A FixMatch batch is the labeled clips' weak view plus the unlabeled clips' weak and strong views, from uint8
 clips (B, T, H, W, 3) already on the device. Contestants: the per-clip loop (torchvision.transforms.v2, one
 call per clip: ssl_core.data.transforms.augment_per_clip, what the step used before) and the batched views
 (ssl_core.data.batched_augment, one kernel per op for the batch). They alternate, `--repeats` rounds of
 `--steps` batches each; the figure is the median over rounds of per-clip time / batched time. Torch threads:
-the default (all cores) unless `--threads`.
+the default (all cores) unless `--threads`. The process keeps freed memory as the training processes do
+(`scaling.keep_freed_memory`, ssl_core/allocator.py) unless `--malloc-default`.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 
 import torch
 
+from ssl_core.allocator import keep_freed_memory
 from ssl_core.data import batched_augment
 from ssl_core.data.transforms import AugmentConfig, augment_per_clip, strong_transform, weak_transform
 
@@ -75,14 +78,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=7, help="alternating rounds")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--malloc-default", action="store_true",
+                        help="leave glibc's allocator thresholds alone (training raises them)")
     args = parser.parse_args(argv)
+    kept = not args.malloc_default and keep_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     r = compare(batch=args.batch, mu=args.mu, frames=args.frames, size=args.size, crop=args.crop, device=device,
                 steps=args.steps, repeats=args.repeats)
     print(f"FixMatch batch ({args.batch} labeled + {args.batch * args.mu} unlabeled clips, {args.frames} x "
-          f"{args.size}^2 -> {args.crop}^2) on {device}, {torch.get_num_threads()} torch threads: per-clip loop "
+          f"{args.size}^2 -> {args.crop}^2) on {device}, {torch.get_num_threads()} torch threads, freed memory "
+          f"{'kept' if kept else 'returned (allocator defaults)'}: per-clip loop "
           f"{r['per_clip_ms']:.1f} ms, batched {r['batched_ms']:.1f} ms")
     print(f"batched_vs_per_clip={r['speedup']:.2f}")
     return 0

@@ -144,6 +144,9 @@ class ScalingConfig:
     cpus_per_worker: float = 1.0
     # torch intra-op threads per worker.
     torch_threads: int = 1
+    # Training processes keep freed memory for reuse (glibc malloc thresholds raised: ssl_core/allocator.py), so
+    # a step's big tensors are not page-faulted in afresh every step. Off: the allocator's defaults.
+    keep_freed_memory: bool = True
     # Worker-group restarts (from the latest checkpoint) after a training worker dies; -1: unlimited, 0: none.
     max_failures: int = 2
     # How Ray places the training workers: PACK fills a node first; SPREAD puts them on different nodes where
