@@ -44,6 +44,7 @@ RANDAUGMENT_OPS: tuple[tuple[str, bool], ...] = (
     ("Posterize", False), ("Solarize", False), ("AutoContrast", False), ("Equalize", False),
 )
 _OP = {name: i for i, (name, _) in enumerate(RANDAUGMENT_OPS)}
+_SIGNED = np.array([signed for _, signed in RANDAUGMENT_OPS])
 _BINS = 31  # torchvision's num_magnitude_bins
 _TRIES = 10  # torchvision's attempts at a crop / erase box before its fallback
 
@@ -225,9 +226,6 @@ def _geometric(x: Tensor, ops: np.ndarray, signs: np.ndarray, level: int) -> Ten
     return _sample(x, theta[:, :2], side, mode="nearest", padding_mode="zeros", align_corners=True)
 
 
-_SIGNED = np.array([signed for _, signed in RANDAUGMENT_OPS])
-
-
 def _apply_to_rows(x: Tensor, rows: np.ndarray, fn: Callable[[Tensor], Tensor]) -> None:
     """x[rows] = fn(x[rows]) for clips `rows` (ascending) of x, in one call: on x's own slice when the rows are
     one run (most settings hold one clip), else on a gathered copy scattered back."""
@@ -247,7 +245,7 @@ def _randaugment_round(x: Tensor, ops: np.ndarray, signs: np.ndarray, cfg: Augme
     frames of its clips (the magnitude is fixed, so a pair is one setting). Clips stay where they are: sorting
     them by setting would cost two passes over the batch per round (there and back), on a CPU more than the
     ops themselves."""
-    b, c, side, _ = x.shape
+    side = x.shape[-1]
     level = cfg.randaugment_magnitude
     geometric = np.flatnonzero((ops >= _OP["ShearX"]) & (ops <= _OP["Rotate"]))
     if len(geometric):
