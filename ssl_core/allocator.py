@@ -16,6 +16,10 @@ from __future__ import annotations
 
 import ctypes
 import platform
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ssl_core.config import ScalingConfig
 
 # glibc's mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD = -1
@@ -31,3 +35,9 @@ def keep_freed_memory() -> bool:
         return False
     libc = ctypes.CDLL("libc.so.6")
     return bool(libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_ABOVE)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, _KEEP_BYTES))
+
+
+def configure(scaling: ScalingConfig) -> bool:
+    """The process's allocator as `scaling.keep_freed_memory` asks (called where a training process starts);
+    True if freed memory is now kept."""
+    return scaling.keep_freed_memory and keep_freed_memory()

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ssl_core import allocator
 from ssl_core.algorithms import get_algorithm
 from ssl_core.algorithms.registry import Algorithm, StepOutput
-from ssl_core.allocator import keep_freed_memory
 from ssl_core.checkpoint import load_checkpoint_model, unwrap
 from ssl_core.config import Config, load_config
 from ssl_core.data.batched_augment import unlabeled_views, weak_view
@@ -295,8 +295,7 @@ def run_local(
     `evaluate=False`: speed measurements), the last `train.log_every` window's mean step metrics (`end/...`)
     and clips/s. `say` receives the text lines (weights loaded, clip cache, each log window's means);
     `on_window(step, means)` each log window's means too (e.g. for MLflow)."""
-    if cfg.scaling.keep_freed_memory:
-        keep_freed_memory()
+    allocator.configure(cfg.scaling)
     from ssl_core.data.clip_cache import cache_for_config
     from ssl_core.data.decode import decode_eval_clips
     from ssl_core.data.prepare import prepare_data

@@ -9,11 +9,13 @@ import sys
 
 import pytest
 
+from ssl_core import allocator
 from ssl_core.allocator import keep_freed_memory
 from ssl_core.config import Config
 
 _SCRIPT = """
 import sys, torch
+from ssl_core import allocator
 from ssl_core.allocator import keep_freed_memory
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
@@ -45,3 +47,9 @@ def test_freed_memory_stays_in_the_process_only_when_kept() -> None:
 def test_keeping_is_on_by_default_and_reports_success() -> None:
     assert Config().scaling.keep_freed_memory
     assert keep_freed_memory()
+
+
+def test_configure_follows_the_setting() -> None:
+    from ssl_core.config import ScalingConfig
+
+    assert allocator.configure(ScalingConfig(keep_freed_memory=False)) is False

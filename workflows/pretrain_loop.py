@@ -23,7 +23,7 @@ import ray.train.torch
 import torch
 from torch import Tensor, nn
 
-from ssl_core.allocator import keep_freed_memory
+from ssl_core import allocator
 from ssl_core.checkpoint import load_training_state
 from ssl_core.config import Config
 from ssl_core.loop import build_optimizer
@@ -78,8 +78,7 @@ def pretrain_loop_per_worker(loop_config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
     torch.set_num_threads(cfg.scaling.torch_threads)
-    if cfg.scaling.keep_freed_memory:
-        keep_freed_memory()
+    allocator.configure(cfg.scaling)
     device = ray.train.torch.get_device()
     checkpoint = ray.train.get_checkpoint()
     # The same seed on every worker: identical initial weights, momentum encoder and queue (DDP also broadcasts

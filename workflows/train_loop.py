@@ -23,8 +23,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from ssl_core import allocator
 from ssl_core.algorithms import get_algorithm
-from ssl_core.allocator import keep_freed_memory
 from ssl_core.checkpoint import (
     load_training_state,
     model_meta,
@@ -107,8 +107,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
     torch.set_num_threads(cfg.scaling.torch_threads)
-    if cfg.scaling.keep_freed_memory:
-        keep_freed_memory()
+    allocator.configure(cfg.scaling)
     torch.manual_seed(cfg.train.seed * 1000 + rank)
     device = ray.train.torch.get_device()
     names = model_names(cfg)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ssl_core.allocator import keep_freed_memory
+from ssl_core import allocator
 from ssl_core.data.clip_cache import ClipCache
 from ssl_core.data.decode import DecodeError
 from ssl_core.data.manifest import VideoRecord
@@ -99,8 +99,7 @@ def run_local_pretrain(setup: PretrainSetup, *, device: str = "cpu", decode_thre
     from ssl_core.schedule import build_scheduler
 
     cfg, p, t = setup.base, setup.pretrain, setup.base.train
-    if cfg.scaling.keep_freed_memory:
-        keep_freed_memory()
+    allocator.configure(cfg.scaling)
     torch.manual_seed(t.seed)
     if run_dir is None:
         name = cfg.tracking.run_name or stamped(f"pretrain-{p.objective}-local")
