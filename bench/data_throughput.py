@@ -1,7 +1,7 @@
 """Video pipeline throughput, side by side on the same clips: raw PyAV vs vidssl's Ray Data pipeline vs
 pytorchvideo vs ray.data.read_videos; then the pipeline's memory as the manifest grows.
 
-    python -m bench.data_throughput            # ~6-9 min on 2 cores (+1.5 min to generate the videos once)
+    python -m bench.data_throughput            # ~3.5 min on 2 cores (+1.5 min to generate the videos once)
     python -m bench.data_throughput --quick    # < 60 s: 1 repeat, no memory or 100k-row runs
 
 Every contestant decodes the same generated videos into clips of the same T, stride and short side (centre
@@ -22,8 +22,9 @@ Then (full run only) the pipeline streams a fixed number of clips from manifests
 and the object store's use; and it times reading a 100,000-row manifest up to the first decoded batch.
 
 Rates are steady-state clips/s: from the first batch to the last (what a long training run sees); the time to
-the first batch is its own column. The last line is the figure:
-`pipeline_vs_raw=<b / (a * cpus)> pipeline_vs_pytorchvideo=<b / c>`.
+the first batch is its own column. Every contestant's processes are started before its rate is taken (the
+pipeline's Ray workers by an untimed warm-up stream, kept alive by a worker soft limit: see main). The last
+line is the figure: `pipeline_vs_raw=<b / (a * cpus)> pipeline_vs_pytorchvideo=<b / c>`.
 Results also go to bench/out/data_throughput.json.
 """
 
@@ -175,6 +176,18 @@ def run_pipeline(cfg: Config, records: Sequence[VideoRecord], n: int, delay_s: f
                  ) -> tuple[float, float, tuple[int, ...]]:
     ds = pipeline_stream(cfg, records)
     return consume(ds.iter_batches(batch_size=cfg.train.batch_size, batch_format="numpy"), n, "clip", delay_s)
+
+
+# Worker processes kept beyond the decode slots: Ray Data's and the skip counter's actors, a spare.
+WORKER_SLACK = 4
+
+
+def warm_workers(root: Path, spec: ClipSpec, records: Sequence[VideoRecord], slots: int) -> None:
+    """A worker process for every decode slot, started before anything is timed: two 64-row tasks per slot
+    (spans are workflows.data._MIN_BLOCK_ROWS rows), at the default decode_cpus. With one per slot, the last
+    slot's process was still missing: Ray Data starts one task, and the others when its output is in."""
+    rows = 2 * slots * 64
+    run_pipeline(pipeline_config(root, spec, rows, 64, DataConfig().decode_cpus), records, rows)
 
 
 def _resize_crop(frames: Any, size: int) -> Any:  # (T, C, H, W) float 0..255 -> (T, size, size, 3) uint8
@@ -396,17 +409,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     wall = time.perf_counter()
     base = make_videos(args.work / "videos", classes=4, per_class=3 if args.quick else 16, frames=video_frames,
                        side=args.video_size, fps=spec.fps)
-    ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    decode_cpus = DataConfig().decode_cpus
+    slots = math.ceil(args.cpus / decode_cpus)
+    # Ray keeps num_cpus idle worker processes and ends the others after 1 s idle: the default's two decode
+    # tasks per core lost half their processes while raw or pytorchvideo ran, and their restart (~2 s of CPU
+    # each here) fell inside the next timed stream (--quick: 0.72-0.77 of raw). Processes start once per
+    # training run; raw's process and pytorchvideo's forked workers are warm when their rates are taken.
+    ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False, configure_logging=False,
+             _system_config={"num_workers_soft_limit": slots + WORKER_SLACK})
     ray.data.DataContext.get_current().enable_progress_bars = False
-    cfg = pipeline_config(args.work / "videos", spec, clips, args.batch, decode_cpus=DataConfig().decode_cpus)
+    cfg = pipeline_config(args.work / "videos", spec, clips, args.batch, decode_cpus=decode_cpus)
     clip_list = the_clips(cfg, base, clips)
     print(f"{len(base)} videos of {video_frames} frames, short side {args.video_size}, a keyframe each second; "
           f"clips of {spec.num_frames} x {spec.size}^2 at stride {spec.stride}; {args.cpus} CPU processes; "
           f"{clips} clips x {repeats} repeats")
 
-    # Ray's worker processes start once per session, not per dataset: start them before timing anything.
-    warm = pipeline_config(args.work / "videos", spec, 128, 64, DataConfig().decode_cpus)
-    timed("warm-up", lambda: run_pipeline(warm, base, 128))
+    timed("warm-up", lambda: warm_workers(args.work / "videos", spec, base, slots))
     cfg_one = pipeline_config(args.work / "videos", spec, clips, args.batch, decode_cpus=1.0)
     names = ["raw", "pipeline", "pytorchvideo", *([] if args.quick else ["pipeline_1cpu"]), "read_videos"]
     rates: dict[str, list[float]] = {name: [] for name in names}
