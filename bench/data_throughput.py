@@ -182,12 +182,15 @@ def run_pipeline(cfg: Config, records: Sequence[VideoRecord], n: int, delay_s: f
 WORKER_SLACK = 4
 
 
-def warm_workers(root: Path, spec: ClipSpec, records: Sequence[VideoRecord], slots: int) -> None:
-    """A worker process for every decode slot, started before anything is timed: two 64-row tasks per slot
-    (spans are workflows.data._MIN_BLOCK_ROWS rows), at the default decode_cpus. With one per slot, the last
-    slot's process was still missing: Ray Data starts one task, and the others when its output is in."""
-    rows = 2 * slots * 64
-    run_pipeline(pipeline_config(root, spec, rows, 64, DataConfig().decode_cpus), records, rows)
+def warm_workers(root: Path, spec: ClipSpec, records: Sequence[VideoRecord], slots: int, decode_cpus: float
+                 ) -> None:
+    """A worker process for every decode slot, started before anything is timed: two one-span tasks per slot.
+    With one per slot, the last slot's process was still missing: Ray Data starts one task, and the others when
+    its output is in."""
+    from workflows.data import _MIN_BLOCK_ROWS  # a batch of this many rows is one span, one task
+
+    rows = 2 * slots * _MIN_BLOCK_ROWS
+    run_pipeline(pipeline_config(root, spec, rows, _MIN_BLOCK_ROWS, decode_cpus), records, rows)
 
 
 def _resize_crop(frames: Any, size: int) -> Any:  # (T, C, H, W) float 0..255 -> (T, size, size, 3) uint8
@@ -424,7 +427,7 @@ def main(argv: Sequence[str] | None = None) -> None:
           f"clips of {spec.num_frames} x {spec.size}^2 at stride {spec.stride}; {args.cpus} CPU processes; "
           f"{clips} clips x {repeats} repeats")
 
-    timed("warm-up", lambda: warm_workers(args.work / "videos", spec, base, slots))
+    timed("warm-up", lambda: warm_workers(args.work / "videos", spec, base, slots, decode_cpus))
     cfg_one = pipeline_config(args.work / "videos", spec, clips, args.batch, decode_cpus=1.0)
     names = ["raw", "pipeline", "pytorchvideo", *([] if args.quick else ["pipeline_1cpu"]), "read_videos"]
     rates: dict[str, list[float]] = {name: [] for name in names}
