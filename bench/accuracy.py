@@ -178,8 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_grid_arguments(parser)
     args = parser.parse_args(argv)
-    from workflows.ray_session import init_ray
-    from workflows.tracking import Tracker, resolve_uri
+    from workflows.runtime.ray_session import init_ray
+    from workflows.tracking.tracker import Tracker, resolve_uri
     from workflows.train import run_training
 
     try:

@@ -26,7 +26,7 @@ import yaml
 
 from bench.accuracy import add_grid_arguments, load_grid, run_overrides, table_lines
 from ssl_core.config import ConfigError
-from ssl_core.data.prepare import ensure_synthetic
+from ssl_core.data.splits import ensure_synthetic
 
 
 def parse_result(stdout: str) -> dict[str, float]:

@@ -8,7 +8,7 @@ Every contestant decodes the same generated videos into clips of the same T, str
 crop), using the same number of CPU processes (`--cpus`, default: all cores):
   (a) raw      decode_clip of exactly the pipeline's clips (same videos, same random starts) in one process:
                the ceiling per core;
-  (b) pipeline workflows.data.build_datasets' labeled stream (lazy rows -> decode tasks of the config's
+  (b) pipeline workflows.runtime.streams.build_datasets' labeled stream (lazy rows -> decode tasks of the config's
                default data.decode_cpus each), consumed on the driver; augmentation left to the device
                (augment.placement = device) so every contestant does the same work;
   (c) pytorchvideo LabeledVideoDataset (PyAV decoder, random clip sampler) through a torch DataLoader with
@@ -74,7 +74,7 @@ class ClipSpec:
 def make_videos(root: Path, *, classes: int, per_class: int, frames: int, side: int, fps: int) -> list[VideoRecord]:
     """Generated videos with short side `side` and a keyframe each second (re-used when already there).
 
-    The generator draws 128 px videos (fast); workflows.prepare's re-encoder scales them to `side`, so the
+    The generator draws 128 px videos (fast); workflows.reencode's re-encoder scales them to `side`, so the
     decoders see the frame size of a prepared real dataset (Kinetics copies are usually 256 or 320 px)."""
     stamp = root / "settings.json"
     settings = {"classes": classes, "per_class": per_class, "frames": frames, "side": side, "fps": fps}
@@ -129,7 +129,7 @@ def pipeline_config(root: Path, spec: ClipSpec, clips: int, batch: int, decode_c
 
 
 def pipeline_stream(cfg: Config, records: Sequence[VideoRecord]) -> Any:
-    from workflows.data import SkipCounter, build_datasets
+    from workflows.runtime.streams import SkipCounter, build_datasets
 
     counter = SkipCounter.remote()
     return build_datasets(cfg, records, [], records[:1], counter, with_unlabeled=False)["labeled"]
@@ -137,7 +137,7 @@ def pipeline_stream(cfg: Config, records: Sequence[VideoRecord]) -> Any:
 
 def the_clips(cfg: Config, records: Sequence[VideoRecord], n: int) -> list[tuple[str, int]]:
     """(path, seed) of the first n rows of the pipeline's labeled stream: the clips every contestant decodes."""
-    from workflows.data import record_table, rows_for_ids
+    from workflows.runtime.streams import record_table, rows_for_ids
 
     rows = rows_for_ids(np.arange(n), record_table(records), cfg.train.seed, "label")
     return list(zip(rows["path"].tolist(), rows["seed"].tolist(), strict=True))
@@ -187,7 +187,7 @@ def warm_workers(root: Path, spec: ClipSpec, records: Sequence[VideoRecord], slo
     """A worker process for every decode slot, started before anything is timed: two one-span tasks per slot.
     With one per slot, the last slot's process was still missing: Ray Data starts one task, and the others when
     its output is in."""
-    from workflows.data import _MIN_BLOCK_ROWS  # a batch of this many rows is one span, one task
+    from workflows.runtime.streams import _MIN_BLOCK_ROWS  # a batch of this many rows is one span, one task
 
     rows = 2 * slots * _MIN_BLOCK_ROWS
     run_pipeline(pipeline_config(root, spec, rows, _MIN_BLOCK_ROWS, decode_cpus), records, rows)

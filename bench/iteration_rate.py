@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from ssl_core.config import load_config
-from ssl_core.data.prepare import ensure_synthetic
+from ssl_core.data.splits import ensure_synthetic
 from ssl_core.loop import run_local
 
 OUT = Path("bench/out")

@@ -79,9 +79,9 @@ def pick_queue(cfg: Config, model_uri: str, tracking_uri: str, spec: BenchSpec
                ) -> tuple[list[str], list[str], str, float]:
     """Rank the unlabeled train videos with the initial model: (candidates, top `budget`, the queue CSV,
     the model's accuracy on those picks against the manifest)."""
-    from ssl_core.data.prepare import prepare_data
+    from ssl_core.data.splits import prepare_data
     from workflows import label_queue as lq
-    from workflows.inference import load_for_inference
+    from workflows.runtime.inference import load_for_inference
 
     data = prepare_data(cfg, None)  # reads the initial split file the initial run wrote
     loaded = load_for_inference(model_uri, tracking_uri)
@@ -99,7 +99,7 @@ def pick_queue(cfg: Config, model_uri: str, tracking_uri: str, spec: BenchSpec
 def write_arm_split(path: Path, cfg: Config, added: Sequence[str]) -> None:
     """Initial labels + `added` videos labeled from the manifest (the simulated annotator)."""
     from ssl_core.data.manifest import write_split_file
-    from ssl_core.data.prepare import prepare_data
+    from ssl_core.data.splits import prepare_data
 
     data = prepare_data(cfg, None)
     by_path = {r.path: r for r in data.unlabeled}
@@ -183,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config", required=True)
     parser.add_argument("--quick", action="store_true", help="the config's quick variant: check the wiring")
     args = parser.parse_args(argv)
-    from workflows.tracking import Tracker, resolve_uri
+    from workflows.tracking.tracker import Tracker, resolve_uri
 
     start = time.perf_counter()
     tag = time.strftime("%Y%m%d-%H%M%S") + ("-quick" if args.quick else "")

@@ -8,7 +8,7 @@
 Contestants, on the SAME CMPL step (ssl_core.loop.make_batches + optimize), Config, model pair, batch, mu,
 clip shape, torch threads and device:
   plain  this process: models from build_models, batches already stacked in memory, a for loop;
-  ray    workflows.train_loop.train_loop_per_worker in a real ray.train.torch.TorchTrainer (1 worker), fed by
+  ray    workflows.runtime.train_worker.train_loop_per_worker in a real ray.train.torch.TorchTrainer (1 worker), fed by
          Ray Data datasets (ray.data.from_items) holding the same uint8 clips, logging to a throwaway MLflow
          store (SQLite in a temporary directory).
 Both read pre-made in-memory clips, so video decode is out of the comparison: what is measured is the step
@@ -215,7 +215,7 @@ class Clips:
 
 
 def make_clips(case: Case, eval_clips: int, seed: int = 0) -> Clips:
-    """Random clips (content does not change the step's cost). Sized like workflows.data.build_datasets:
+    """Random clips (content does not change the step's cost). Sized like workflows.runtime.streams.build_datasets:
     one pass holds iterations + 1 batches, so the Ray shards never start a second pass mid-run."""
     rng = np.random.default_rng(seed)
     steps = case.iterations + 1
@@ -333,7 +333,7 @@ class RayResult:
 
 
 def datasets_for(clips: Clips, case: Case) -> dict[str, Any]:
-    """The columns train_loop_per_worker reads (workflows/data.py): labeled {clip, label}, unlabeled
+    """The columns train_loop_per_worker reads (workflows/runtime/streams.py): labeled {clip, label}, unlabeled
     {clip, true_label}, eval {clips, label}; one block per batch, as build_datasets' streams have."""
     import ray.data
 
@@ -362,9 +362,9 @@ def run_ray(case: Case, cfg: Any, datasets: dict[str, Any], tracking_uri: str, s
     from mlflow import MlflowClient
     from ray.train.torch import TorchTrainer
 
-    from workflows.data import SkipCounter
-    from workflows.tracking import Tracker
-    from workflows.train_loop import train_loop_per_worker
+    from workflows.runtime.streams import SkipCounter
+    from workflows.runtime.train_worker import train_loop_per_worker
+    from workflows.tracking.tracker import Tracker
 
     tracker = Tracker.start(tracking_uri, "bench-train-throughput", name, {"vidssl.bench": "train_throughput"})
     s = cfg.scaling

@@ -298,7 +298,7 @@ def run_local(
     allocator.configure(cfg.scaling)
     from ssl_core.data.clip_cache import cache_for_config
     from ssl_core.data.decode import decode_eval_clips
-    from ssl_core.data.prepare import prepare_data
+    from ssl_core.data.splits import prepare_data
     from ssl_core.evaluate import video_probs
 
     torch.manual_seed(cfg.train.seed)

@@ -1,7 +1,7 @@
 """The one place an SSL step happens, shared by the Ray worker and the Ray-free loop.
 
 It strips the unlabeled clips' true labels (known on benchmarks) BEFORE the algorithm sees the batch,
-then uses them only to measure pseudo-label accuracy. tests/test_step.py proves they never reach a loss.
+then uses them only to measure pseudo-label accuracy. tests/unit/test_step.py proves they never reach a loss.
 """
 
 from __future__ import annotations

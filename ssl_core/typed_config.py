@@ -1,4 +1,4 @@
-"""Typed YAML configuration without torch: what training (ssl_core.config) and re-encoding (workflows.prepare) share.
+"""Typed YAML configuration without torch: what training (ssl_core.config) and re-encoding (workflows.reencode) share.
 
 Sections are dataclasses; a YAML mapping becomes them with every value type-checked, and every error names
 its key path (`data.synthetic.classes: expected int, got 'ten'`). Kept free of torch so that Ray Data workers

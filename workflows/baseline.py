@@ -23,9 +23,9 @@ from pathlib import Path
 from mlflow import MlflowClient
 
 from ssl_core.config import Config, dump_yaml, load_config
-from ssl_core.data.prepare import SPLIT_FILE
-from workflows import console
-from workflows.tracking import Tracker, run_tags
+from ssl_core.data.splits import SPLIT_FILE
+from workflows.console import terminal
+from workflows.tracking.tracker import Tracker, run_tags
 from workflows.train import LOG_FILE, TrainOutcome, new_run_dir, run_training
 
 # The run's step lines go to its log file only (the console shows loggers named vidssl*).
@@ -58,7 +58,7 @@ def train_in_driver(cfg: Config, tracking_uri: str) -> TrainOutcome:
     print(f"baseline: supervised, the same labeled clips and {cfg.train.iterations} iterations, in this process "
           f"(run {name})", flush=True)
     start = time.perf_counter()
-    with console.run_log(run_dir / LOG_FILE):
+    with terminal.run_log(run_dir / LOG_FILE):
         try:
             result = run_local(cfg, device=device, say=log.info,
                                on_window=lambda step, means: tracker.log_metrics(means, step))

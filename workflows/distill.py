@@ -16,7 +16,7 @@ student is registered as `--registered-model` (default `<teacher's registered na
 version carries the same tags.
 
 Then teacher and student are scored on the config's test split with the same protocol (`--eval-clips` x
-`--eval-crops` views per video, through the Ray Data scoring pipeline of workflows.inference), and their CPU
+`--eval-crops` views per video, through the Ray Data scoring pipeline of workflows.runtime.inference), and their CPU
 forward throughput is measured side by side in this process (same batch, same torch thread count, warm-up then
 interleaved timed repeats, median). The trade-off table (top-1, top-5, parameters, clips/s, speed-up) goes to
 the distillation run as `tradeoff/*` metrics, `tradeoff.md` and `tradeoff.json` (an MLflow table), and is
@@ -42,8 +42,8 @@ import yaml
 from ssl_core.algorithms.distill import MODES
 from ssl_core.config import Config, ConfigError, dump_yaml, read_config_file, with_overrides
 from ssl_core.data.manifest import ManifestError
-from workflows import console
-from workflows.inference import InferenceError, InferenceModel, load_for_inference
+from workflows.console import terminal
+from workflows.runtime.inference import InferenceError, InferenceModel, load_for_inference
 
 if TYPE_CHECKING:
     from torch import nn
@@ -294,7 +294,7 @@ def run_distillation(
     cfg: Config, args: argparse.Namespace, teacher: InferenceModel, teacher_arch: str
 ) -> Distillation:
     """Train and register the student, then measure the trade-off and log it into the student's run."""
-    from workflows.tracking import Tracker
+    from workflows.tracking.tracker import Tracker
     from workflows.train import run_training
 
     tags = lineage_tags(args, teacher)
@@ -349,7 +349,7 @@ def prepare(args: argparse.Namespace) -> tuple[Config, InferenceModel, str]:
     """The student's training config, the loaded teacher and its architecture name; ConfigError /
     InferenceError before anything starts when the request cannot work."""
     from ssl_core.checkpoint import model_meta
-    from workflows.tracking import resolve_uri
+    from workflows.tracking.tracker import resolve_uri
 
     if min(args.eval_clips, args.eval_crops, args.batch_size, args.bench_batch, args.bench_threads,
            args.bench_repeats) < 1:
@@ -381,14 +381,14 @@ def prepare(args: argparse.Namespace) -> tuple[Config, InferenceModel, str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    with console.session(args.verbose):
+    with terminal.session(args.verbose):
         try:
             cfg, teacher, teacher_arch = prepare(args)
             done = run_distillation(cfg, args, teacher, teacher_arch)
         except (ConfigError, InferenceError, ManifestError, FileExistsError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
-        from workflows.tracking import ui_command
+        from workflows.tracking.tracker import ui_command
 
         print()
         print(done.markdown)

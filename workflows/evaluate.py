@@ -26,8 +26,8 @@ import numpy as np
 
 from ssl_core.config import ConfigError, load_config
 from ssl_core.data.manifest import SPLITS, Manifest, ManifestError, VideoRecord, load_manifest
-from workflows import console
-from workflows.inference import (
+from workflows.console import terminal
+from workflows.runtime.inference import (
     InferenceError,
     InferenceModel,
     add_scoring_args,
@@ -101,7 +101,7 @@ class EvalResult:
 
 
 def run_scoring(eval_set: EvalSet, loaded: InferenceModel, args: argparse.Namespace) -> EvalResult:
-    from workflows.ray_session import init_ray
+    from workflows.runtime.ray_session import init_ray
 
     init_ray()
     ds = score_videos(eval_set.items, loaded, clips=args.clips, crops=args.crops, batch_size=args.batch_size,
@@ -135,8 +135,8 @@ def log_evaluation(
     import torch
 
     from ssl_core.evaluate import EvalCounts
-    from workflows.plots import confusion_figure
-    from workflows.tracking import Tracker
+    from workflows.tracking.plots import confusion_figure
+    from workflows.tracking.tracker import Tracker
 
     classes = loaded.classes
     counts = EvalCounts.zeros(len(classes))
@@ -202,8 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    with console.session(args.verbose):
-        from workflows.tracking import resolve_uri, ui_command
+    with terminal.session(args.verbose):
+        from workflows.tracking.tracker import resolve_uri, ui_command
 
         tracking_uri = resolve_uri(args.tracking_uri)
         try:

@@ -13,7 +13,7 @@ already labeled. Rule for its relative paths: a path is excluded when it matches
 OR relative to the dataset root (the --videos folder, the --videos CSV's folder, or the config's
 data.root), so both a listing next to its videos and a split file (relative to data.root) work.
 
-Every candidate is scored through the Ray Data pipeline of workflows.inference (--clips x --crops views,
+Every candidate is scored through the Ray Data pipeline of workflows.runtime.inference (--clips x --crops views,
 softmax averaged). Scores: `margin` = p(top1) - p(top2) (low: uncertain), `entropy` normalised by log(C)
 (in [0, 1]); with --aux-model (e.g. CMPL's auxiliary, same class list) also `disagreement`, the
 Jensen-Shannon divergence in bits (in [0, 1]) between the two models' probabilities, and `models_disagree`
@@ -45,9 +45,15 @@ import numpy as np
 
 from ssl_core.config import ConfigError, load_config
 from ssl_core.data.manifest import ManifestError, load_manifest, read_split_file
-from workflows import console
-from workflows.inference import InferenceError, InferenceModel, add_scoring_args, load_for_inference, score_videos
+from workflows.console import terminal
 from workflows.predict import InputError, csv_path_column, list_videos
+from workflows.runtime.inference import (
+    InferenceError,
+    InferenceModel,
+    add_scoring_args,
+    load_for_inference,
+    score_videos,
+)
 
 STRATEGIES: tuple[str, ...] = ("auto", "margin", "entropy", "disagreement")
 COLUMNS: tuple[str, ...] = ("rank", "path", "suggested_label", "confidence", "margin", "entropy")
@@ -229,7 +235,7 @@ def score_candidates(paths: Sequence[str], model: InferenceModel, aux: Inference
                      options: Mapping[str, Any]) -> tuple[Scores, dict[str, str]]:
     """Scores of the readable candidates and {unreadable path: error}. `options`: score_videos' keywords
     (clips, crops, batch_size, decode_cpus, actors). Each model decodes at its own clip shape."""
-    from workflows.ray_session import init_ray
+    from workflows.runtime.ray_session import init_ray
 
     init_ray()
     skipped: dict[str, str] = {}
@@ -302,7 +308,7 @@ def _model_tags(prefix: str, loaded: InferenceModel) -> dict[str, str]:
 def log_queue_run(args: argparse.Namespace, strategy: str, model: InferenceModel, aux: InferenceModel | None,
                   text: str, metrics: Mapping[str, float], skipped: Mapping[str, str], tracking_uri: str) -> str:
     """One MLflow run for this queue; returns its id."""
-    from workflows.tracking import Tracker
+    from workflows.tracking.tracker import Tracker
 
     tags = {**_model_tags("vidssl.model", model), **(_model_tags("vidssl.aux_model", aux) if aux else {}),
             "vidssl.videos": args.videos, "vidssl.strategy": strategy}
@@ -382,8 +388,8 @@ def _prepare(args: argparse.Namespace, out: Path
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    with console.session(args.verbose):
-        from workflows.tracking import resolve_uri, ui_command
+    with terminal.session(args.verbose):
+        from workflows.tracking.tracker import resolve_uri, ui_command
 
         tracking_uri = resolve_uri(args.tracking_uri)
         args.tracking_uri = tracking_uri  # the models and the queue's run share one store

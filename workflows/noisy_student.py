@@ -42,9 +42,9 @@ import yaml
 from ssl_core.config import Config, ConfigError, pin_paths
 from ssl_core.data.manifest import ManifestError
 from ssl_core.data.pseudo_labels import PseudoLabelError
-from workflows import console
-from workflows.noisy_student_spec import LabelSpec, NoisyStudentSpec, Stage, load_noisy_student
-from workflows.sweep_spec import check_name, trial_config
+from workflows.console import terminal
+from workflows.specs.noisy_student import LabelSpec, NoisyStudentSpec, Stage, load_noisy_student
+from workflows.specs.sweep import check_name, trial_config
 
 STATE_FILE = "noisy_student.json"
 log = logging.getLogger("vidssl.noisy_student")
@@ -146,7 +146,7 @@ def _set_table(path: Path) -> Any:
 
 def _log_set_input(uri: str, run_id: str, state: WorkflowState, round_: int, labels: dict[str, Any],
                    context: str) -> None:
-    from workflows.tracking import Tracker
+    from workflows.tracking.tracker import Tracker
 
     path = state.set_file(round_)
     Tracker(uri, run_id).log_dataset(_set_table(path), path.as_uri(), f"{state.folder.name}-round-{round_}",
@@ -156,10 +156,10 @@ def _log_set_input(uri: str, run_id: str, state: WorkflowState, round_: int, lab
 def run_labeling_stage(spec: NoisyStudentSpec, state: WorkflowState, stage: Stage) -> dict[str, Any]:
     import numpy as np
 
-    from ssl_core.data.prepare import prepare_data
     from ssl_core.data.pseudo_labels import pseudo_label_stats, select_pseudo_labels, write_pseudo_labels
-    from workflows.inference import load_for_inference, score_videos
-    from workflows.tracking import Tracker
+    from ssl_core.data.splits import prepare_data
+    from workflows.runtime.inference import load_for_inference, score_videos
+    from workflows.tracking.tracker import Tracker
 
     labeled_by = previous_model(spec, state, stage.round)
     # The teacher stage's config: same data, same labeled split (the algorithm does not matter here).
@@ -233,7 +233,7 @@ def _per_class_csv(stats: dict[str, Any]) -> str:
 
 
 def start_or_resume(spec: NoisyStudentSpec, resume: bool) -> WorkflowState:
-    from workflows.tracking import Tracker, resolve_uri
+    from workflows.tracking.tracker import Tracker, resolve_uri
 
     folder = Path(spec.base["output"]["storage"]).expanduser().resolve() / spec.name
     if resume:
@@ -270,16 +270,16 @@ def round_rows(spec: NoisyStudentSpec, state: WorkflowState) -> list[dict[str, A
     return rows
 
 
-@console.with_run_log
+@terminal.with_run_log
 def run_workflow(spec: NoisyStudentSpec, *, resume: bool = False, until: str | None = None) -> WorkflowState:
     from mlflow import MlflowClient
 
-    from ssl_core.data.prepare import ensure_synthetic
-    from workflows.ray_session import init_ray
+    from ssl_core.data.splits import ensure_synthetic
+    from workflows.runtime.ray_session import init_ray
 
     state = start_or_resume(spec, resume)
     # The whole workflow's log; each training stage also writes its own run folder's.
-    console.log_to(state.folder / console.LOG_FILE)
+    terminal.log_to(state.folder / terminal.LOG_FILE)
     # The workflow as stored at its start (paths pinned): a resumed one must not change its stages under it.
     spec = state.stored_spec()
     ensure_synthetic(trial_config(state.spec["base"], {}))
@@ -338,7 +338,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--verbose", action="store_true",
                         help="also print what Ray, Ray Data and MLflow log")
     args = parser.parse_args(argv)
-    with console.session(args.verbose):
+    with terminal.session(args.verbose):
         try:
             spec = load_noisy_student(args.config, args.set)
             if args.name:
@@ -356,7 +356,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except WorkflowStopped as err:
             print(str(err), file=sys.stderr)
             return 0 if err.on_purpose else 130
-        from workflows.tracking import ui_command
+        from workflows.tracking.tracker import ui_command
 
         rows = round_rows(state.stored_spec(), state)
         print("\nround | model | top-1 % | pseudo-labels | pseudo-label acc % | labeled by")

@@ -28,8 +28,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ssl_core.data.manifest import VIDEO_EXTENSIONS
-from workflows import console
-from workflows.inference import (
+from workflows.console import terminal
+from workflows.runtime.inference import (
     InferenceError,
     InferenceModel,
     add_scoring_args,
@@ -168,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    with console.session(args.verbose):
+    with terminal.session(args.verbose):
         out = Path(args.out).expanduser().resolve()
         try:
             if min(args.top_k, args.clips, args.crops, args.batch_size) < 1:
@@ -184,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (InputError, InferenceError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
-        from workflows.ray_session import init_ray
+        from workflows.runtime.ray_session import init_ray
 
         init_ray()
         ds = score_videos([{"path": p, "label": -1} for p in paths], loaded, clips=args.clips, crops=args.crops,

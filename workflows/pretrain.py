@@ -29,8 +29,8 @@ from ssl_core.config import ConfigError
 from ssl_core.data.manifest import ManifestError
 from ssl_core.pretrain.config import PretrainSetup, load_pretrain_config, pretrain_with_overrides
 from ssl_core.run_folder import claim_run_dir, stamped
-from workflows import console
-from workflows.ray_session import init_ray
+from workflows.console import terminal
+from workflows.runtime.ray_session import init_ray
 from workflows.train import LOG_FILE, RUN_FILE, RunState
 
 SMOKE_TEST = ("train.iterations=4", "train.log_every=2", "pretrain.knn_every=4", "train.checkpoint_every=4")
@@ -90,7 +90,7 @@ def _queue_note(setup: PretrainSetup, num_train: int) -> str:
     return f"queue of {size} negative keys{auto}"
 
 
-@console.with_run_log
+@terminal.with_run_log
 def run_pretraining(
     setup: PretrainSetup,
     *,
@@ -106,13 +106,13 @@ def run_pretraining(
     import torch
 
     from ssl_core.checkpoint import model_from_state
-    from ssl_core.data.prepare import prepare_data
-    from workflows.fit import driver_actors, fit
-    from workflows.model_init import resolve_sources, tag_registered_version
-    from workflows.plots import metric_curve_figure
-    from workflows.pretrain_data import build_pretrain_datasets
-    from workflows.pretrain_loop import pretrain_loop_per_worker
-    from workflows.tracking import Tracker, check_reachable, resolve_uri
+    from ssl_core.data.splits import prepare_data
+    from workflows.runtime.fit import driver_actors, fit
+    from workflows.runtime.pretrain_streams import build_pretrain_datasets
+    from workflows.runtime.pretrain_worker import pretrain_loop_per_worker
+    from workflows.tracking.model_init import resolve_sources, tag_registered_version
+    from workflows.tracking.plots import metric_curve_figure
+    from workflows.tracking.tracker import Tracker, check_reachable, resolve_uri
     from workflows.train import log_data_inputs
 
     if resume is not None:
@@ -157,7 +157,7 @@ def run_pretraining(
         state = RunState(name, run_dir, tracker.run_id, uri, setup.to_dict())
         state.save()
 
-    console.log_to(run_dir / LOG_FILE)
+    terminal.log_to(run_dir / LOG_FILE)
     cfg = setup.base
     train_records = [*data.labeled, *data.unlabeled]  # every train video; the stream drops their labels
     note = _queue_note(setup, len(train_records))
@@ -232,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--verbose", action="store_true",
                         help=f"also print what Ray, Ray Data, Ray Train and MLflow log (always in <run>/{LOG_FILE})")
     args = parser.parse_args(argv)
-    with console.session(args.verbose):
+    with terminal.session(args.verbose):
         try:
             setup = load_pretrain_config(args.config, [*args.set, *(SMOKE_TEST if args.smoke_test else ())])
             outcome = run_pretraining(setup, resume=args.resume, overrides=args.set)
@@ -240,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {err}", file=sys.stderr)
             return 2
         from ssl_core.pretrain.config import pretrain_from_dict
-        from workflows.tracking import ui_command
+        from workflows.tracking.tracker import ui_command
 
         stored = pretrain_from_dict(RunState.load(outcome.run_dir).config)
         print()

@@ -34,8 +34,8 @@ import yaml
 
 from ssl_core.config import ConfigError, pin_paths
 from ssl_core.data.manifest import ManifestError
-from workflows import console
-from workflows.sweep_spec import SweepSpec, check_name, load_sweep, trial_config
+from workflows.console import terminal
+from workflows.specs.sweep import SweepSpec, check_name, load_sweep, trial_config
 
 SWEEP_FILE = "vidssl_sweep.json"
 LOG_FILE = "sweep.log"  # in the sweep folder: Tune's, Ray's and MLflow's logs and every trial's output
@@ -163,7 +163,7 @@ def build_tuner(spec: SweepSpec, state: SweepState, resume: bool) -> Any:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    from workflows.tune_console import TrialConsole
+    from workflows.console.tune_status import TrialConsole
 
     trainable = make_trainable(spec, state)
     tune_dir = state.sweep_dir / "tune"
@@ -259,7 +259,7 @@ def crown_champion(client: Any, spec: SweepSpec, rows: list[dict[str, Any]], par
     if same:
         version = same[0]
     else:
-        from workflows.tracking import registry_notes_to_log
+        from workflows.tracking.tracker import registry_notes_to_log
 
         mlflow.set_tracking_uri(client.tracking_uri)
         with registry_notes_to_log():
@@ -274,7 +274,7 @@ def crown_champion(client: Any, spec: SweepSpec, rows: list[dict[str, Any]], par
 def report(spec: SweepSpec, state: SweepState, results: Any) -> tuple[list[dict[str, Any]], Any]:
     from mlflow import MlflowClient
 
-    from workflows.plots import label_efficiency_figure, tau_lambda_heatmap
+    from workflows.tracking.plots import label_efficiency_figure, tau_lambda_heatmap
 
     client = MlflowClient(tracking_uri=state.tracking_uri)
     stopped_trials = {r.metrics.get("trial_id") for r in results if r.error is None and r.metrics}
@@ -294,7 +294,7 @@ def report(spec: SweepSpec, state: SweepState, results: Any) -> tuple[list[dict[
 
 
 def start_or_resume(spec: SweepSpec, resume: bool) -> SweepState:
-    from workflows.tracking import Tracker, resolve_uri
+    from workflows.tracking.tracker import Tracker, resolve_uri
 
     cfg = spec.base_config
     sweep_dir = Path(cfg.output.storage).expanduser().resolve() / spec.name
@@ -317,13 +317,13 @@ def start_or_resume(spec: SweepSpec, resume: bool) -> SweepState:
     return state
 
 
-@console.with_run_log
+@terminal.with_run_log
 def run_sweep(spec: SweepSpec, *, resume: bool = False) -> tuple[SweepState, list[dict[str, Any]], Any]:
-    from ssl_core.data.prepare import ensure_synthetic
-    from workflows.ray_session import init_ray
+    from ssl_core.data.splits import ensure_synthetic
+    from workflows.runtime.ray_session import init_ray
 
     state = start_or_resume(spec, resume)
-    console.log_to(state.sweep_dir / LOG_FILE)
+    terminal.log_to(state.sweep_dir / LOG_FILE)
     # Generate the synthetic set once here, not in concurrent trials racing to write the same files.
     ensure_synthetic(trial_config(state.base, {}))
     init_ray()
@@ -354,7 +354,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--verbose", action="store_true",
                         help="also print what Ray, Tune and MLflow log (always in <sweep folder>/sweep.log)")
     args = parser.parse_args(argv)
-    with console.session(args.verbose):
+    with terminal.session(args.verbose):
         try:
             spec = load_sweep(args.config, args.set)
             if args.name:
@@ -372,7 +372,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except SweepInterrupted as err:
             print(str(err), file=sys.stderr)
             return 130
-        from workflows.tracking import ui_command
+        from workflows.tracking.tracker import ui_command
 
         keys = ["trial", "status", *[d.key for d in spec.space], "step", spec.metric]
         print()

@@ -6,10 +6,10 @@
 
 The driver validates the config, prepares the data (generating the synthetic set if asked), writes the
 labeled split, opens the MLflow run, builds the Ray Data streams and fits a TorchTrainer running
-workflows.train_loop.train_loop_per_worker. At the end it logs and registers the primary model and prints
+workflows.runtime.train_worker.train_loop_per_worker. At the end it logs and registers the primary model and prints
 a summary table. Everything a run makes lives in `<output.storage>/<run name>/` and in MLflow. The console
 shows a progress bar, one line per evaluation and checkpoint, and the table; what Ray, Ray Data, Ray Train and
-MLflow print goes to the run folder's driver.log instead (--verbose: to the console too; workflows/console.py).
+MLflow print goes to the run folder's driver.log instead (--verbose: to the console too; workflows/console/terminal.py).
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ from typing import Any
 from ssl_core.config import Config, ConfigError, dump_yaml, from_dict, load_config, with_overrides
 from ssl_core.data.manifest import Manifest, ManifestError
 from ssl_core.run_folder import claim_run_dir, stamped
-from workflows import console
-from workflows.ray_session import init_ray
+from workflows.console import terminal
+from workflows.runtime.ray_session import init_ray
 
 RUN_FILE = "vidssl_run.json"
-LOG_FILE = console.LOG_FILE  # in the run folder: this process's logs and Ray's workers' output, see console.py
+LOG_FILE = terminal.LOG_FILE  # in the run folder: this process's logs and Ray's workers' output, see terminal.py
 SMOKE_TEST = ("train.iterations=4", "train.log_every=2", "train.eval_every=4", "train.checkpoint_every=4")
 
 
@@ -128,7 +128,7 @@ def log_data_inputs(tracker: Any, cfg: Config, manifest: Manifest, split_file: P
                             context="training")
 
 
-@console.with_run_log
+@terminal.with_run_log
 def run_training(
     cfg: Config,
     *,
@@ -149,13 +149,13 @@ def run_training(
 
     from ssl_core.algorithms import get_algorithm
     from ssl_core.checkpoint import deployed_weights, model_meta
-    from ssl_core.data.prepare import prepare_data
+    from ssl_core.data.splits import prepare_data
     from ssl_core.models import build_model
-    from workflows.data import build_datasets
-    from workflows.fit import driver_actors, fit
-    from workflows.model_init import prepare_init, tag_registered_version
-    from workflows.tracking import Tracker, check_reachable, resolve_uri, run_tags
-    from workflows.train_loop import train_loop_per_worker
+    from workflows.runtime.fit import driver_actors, fit
+    from workflows.runtime.streams import build_datasets
+    from workflows.runtime.train_worker import train_loop_per_worker
+    from workflows.tracking.model_init import prepare_init, tag_registered_version
+    from workflows.tracking.tracker import Tracker, check_reachable, resolve_uri, run_tags
 
     if resume is not None:
         run_dir = find_run(Path(cfg.output.storage).resolve(), resume)
@@ -190,7 +190,7 @@ def run_training(
         state = RunState(name, run_dir, tracker.run_id, uri, cfg.to_dict())
         state.save()
 
-    console.log_to(run_dir / LOG_FILE)
+    terminal.log_to(run_dir / LOG_FILE)
     init_ray(min_cpus=logical_cpus(cfg, get_algorithm(cfg.algorithm.name).needs_unlabeled))
     # Per process: a Tune trial actor has its own DataContext.
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -257,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--baseline", action="store_true",
                         help="then train supervised on the same labeled split and budget, and compare")
     args = parser.parse_args(argv)
-    with console.session(args.verbose):
+    with terminal.session(args.verbose):
         try:
             cfg = load_config(args.config, [*args.set, *(SMOKE_TEST if args.smoke_test else ())])
             outcome = run_training(cfg, resume=args.resume, overrides=args.set)
@@ -270,7 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {err}", file=sys.stderr)
             return 2
         from ssl_core.algorithms import get_algorithm
-        from workflows.tracking import ui_command
+        from workflows.tracking.tracker import ui_command
 
         cfg = from_dict(RunState.load(outcome.run_dir).config)
         print()

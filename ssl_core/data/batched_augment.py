@@ -12,7 +12,7 @@ torchvision's resize positions); per RandAugment round the geometric ops as one 
 their clips and each photometric setting (op, sign: the magnitude is fixed) as one call over its clips, in place
 where the op allows; the erased boxes as a zero scale in the normalisation.
 Differences from the reference: no antialiasing when a crop is shrunk (the default sizes resize crops by
-0.9-1.5x: it barely acts there), float instead of uint8 RandAugment (rounding); tests/test_batched_augment.py
+0.9-1.5x: it barely acts there), float instead of uint8 RandAugment (rounding); tests/unit/test_batched_augment.py
 checks the crop and each op against torchvision's. On a CPU the cost is memory passes over the batch
 (bench.augment_speed, docs/benchmarks.md).
 
@@ -162,7 +162,7 @@ def _posterize_(frames: Tensor, bits: int) -> Tensor:
 def _colour_op(name: str, magnitude: float) -> Callable[[Tensor], Tensor]:
     """torchvision's photometric RandAugment op `name` at a signed magnitude, as its RandAugment applies it, for
     float frames (N, 3, s, s) in [0, 1] that the caller owns: in place where the op is a few passes (no new
-    tensor, no copy back; tests/test_batched_augment.py checks each against torchvision's functional op),
+    tensor, no copy back; tests/unit/test_batched_augment.py checks each against torchvision's functional op),
     torchvision's own functional op otherwise."""
     ops: dict[str, Callable[[Tensor], Tensor]] = {
         "Brightness": lambda v: v.mul_(1.0 + magnitude).clamp_(0, 1),

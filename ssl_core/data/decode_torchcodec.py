@@ -7,7 +7,7 @@ time, the frame whose timestamp is nearest (asked of torchcodec as the frame pla
 is the nearest one at a constant rate and keeps float rounding of k / fps off the frame boundaries).
 torchcodec applies the display-matrix rotation itself and returns RGB for any pixel format. Frames are
 resized with torch (bilinear, antialiased: short side -> size) and centre-cropped; PyAV resizes with
-swscale, so the two differ by a few grey levels (tests/test_decode_torchcodec.py measures it).
+swscale, so the two differ by a few grey levels (tests/unit/test_decode_torchcodec.py measures it).
 
 `device="cuda"` decodes on an NVIDIA GPU (NVDEC) and resizes there; clips still come back as numpy uint8.
 The timeout is checked between torchcodec calls (open, each clip): one call is not interrupted.

@@ -1,6 +1,6 @@
 """Re-encode one video into a training-friendly copy: short side resized, constant frame rate, short GOP, H.264.
 
-Pure PyAV (no Ray): `workflows.prepare` runs it once per file, in parallel over a cluster.
+Pure PyAV (no Ray): `workflows.reencode` runs it once per file, in parallel over a cluster.
 
 - Size: the short side becomes `short_side`, the long side keeps the aspect ratio, both rounded to even numbers
   (yuv420p stores chroma at half resolution, so libx264 refuses odd sizes).
@@ -12,7 +12,7 @@ Pure PyAV (no Ray): `workflows.prepare` runs it once per file, in parallel over 
 - Audio, subtitles and data streams are dropped.
 
 The output is written to `dst` directly (and removed again when the input turns out bad); callers that need
-atomicity write to a temporary name and rename (workflows.prepare does). Unreadable input (zero-byte, not a
+atomicity write to a temporary name and rename (workflows.reencode does). Unreadable input (zero-byte, not a
 video, truncated: fewer frames than the container declares) raises DecodeError naming the file.
 
 Try it:

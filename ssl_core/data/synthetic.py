@@ -301,7 +301,7 @@ def generate(
     Each video's frames depend only on (seed, class position, index), so `workers` processes (None: one per core
     for large sets) render the same videos as one. The encoded bytes are not always the same: libx264, even on one
     thread, now and then takes other decisions for the same frames on a loaded machine (about 1 grey level of
-    difference after decoding; tests/test_synthetic.py).
+    difference after decoding; tests/unit/test_synthetic.py).
     """
     if not 2 <= classes <= len(CLASS_NAMES):
         raise ValueError(f"classes must be in [2, {len(CLASS_NAMES)}], got {classes}")

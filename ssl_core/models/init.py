@@ -1,7 +1,7 @@
 """Start a model from pretrained weights (`model.init`, `model.auxiliary_init`): read a source, map its keys onto
 the vidssl model, report what loaded.
 
-Sources read here (no MLflow: workflows/model_init.py turns an MLflow model URI into a local file first):
+Sources read here (no MLflow: workflows/tracking/model_init.py turns an MLflow model URI into a local file first):
   - a vidssl checkpoint directory or a run folder (its latest checkpoint): the deployed weights (EMA when the
     run kept one) of its primary, or of another role with `PATH#auxiliary`;
   - a PyTorch state-dict file (.pt / .pth / .pyth), read with torch.load(weights_only=True): the dict itself or

@@ -1,7 +1,7 @@
 """One pretraining sample: rho clips of the same video at independent random times (+ pretext labels).
 
-Shared by the Ray Data decode tasks (workflows/pretrain_data.py) and the Ray-free loop (ssl_core.pretrain.local),
-so both see the same clips for the same row seed. No torch here: the decode tasks import it.
+Shared by the Ray Data decode tasks (workflows/runtime/pretrain_streams.py) and the Ray-free loop
+(ssl_core.pretrain.local), so both see the same clips for the same row seed. No torch here: the decode tasks import it.
 
 Pretext labels (pretrain.pretext), one per clip, drawn from the row seed:
   speed: 1 = the clip was taken at twice data.stride (played 2x faster), 0 = at data.stride;

@@ -94,7 +94,7 @@ def run_local_pretrain(setup: PretrainSetup, *, device: str = "cpu", decode_thre
     from ssl_core.data import decode as decode_module
     from ssl_core.data.clip_cache import cache_for_config
     from ssl_core.data.decode import decode_eval_clips
-    from ssl_core.data.prepare import prepare_data
+    from ssl_core.data.splits import prepare_data
     from ssl_core.loop import build_optimizer
     from ssl_core.schedule import build_scheduler
 

@@ -1,5 +1,5 @@
 """The pretraining network, one optimisation step, and its checkpoint: shared by the Ray Train worker
-(workflows/pretrain_loop.py) and the Ray-free loop (ssl_core/pretrain/local.py).
+(workflows/runtime/pretrain_worker.py) and the Ray-free loop (ssl_core/pretrain/local.py).
 
     classifier (model.primary, e.g. small3d) with its last nn.Linear replaced by nn.Identity -> features (B, F)
       -> projection MLP -> embedding (B, proj_dim) -> objective (ssl_core/pretrain/objectives.py)

@@ -1,0 +1,125 @@
+"""Pretrain -> fine-tune end to end through the real parts: mp4 files -> Ray Data (rho clips per video, no labels)
+-> Ray Train (2 workers, DDP, all-gathered queue) -> a real MLflow store and Model Registry; then a FixMatch run
+(workflows.train) started from the pretraining run folder, with its lineage. `--resume` is the slow test here
+(two more Ray Train fits; `make test-slow`).
+
+    .venv/bin/python -m pytest -q tests/e2e/test_e2e_pretrain.py -m "not slow"
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from ssl_core.config import load_config
+from ssl_core.pretrain.config import load_pretrain_config
+from workflows.pretrain import main, run_pretraining
+from workflows.train import RunState, run_training
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parents[1]
+PRETRAIN = ROOT / "configs" / "pretrain_demo.yaml"
+DEMO = ROOT / "configs" / "demo.yaml"
+
+
+def common(dataset: Path, tmp: Path) -> list[str]:
+    return [f"data.root={dataset}", "data.synthetic.enabled=false", "data.labeled_fraction=0.5", "data.num_frames=4",
+            "data.size=40", "data.eval_clips=1", "augment.crop_size=32", "model.primary=small3d_w0.25",
+            "train.warmup_iters=1", f"tracking.uri=sqlite:///{tmp}/mlflow.db", f"output.storage={tmp}/runs",
+            f"data.cache_dir={tmp}/cache"]
+
+
+def test_pretrain_then_fixmatch_from_the_backbone(
+    ray_local: None, synth_dataset: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    overrides = [*common(synth_dataset, tmp_path), "train.iterations=4", "train.batch_size=2", "train.log_every=2",
+                 "train.checkpoint_every=2", "pretrain.knn_every=2", "pretrain.pretext=arrow",
+                 "pretrain.hidden_dim=32", "pretrain.proj_dim=16", "pretrain.probe_steps=10",
+                 "scaling.num_workers=2", "scaling.cpus_per_worker=0.5", "tracking.experiment=e2e-pretrain",
+                 "tracking.registered_model=e2e-backbone"]
+    # The command a person runs (python -m workflows.pretrain): its closing lines.
+    assert main(["--config", str(PRETRAIN), *(a for o in overrides for a in ("--set", o))]) == 0
+    out = capfd.readouterr().out
+    assert "rho_moco pretraining of small3d_w0.25" in out and "k-NN top-1" in out and "linear probe top-1" in out
+    assert "step 2/4  evaluation: knn top-1" in out
+    run_dir = next((tmp_path / "runs").glob("pretrain-rho_moco-*"))
+    assert f"--set model.init={run_dir}" in out
+    state = RunState.load(run_dir)
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    run = client.get_run(state.mlflow_run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["vidssl.stage"] == "pretrain" and run.data.tags["vidssl.objective"] == "rho_moco"
+    assert run.data.params["pretrain.rho"] == "3" and run.data.params["scaling.num_workers"] == "2"
+    assert not any(k.startswith("algorithm.") for k in run.data.params)
+    # Every train video streams, labeled or not; the labeled split is only the k-NN memory bank.
+    assert int(run.data.params["data.num_train"]) > int(run.data.params["data.num_labeled"])
+    # step 0: the features before pretraining, the point the curve must rise from
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "knn/top1")] == [0, 2, 4]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "probe/top1")] == [4]
+    assert client.get_metric_history(run.info.run_id, "loss/pretext")
+    acc = client.get_metric_history(run.info.run_id, "pretrain/instance_acc")
+    assert [m.step for m in acc] == [2, 4] and all(0 <= m.value <= 1 for m in acc)
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    artifacts |= {a.path for a in client.list_artifacts(run.info.run_id, "knn")}
+    assert {"config.yaml", "labeled_split.csv", "knn/top1_curve.png"} <= artifacts
+    (version,) = client.search_model_versions("name='e2e-backbone'")
+    assert version.run_id == run.info.run_id
+    assert {"vidssl.stage": "pretrain", "vidssl.objective": "rho_moco",
+            "vidssl.run_id": run.info.run_id}.items() <= version.tags.items()
+
+    # Fine-tune: FixMatch from the pretraining run folder; its classifier starts fresh, every backbone key loads.
+    cfg = load_config(DEMO, [*common(synth_dataset, tmp_path), "algorithm.name=fixmatch", f"model.init={run_dir}",
+                             "train.iterations=2", "train.batch_size=4", "train.mu=1", "train.log_every=2",
+                             "train.eval_every=2", "train.checkpoint_every=2", "scaling.num_workers=1",
+                             "scaling.cpus_per_worker=0.5", "tracking.experiment=e2e-finetune",
+                             "tracking.registered_model=e2e-finetuned"])
+    outcome = run_training(cfg)
+    out = capfd.readouterr().out
+    line = next(x for x in out.splitlines() if x.startswith("init primary from"))
+    assert "24/26 keys matched" in line and "head re-initialised" in line and "self-supervised backbone" in line
+    train_run = client.get_run(outcome.mlflow_run_id)
+    assert train_run.data.params["init.primary.matched"] == "24"
+    assert train_run.data.params["init.primary.reinitialised"] == "2"
+    assert train_run.data.params["init.primary.unexpected"] == "0"
+    lineage = {"vidssl.init_source": str(run_dir), "vidssl.init_run": run.info.run_id}
+    assert lineage.items() <= train_run.data.tags.items()
+    (finetuned,) = client.search_model_versions("name='e2e-finetuned'")
+    assert lineage.items() <= finetuned.tags.items()
+
+    # The registered backbone as an MLflow URI: resolved on the driver, its untrained head still left out.
+    from workflows.tracking.model_init import prepare_init
+
+    uri_cfg = load_config(DEMO, [*common(synth_dataset, tmp_path), "algorithm.name=fixmatch",
+                                 "model.init=models:/e2e-backbone/1"])
+    prepared = prepare_init(uri_cfg, tmp_path / "uri-run", f"sqlite:///{tmp_path}/mlflow.db",
+                            _classes(outcome.run_dir), fresh=True)
+    (report,) = prepared.reports
+    assert len(report.matched) == 24 and report.reinitialised == ["fc.weight", "fc.bias"]
+    assert prepared.lineage["vidssl.init_run"] == run.info.run_id
+
+
+@pytest.mark.slow
+def test_pretrain_resumes_in_the_same_run(ray_local: None, synth_dataset: Path, tmp_path: Path) -> None:
+    overrides = [*common(synth_dataset, tmp_path), "train.iterations=4", "train.batch_size=2", "train.log_every=2",
+                 "train.checkpoint_every=2", "pretrain.knn_every=2", "pretrain.hidden_dim=32", "pretrain.proj_dim=16",
+                 "pretrain.probe_steps=10", "scaling.num_workers=2", "scaling.cpus_per_worker=0.5",
+                 "tracking.experiment=e2e-pretrain-resume", "tracking.registered_model=e2e-backbone-resume"]
+    setup = load_pretrain_config(PRETRAIN, overrides)
+    first = run_pretraining(setup, progress=False)
+    assert first.metrics["step"] == 4
+    # --resume: the same MLflow run continues from the step-4 checkpoint (queue, momentum encoder, optimizer).
+    resumed = run_pretraining(setup, resume="latest", overrides=["train.iterations=6"], progress=False)
+    assert resumed.mlflow_run_id == first.mlflow_run_id and resumed.metrics["step"] == 6
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    assert [m.step for m in client.get_metric_history(first.mlflow_run_id, "loss/total")] == [2, 4, 6]
+    assert [m.step for m in client.get_metric_history(first.mlflow_run_id, "knn/top1")] == [0, 2, 4, 6]
+    assert client.get_run(first.mlflow_run_id).info.status == "FINISHED"
+
+
+def _classes(run_dir: Path) -> list[str]:
+    from ssl_core.checkpoint import latest_checkpoint_dir, load_training_state
+
+    return list(load_training_state(latest_checkpoint_dir(run_dir))["meta"]["classes"])

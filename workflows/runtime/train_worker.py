@@ -1,0 +1,264 @@
+"""`train_loop_per_worker`: what each Ray Train worker runs. It only wires things together:
+
+  shard of decoded uint8 clips -> augment (weak / strong) -> ssl_step -> backward, clip, step, LR
+  -> every log_every: metrics averaged over workers, reported to Ray Train and (rank 0) to MLflow
+  -> every eval_every: multi-clip evaluation of every model the algorithm has
+  -> every checkpoint_every: a checkpoint directory holding everything needed to continue.
+
+Started by workflows/train.py (`python -m workflows.train --config configs/demo.yaml`).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from ssl_core import allocator
+from ssl_core.algorithms import get_algorithm
+from ssl_core.checkpoint import (
+    load_training_state,
+    model_meta,
+    restore_training_state,
+    save_training_state,
+    unwrap,
+)
+from ssl_core.config import Config, from_dict
+from ssl_core.evaluate import EvalCounts, PreciseBN, video_probs
+from ssl_core.loop import (
+    build_models,
+    build_optimizer,
+    freeze,
+    init_models,
+    input_memory_format,
+    model_names,
+    optimize,
+    place_models,
+    stream_batches,
+)
+from ssl_core.metrics import WindowMeans
+from ssl_core.schedule import build_scheduler
+from workflows.console.terminal import ProgressSender
+from workflows.tracking.plots import confusion_figure
+from workflows.tracking.tracker import Tracker, read_unsent
+
+
+def cycle(shard: Any, batch_size: int) -> Iterator[dict[str, Tensor]]:
+    """Batches from a dataset shard forever; a new pass re-executes the stream (fresh random clips)."""
+    while True:
+        empty = True
+        for batch in shard.iter_torch_batches(batch_size=batch_size, drop_last=True):
+            empty = False
+            yield batch
+        if empty:
+            raise RuntimeError("a training stream produced no full batch: too few readable videos per worker")
+
+
+def mean_across_workers(sums: Mapping[str, float], counts: Mapping[str, int]) -> dict[str, float]:
+    """Mean of each metric over the log window and over all workers (nan-free values only)."""
+    keys = sorted(sums)
+    local = torch.tensor([[sums[k], counts[k]] for k in keys], dtype=torch.float64).reshape(-1, 2)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(local)
+    return {k: (s / c if c else math.nan) for k, (s, c) in zip(keys, local.tolist(), strict=True)}
+
+
+def evaluate(
+    models: Mapping[str, nn.Module], cfg: Config, num_classes: int, device: torch.device
+) -> dict[str, EvalCounts]:
+    """Counts for every model over the whole test split (rank 0 only: an equal split across workers
+    would drop videos to even out the shards)."""
+    counts = {role: EvalCounts.zeros(num_classes) for role in models}
+    was_training = {role: m.training for role, m in models.items()}  # a frozen teacher stays in eval mode
+    for m in models.values():
+        m.eval()
+    for batch in ray.train.get_dataset_shard("eval").iter_torch_batches(batch_size=cfg.train.batch_size):
+        for role, m in models.items():
+            counts[role].add(video_probs(unwrap(m), batch["clips"], cfg.augment, device), batch["label"])
+    for role, m in models.items():
+        m.train(was_training[role])
+    return counts
+
+
+def load_teacher(spec: str, tracking_uri: str, classes: list[str]) -> nn.Module:
+    """A frozen teacher from an MLflow model URI (models:/name@alias, runs:/...), a checkpoint directory or a
+    run folder; it must know the run's classes in the run's order, or its pseudo-labels would name others."""
+    from workflows.runtime.inference import load_for_inference
+
+    loaded = load_for_inference(spec, tracking_uri)
+    if loaded.classes != classes:
+        raise ValueError(f"model.teacher {spec}: its classes {loaded.classes} differ from this run's {classes}")
+    return loaded.model
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    cfg = from_dict(loop_config["config"])
+    classes: list[str] = loop_config["classes"]
+    num_classes = len(classes)
+    ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
+    torch.set_num_threads(cfg.scaling.torch_threads)
+    allocator.configure(cfg.scaling)
+    torch.manual_seed(cfg.train.seed * 1000 + rank)
+    device = ray.train.torch.get_device()
+    names = model_names(cfg)
+    models = place_models(build_models(cfg, num_classes), cfg, device)
+    optimizer = build_optimizer(cfg, models)
+    scheduler = build_scheduler(optimizer, warmup=cfg.train.warmup_iters, total=cfg.train.iterations)
+    algorithm_cls = get_algorithm(cfg.algorithm.name)
+
+    start_step = 0
+    algorithm_state: dict[str, Any] = {}  # EMA teacher, step counters, class-wise threshold statistics
+    unsent: list[dict[str, Any]] = []  # metrics the previous attempt could not deliver to MLflow
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as ckpt_dir:
+            state = load_training_state(ckpt_dir)
+            unsent = read_unsent(ckpt_dir)
+        start_step = restore_training_state(state, models=models, optimizer=optimizer, scheduler=scheduler)
+        algorithm_state = state["algorithm"]
+        # Keep the workers' augmentation streams distinct after a restore.
+        torch.manual_seed(cfg.train.seed * 1000 + rank + start_step)
+    else:
+        # A fresh start: model.init / model.auxiliary_init, from the local files the driver resolved MLflow URIs
+        # into (it checked them and printed the reports; every worker loads the same weights).
+        init_models(cfg, models, classes, loop_config.get("init"))
+    models = {role: ray.train.torch.prepare_model(m) for role, m in models.items()}
+    for role in algorithm_cls.frozen_roles:
+        teacher = load_teacher(str(cfg.model.teacher), loop_config["tracking_uri"], classes)
+        models[role] = freeze(teacher).to(device)
+    algorithm = algorithm_cls(models, cfg.algorithm.resolved_params())
+    algorithm.configure_ema(cfg.train.ema_decay, cfg.train.ema_start)
+    if checkpoint is not None:
+        algorithm.load_state_dict(algorithm_state)
+        algorithm.load_ema_state_dict(state.get("ema", {}))
+
+    tracker = None
+    progress = None  # rank 0's records for the driver's progress bar (workflows/console/terminal.py)
+    if rank == 0:
+        tracker = Tracker(loop_config["tracking_uri"], loop_config["mlflow_run_id"], buffer_metrics=True)
+        if loop_config.get("progress") is not None:
+            progress = ProgressSender(loop_config["progress"])
+    logged_until = resume_tracking(tracker, checkpoint is not None, start_step, unsent)
+    counter = loop_config["skip_counter"]
+    t = cfg.train
+    labeled_it = cycle(ray.train.get_dataset_shard("labeled"), t.batch_size)
+    unlabeled_it = (
+        cycle(ray.train.get_dataset_shard("unlabeled"), t.batch_size * t.mu)
+        if algorithm_cls.needs_unlabeled
+        else None
+    )
+    window = WindowMeans()
+    window_start, window_clips = time.perf_counter(), 0
+
+    precise_bn = PreciseBN(t.precise_bn_batches)
+    for step in range(start_step, t.iterations):
+        lb = next(labeled_it)
+        ub = next(unlabeled_it) if unlabeled_it is not None else None
+        labeled, unlabeled = stream_batches(lb, ub, cfg.augment, device, input_memory_format(cfg))
+        if rank == 0:
+            precise_bn.remember(labeled, unlabeled)
+        _, step_metrics = optimize(algorithm, optimizer, scheduler, labeled, unlabeled, grad_clip=t.grad_clip)
+        window_clips += len(lb["label"]) + (0 if ub is None else len(ub["true_label"]))
+        window.add(step_metrics)
+
+        done = step + 1
+        if progress is not None:
+            progress.step(done)
+        last = done == t.iterations
+        if done % t.log_every and done % t.eval_every and done % t.checkpoint_every and not last:
+            continue
+        metrics = mean_across_workers(*window.totals())
+        elapsed = time.perf_counter() - window_start
+        metrics["perf/clips_per_s"] = window_clips * ctx.get_world_size() / max(elapsed, 1e-9)
+        metrics["lr"] = scheduler.get_last_lr()[0]
+        metrics["data/skipped_videos"] = float(ray.get(counter.count.remote()))
+        eval_counts = None
+        if rank == 0 and (done % t.eval_every == 0 or last):
+            precise_bn.apply({role: unwrap(m) for role, m in algorithm.deployed_models().items()}, device)
+            eval_counts = evaluate(algorithm.deployed_models(), cfg, num_classes, device)
+            for role, c in eval_counts.items():
+                for key, value in c.summary().items():
+                    metrics[f"eval/{key}_{role}"] = value
+                for name, value in zip(classes, c.per_class().tolist(), strict=True):
+                    metrics[f"eval_class/{name}_{role}"] = value
+        metrics["step"] = done
+        if tracker is not None:
+            # Written to stdout directly: Ray Train's patched print() would echo the line twice.
+            sys.stdout.write(progress_line(metrics, t.iterations) + "\n")
+            sys.stdout.flush()
+            if progress is not None:
+                progress.report(metrics)
+            if done > logged_until:
+                tracker.log_metrics(metrics, step=done)
+            if last and eval_counts is not None:
+                log_final_evaluation(tracker, eval_counts, classes)
+        report_checkpoint = done % t.checkpoint_every == 0 or last
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = None
+            if report_checkpoint and rank == 0:
+                save_training_state(
+                    tmp, models=algorithm.trainable_models(), optimizer=optimizer, scheduler=scheduler, step=done,
+                    algorithm_state=algorithm.state_dict(), model_names=names, num_classes=num_classes,
+                    meta=model_meta(cfg, classes), ema=algorithm.ema_state_dict(),
+                )
+                if tracker is not None:
+                    tracker.write_unsent(tmp)
+                ckpt = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=ckpt)
+            if ckpt is not None and progress is not None:
+                progress.checkpoint(done)
+        window_start, window_clips = time.perf_counter(), 0
+
+
+def resume_tracking(tracker: Tracker | None, restored: bool, start_step: int, unsent: list[dict[str, Any]]) -> int:
+    """The last step this run's MLflow history holds (0 off rank 0). After a worker-group restart the steps
+    between the checkpoint and the failure are trained again, but MLflow already has them: logging them again
+    would put two values at one step. `step` is the last key of each logged batch, so a logged `step` means
+    the whole batch arrived. The checkpoint's undelivered metrics are queued again unless the failed attempt
+    delivered them later (it sends oldest first, so all at or below the last logged step arrived). A restore
+    is recorded as `train/restored_from_step`."""
+    if tracker is None:
+        return 0
+    logged = tracker.last_logged_step()
+    tracker.requeue([m for m in unsent if m["step"] > logged])
+    if restored:
+        tracker.log_metrics({"train/restored_from_step": float(start_step)}, step=start_step)
+    return logged
+
+
+def progress_line(metrics: Mapping[str, float], iterations: int) -> str:
+    """`step 40/400 loss 2.31 ...`: the headline numbers of one report, for the console."""
+    shown = [f"step {int(metrics['step'])}/{iterations}"]
+    for key in sorted(metrics):
+        if key.startswith(("loss/total", "pseudo/mask_rate", "pseudo/accuracy", "eval/top1")):
+            value = metrics[key]
+            if not math.isnan(value):
+                shown.append(f"{key.split('/', 1)[1]} {value:.3f}")
+    shown.append(f"clips/s {metrics['perf/clips_per_s']:.1f}")
+    return " | ".join(shown)
+
+
+def log_final_evaluation(tracker: Tracker, counts: Mapping[str, EvalCounts], classes: list[str]) -> None:
+    """Per-class accuracy table and confusion-matrix PNG of every model. Without a tracking server they are
+    skipped with a warning: failing here would discard the finished training (the final checkpoint comes next)."""
+    rows = ["class," + ",".join(counts)]
+    per_class = {role: c.per_class().tolist() for role, c in counts.items()}
+    for i, name in enumerate(classes):
+        rows.append(name + "," + ",".join(f"{per_class[r][i]:.4f}" for r in counts))
+    try:
+        tracker.log_text("\n".join(rows) + "\n", "eval/per_class_accuracy.csv")
+        for role, c in counts.items():
+            tracker.log_figure(confusion_figure(c.confusion, classes, title=f"{role} confusion"),
+                               f"eval/confusion_{role}.png")
+    except Exception as err:  # MLflow unreachable: the metrics are buffered, these artifacts are not
+        sys.stderr.write(f"warning: final evaluation artifacts not logged to MLflow: {err}\n")

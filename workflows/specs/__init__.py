@@ -1,0 +1,1 @@
+"""Workflow files that wrap a training config: the sweep file and the Noisy Student file."""
