@@ -8,7 +8,7 @@ LOCK := requirements/lock.txt
 LOCK_VENV := .venv-lock
 PIP_TOOLS := pip-tools==7.6.2
 
-.PHONY: install install-torchcodec lock demo test test-slow lint clean-demo device-wheels
+.PHONY: install install-torchcodec lock demo test test-unit test-slow lint clean-demo device-wheels
 
 install: $(STAMP)
 
@@ -32,7 +32,7 @@ lock:
 		--no-emit-find-links --extra dev --extra torchcodec -o $(LOCK) pyproject.toml requirements/torch.in
 
 # Wheels of what the GPU machine lacks for bench.gpu_step (it has torch and torchvision), at the lock's versions, into
-# .device-wheels/ (git-ignored), which the device tool carries (docs/benchmarks.md: GPU step): the pure-Python ones
+# .device-wheels/ (git-ignored), carried there with the checkout (docs/benchmarks.md: GPU step): the pure-Python ones
 # built here (pytorchvideo and fvcore are source releases), the compiled one (pyyaml) for Python 3.11-3.13.
 DEVICE_PURE := pytorchvideo fvcore iopath portalocker tabulate termcolor yacs tqdm
 DEVICE_BINARY := pyyaml
@@ -54,12 +54,19 @@ install-torchcodec: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m workflows.train --config configs/demo.yaml --baseline
 
-# The README's test command. The failure-injection tests (a SIGKILLed Train worker, an MLflow server stopped
-# mid-run, a node of the two-node cluster/local.sh lost mid-run) take ~15 min together on 2 cores, over the
-# suite's budget: `make test-slow` runs them; CI (.ci/run) runs both.
+# The README's test command: tests/unit and tests/e2e (-m "not slow"; tests/conftest.py marks tests by folder).
+# tests/slow, the failure-injection tests (a SIGKILLed Train worker, an MLflow server stopped mid-run, a node of the
+# two-node cluster/local.sh lost mid-run) and a pretraining resume, takes ~15 min on 2 cores, over the suite's
+# budget: `make test-slow` runs it; CI (.ci/run) runs both.
 test: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest -q -m "not slow" --durations=15
+
+# The edit-run loop: ruff and tests/unit (small tensors, generated videos; nothing starts Ray), under 2 min on 2 cores.
+test-unit: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q tests/unit --durations=5
 
 test-slow: $(STAMP)
 	VIDSSL_CLUSTER_TESTS=1 $(BIN)/python -m pytest -q -m slow --durations=10

@@ -50,6 +50,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from ssl_core.config import Config, DataConfig, with_overrides
 from ssl_core.data import synthetic
@@ -129,6 +131,7 @@ def pipeline_config(root: Path, spec: ClipSpec, clips: int, batch: int, decode_c
 
 
 def pipeline_stream(cfg: Config, records: Sequence[VideoRecord]) -> Any:
+    # here: the pytorchvideo contestant's process imports this module and runs without Ray
     from workflows.runtime.streams import SkipCounter, build_datasets
 
     counter = SkipCounter.remote()
@@ -137,6 +140,7 @@ def pipeline_stream(cfg: Config, records: Sequence[VideoRecord]) -> Any:
 
 def the_clips(cfg: Config, records: Sequence[VideoRecord], n: int) -> list[tuple[str, int]]:
     """(path, seed) of the first n rows of the pipeline's labeled stream: the clips every contestant decodes."""
+    # here: the pytorchvideo contestant's process imports this module and runs without Ray
     from workflows.runtime.streams import record_table, rows_for_ids
 
     rows = rows_for_ids(np.arange(n), record_table(records), cfg.train.seed, "label")
@@ -195,9 +199,6 @@ def warm_workers(root: Path, spec: ClipSpec, records: Sequence[VideoRecord], slo
 
 def _resize_crop(frames: Any, size: int) -> Any:  # (T, C, H, W) float 0..255 -> (T, size, size, 3) uint8
     """Short side -> size (bilinear, antialiased), centre crop: what vidssl's decode does with swscale."""
-    import torch
-    import torch.nn.functional as F
-
     h, w = frames.shape[-2:]
     scale = size / min(h, w)
     frames = F.interpolate(frames, size=(max(size, round(h * scale)), max(size, round(w * scale))),
@@ -214,8 +215,6 @@ class _PtvClip:
         self.spec = spec
 
     def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
-        import torch
-
         video = sample["video"]
         index = (torch.arange(self.spec.num_frames) * self.spec.stride).clamp(max=max(video.shape[1] - 1, 0))
         return {"clip": _resize_crop(video[:, index].permute(1, 0, 2, 3), self.spec.size), "label": sample["label"]}
@@ -237,7 +236,7 @@ def run_pytorchvideo(clips: Sequence[tuple[str, int]], spec: ClipSpec, batch: in
 
 def pytorchvideo_child() -> None:
     """The pytorchvideo contestant's process: a job as JSON on stdin, [clips/s, first batch s, shape] out."""
-    import torch
+    # here: only this contestant needs pytorchvideo's data API
     from pytorchvideo.data import LabeledVideoDataset, make_clip_sampler
 
     job = json.loads(sys.stdin.read())
@@ -257,8 +256,6 @@ def pytorchvideo_child() -> None:
 
 def _regroup(frames: dict[str, np.ndarray], *, spec: ClipSpec, starts: dict[str, int]) -> dict[str, np.ndarray]:
     """All frames of one video (read_videos rows) -> the clip at its start, resized and centre-cropped."""
-    import torch
-
     order = np.argsort(frames["frame_index"])
     path = str(frames["path"][0])
     index = [min(starts.get(path, 0) + i * spec.stride, len(order) - 1) for i in range(spec.num_frames)]
@@ -270,6 +267,7 @@ def run_read_videos(records: Sequence[VideoRecord], spec: ClipSpec, n: int, batc
                     ) -> tuple[float, float, tuple[int, ...]] | str:
     if importlib.util.find_spec("decord") is None:
         return "skipped: ray.data.read_videos needs decord (pip install decord)"
+    # here: the pytorchvideo contestant's process imports this module and runs without Ray
     import ray
 
     paths = [r.path for r in records[:n]]
@@ -311,16 +309,17 @@ class MemorySampler:
     """Peak driver RSS and object-store bytes, sampled every `every` seconds while in the `with` block."""
 
     def __init__(self, every: float = 0.25) -> None:
+        # here: the pytorchvideo contestant's process imports this module and runs without Ray
         import ray
 
         self.every = every
-        # This session's GCS: the summary call would refuse to guess when other Ray instances run here.
+        # This Ray instance's GCS: the summary call would refuse to guess when other Ray instances run here.
         self.address = ray.get_runtime_context().gcs_address
         self.peak_rss = self.peak_store = 0
         self._stop = threading.Event()
 
     def _store_bytes(self) -> int:
-        from ray._private.internal_api import memory_summary
+        from ray._private.internal_api import memory_summary  # here: as in __init__ (Ray's private API)
 
         found = re.search(r"Plasma memory usage (\d+) MiB", memory_summary(address=self.address, stats_only=True))
         return int(found.group(1)) * 2**20 if found else 0
@@ -407,6 +406,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     video_frames = args.video_frames or (48 if args.quick else 160)  # 160 frames = 10 s at 16 fps
     spec = ClipSpec(args.frames, args.stride, args.size, fps=16)
 
+    # here: the pytorchvideo contestant's process imports this module and runs without Ray
     import ray
 
     wall = time.perf_counter()

@@ -4,8 +4,8 @@
     python -m bench.gpu_step --quick             # fewer steps, no compile: ~4 min on an H100
     python -m bench.gpu_step --device cpu --models small3d,small3d_w0.5 --size 40 --crop 32 --quick  # smoke
 
-No Ray and no decode (the GPU machines have neither; DESIGN.md): uint8 clips already on the device go through
-the worker's own step code (`ssl_core.loop.make_batches`: augmentation on the device; `optimize`: bf16 autocast
+No Ray and no decode (a GPU machine may have torch only): uint8 clips already on the device go through
+the worker's own step code (`ssl_core.train_step.make_batches`: augmentation on the device; `optimize`: bf16 autocast
 on CUDA, backward, grad clip, optimizer, EMA, LR schedule). Each configuration below runs every algorithm,
 side by side in one process:
   baseline     every lever off: what the step was before them;
@@ -43,10 +43,10 @@ from bench.augment_speed import seconds_per_call as timed
 from ssl_core.algorithms import get_algorithm
 from ssl_core.config import Config, load_config
 from ssl_core.data.transforms import augment_per_clip, weak_transform
-from ssl_core.loop import build_models, build_optimizer, input_memory_format, make_batches, optimize, place_models
 from ssl_core.metrics import WindowMeans
 from ssl_core.schedule import build_scheduler
 from ssl_core.step import TRUE_LABEL_KEY
+from ssl_core.train_step import build_models, build_optimizer, input_memory_format, make_batches, optimize, place_models
 
 # Dense bf16 tensor-core peaks (TFLOP/s) from the vendors' data sheets, by a substring of the device name.
 PEAK_BF16_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0, "A100": 312.0}

@@ -3,7 +3,7 @@
     python -m bench.label_queue --config configs/bench_label_queue.yaml [--quick]
 
 Per seed, on the synthetic set of the config's `base` (generated on first use), all through the real
-workflow (workflows.train.run_training: Ray Data + Ray Train + MLflow, runs tagged vidssl.bench=label_queue,
+workflow (workflows.runtime.training.run_training: Ray Data + Ray Train + MLflow, runs tagged vidssl.bench=label_queue,
 vidssl.arm=initial|random|queue, vidssl.seed, children of one parent run):
   1. train an initial model on `initial_per_class` labeled videos per class;
   2. rank the rest of the train split with the label queue (workflows.label_queue, `strategy`) and take its
@@ -33,6 +33,12 @@ import numpy as np
 import yaml
 
 from ssl_core.config import Config, ConfigError, with_overrides
+from ssl_core.data.manifest import load_manifest, write_split_file
+from ssl_core.data.splits import prepare_data
+from workflows import label_queue as lq
+from workflows.runtime.inference import load_for_inference
+from workflows.runtime.training import run_training
+from workflows.tracking.tracker import Tracker, resolve_uri
 
 OUT = Path("bench/out")
 ARMS: tuple[str, ...] = ("initial", "random", "queue")
@@ -79,10 +85,6 @@ def pick_queue(cfg: Config, model_uri: str, tracking_uri: str, spec: BenchSpec
                ) -> tuple[list[str], list[str], str, float]:
     """Rank the unlabeled train videos with the initial model: (candidates, top `budget`, the queue CSV,
     the model's accuracy on those picks against the manifest)."""
-    from ssl_core.data.splits import prepare_data
-    from workflows import label_queue as lq
-    from workflows.runtime.inference import load_for_inference
-
     data = prepare_data(cfg, None)  # reads the initial split file the initial run wrote
     loaded = load_for_inference(model_uri, tracking_uri)
     candidates = sorted(r.path for r in data.unlabeled)
@@ -98,17 +100,12 @@ def pick_queue(cfg: Config, model_uri: str, tracking_uri: str, spec: BenchSpec
 
 def write_arm_split(path: Path, cfg: Config, added: Sequence[str]) -> None:
     """Initial labels + `added` videos labeled from the manifest (the simulated annotator)."""
-    from ssl_core.data.manifest import write_split_file
-    from ssl_core.data.splits import prepare_data
-
     data = prepare_data(cfg, None)
     by_path = {r.path: r for r in data.unlabeled}
     write_split_file(path, [*data.labeled, *(by_path[p] for p in added)], data.manifest, Path(cfg.data.root))
 
 
 def run_seed(spec: BenchSpec, seed: int, folder: Path, tag: str, parent: Any) -> dict[str, Any]:
-    from workflows.train import run_training
-
     folder.mkdir(parents=True)
     tags = {"mlflow.parentRunId": parent.run_id, "vidssl.bench": "label_queue", "vidssl.seed": str(seed)}
     row: dict[str, Any] = {"seed": seed}
@@ -153,8 +150,6 @@ def table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
 
 
 def report(spec: BenchSpec, rows: Sequence[Mapping[str, Any]], command: str, wall_s: float) -> str:
-    from ssl_core.data.manifest import load_manifest
-
     cfg = with_overrides(spec.base, spec.overrides)
     syn, t, d = cfg.data.synthetic, cfg.train, cfg.data
     manifest = load_manifest(d.layout, d.root, csv_path=d.csv_path, ucf_split=d.ucf_split,
@@ -183,7 +178,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config", required=True)
     parser.add_argument("--quick", action="store_true", help="the config's quick variant: check the wiring")
     args = parser.parse_args(argv)
-    from workflows.tracking.tracker import Tracker, resolve_uri
 
     start = time.perf_counter()
     tag = time.strftime("%Y%m%d-%H%M%S") + ("-quick" if args.quick else "")

@@ -1,11 +1,11 @@
-"""Training-step throughput: the Ray Train worker loop vs a plain PyTorch loop on the same step (issue #4).
+"""Training-step throughput: the Ray Train worker loop vs a plain PyTorch loop on the same step.
 
     python -m bench.train_throughput --quick          # small3d pair only, < 90 s on 2 CPU cores
     python -m bench.train_throughput                  # small3d pair + r3d_50 pair, ~10 min on 2 CPU cores
     python -m bench.train_throughput --models r3d_50,r3d_50_w0.25 --frames 8 --size 128 --crop 112 \
         --batch 2 --mu 1 --device cuda                # any pair, any shape (repeat --models for several pairs)
 
-Contestants, on the SAME CMPL step (ssl_core.loop.make_batches + optimize), Config, model pair, batch, mu,
+Contestants, on the SAME CMPL step (ssl_core.train_step.make_batches + optimize), Config, model pair, batch, mu,
 clip shape, torch threads and device:
   plain  this process: models from build_models, batches already stacked in memory, a for loop;
   ray    workflows.runtime.train_worker.train_loop_per_worker in a real ray.train.torch.TorchTrainer (1 worker), fed by
@@ -185,6 +185,7 @@ def headline(ratios_by_pair: dict[str, Stat]) -> float:
 
 
 def make_config(case: Case, device: str, threads: int) -> Any:
+    # here: torch, Ray and MLflow take seconds to load; the unit tests import this module for its arithmetic
     from ssl_core.config import load_config
 
     overrides = [
@@ -234,11 +235,12 @@ def make_clips(case: Case, eval_clips: int, seed: int = 0) -> Clips:
 def run_plain(case: Case, cfg: Any, clips: Clips, device: str) -> tuple[float, float]:
     """Clips/s of the timed windows of a plain loop: same models, optimizer, schedule, seed and batches as
     the Ray worker; batches are stacked tensors before the clock starts (the ideal feed)."""
+    # here: torch, Ray and MLflow take seconds to load; the unit tests import this module for its arithmetic
     import torch
 
     from ssl_core.algorithms import get_algorithm
-    from ssl_core.loop import build_models, build_optimizer, make_batches, optimize
     from ssl_core.schedule import build_scheduler
+    from ssl_core.train_step import build_models, build_optimizer, make_batches, optimize
 
     t = cfg.train
     torch.set_num_threads(cfg.scaling.torch_threads)  # what train_loop_per_worker does in its worker
@@ -335,6 +337,7 @@ class RayResult:
 def datasets_for(clips: Clips, case: Case) -> dict[str, Any]:
     """The columns train_loop_per_worker reads (workflows/runtime/streams.py): labeled {clip, label}, unlabeled
     {clip, true_label}, eval {clips, label}; one block per batch, as build_datasets' streams have."""
+    # here: torch, Ray and MLflow take seconds to load; the unit tests import this module for its arithmetic
     import ray.data
 
     def rows(x: np.ndarray, y: np.ndarray, clip_key: str, label_key: str) -> list[dict[str, Any]]:
@@ -357,6 +360,7 @@ def run_ray(case: Case, cfg: Any, datasets: dict[str, Any], tracking_uri: str, s
     Fairness: eval and checkpoint happen only at the last step (eval_every = checkpoint_every = iterations),
     and the last window is a single extra step that is never used (iterations_for), so neither eval nor the
     checkpoint write can fall in a timed window; the warm-up window is dropped as in the plain loop."""
+    # here: torch, Ray and MLflow take seconds to load; the unit tests import this module for its arithmetic
     import ray
     import ray.train
     from mlflow import MlflowClient
@@ -364,19 +368,15 @@ def run_ray(case: Case, cfg: Any, datasets: dict[str, Any], tracking_uri: str, s
 
     from workflows.runtime.streams import SkipCounter
     from workflows.runtime.train_worker import train_loop_per_worker
+    from workflows.runtime.worker_args import WorkerArgs
     from workflows.tracking.tracker import Tracker
 
     tracker = Tracker.start(tracking_uri, "bench-train-throughput", name, {"vidssl.bench": "train_throughput"})
     s = cfg.scaling
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={
-            "config": cfg.to_dict(),
-            "classes": [f"class{i}" for i in range(NUM_CLASSES)],
-            "tracking_uri": tracking_uri,
-            "mlflow_run_id": tracker.run_id,
-            "skip_counter": SkipCounter.remote(),
-        },
+        train_loop_config=WorkerArgs(cfg.to_dict(), [f"class{i}" for i in range(NUM_CLASSES)], tracking_uri,
+                                     tracker.run_id, SkipCounter.remote()).loop_config(),
         scaling_config=ray.train.ScalingConfig(
             num_workers=1, use_gpu=device == "cuda", resources_per_worker={"CPU": s.cpus_per_worker}
         ),
@@ -466,6 +466,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     wall_start = time.perf_counter()
+    # here: torch, Ray and MLflow take seconds to load; the unit tests import this module for its arithmetic
     import ray
     import torch
 

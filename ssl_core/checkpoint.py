@@ -7,6 +7,7 @@ so loading never unpickles arbitrary objects.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,15 +15,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from ssl_core.models import build_model
+from ssl_core.unwrap import unwrap
+
 if TYPE_CHECKING:
     from ssl_core.config import Config
 
 STATE_FILE = "state.pt"
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The bare model inside a DistributedDataParallel wrapper."""
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
 def save_training_state(
@@ -113,8 +112,6 @@ def deployed_weights(state: Mapping[str, Any], role: str) -> Mapping[str, Any]:
 def model_from_state(state: Mapping[str, Any], role: str, where: str | Path) -> nn.Module:
     """The deployed `role` model (EMA weights when kept) of a loaded training state; `where` names the
     checkpoint in errors."""
-    from ssl_core.models import build_model
-
     if role not in state["models"]:
         raise KeyError(f"checkpoint {where} has no {role!r} model; it has {sorted(state['models'])}")
     model = build_model(state["model_names"][role], num_classes=state["num_classes"])
@@ -126,3 +123,33 @@ def load_checkpoint_model(path: str | Path, role: str = "primary") -> nn.Module:
     """The `role` model of a checkpoint directory (or of a run folder's latest checkpoint)."""
     directory = latest_checkpoint_dir(path)
     return model_from_state(load_training_state(directory), role, directory)
+
+
+def step_checkpoint_dir(run_dir: str | Path, step: int) -> Path:
+    """`<run_dir>/checkpoint_<step>`: where the Ray-free runners write (Ray Train names its own by time)."""
+    return Path(run_dir) / f"checkpoint_{step:06d}"
+
+
+def step_checkpoints(run_dir: str | Path) -> list[Path]:
+    """A run folder's step_checkpoint_dir folders holding a state, oldest step first."""
+    found = [p.parent for p in Path(run_dir).glob(f"checkpoint_*/{STATE_FILE}")
+             if p.parent.name.removeprefix("checkpoint_").isdigit()]
+    return sorted(found, key=lambda p: int(p.name.removeprefix("checkpoint_")))
+
+
+def keep_newest_checkpoints(run_dir: str | Path, keep: int) -> None:
+    """Delete all but the `keep` newest step checkpoints of a run folder (train.keep_checkpoints)."""
+    for old in step_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def newest_step_checkpoint(storage: str | Path, *, stage: str | None) -> tuple[Path, dict[str, Any]]:
+    """The most recently written step checkpoint under any run folder of `storage` whose meta names `stage`
+    (None: a training checkpoint), and its loaded state: what `--resume latest` of a Ray-free runner continues."""
+    candidates = [d for run in Path(storage).glob("*/") for d in step_checkpoints(run)]
+    for directory in sorted(candidates, key=lambda d: (d / STATE_FILE).stat().st_mtime, reverse=True):
+        state = load_training_state(directory)
+        if (state.get("meta") or {}).get("stage") == stage:
+            return directory, state
+    kind = "training" if stage is None else stage
+    raise FileNotFoundError(f"no {kind} checkpoint_<step> folder under any run folder of {storage}")

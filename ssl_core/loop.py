@@ -1,227 +1,62 @@
-"""One optimisation step in plain view, shared by the Ray Train worker and a Ray-free local loop.
-
-The local loop decodes clips in this process and trains without Ray or MLflow: a baseline for benchmarks,
-a way to check that a dataset is learnable, and how GPU machines without Ray measure the step:
+"""The Ray-free training runner: clips decoded by threads of this process, the same step, evaluation and
+checkpoints as the Ray Train worker, over the same step loop (ssl_core.engine); no Ray, no MLflow. A baseline
+for benchmarks, a way to check that a dataset is learnable, and a way to train on one GPU machine:
 
     python -m ssl_core.loop --config configs/demo.yaml --set algorithm.name=supervised \
         --set data.labeled_fraction=1.0 --set train.iterations=300
+    python -m ssl_core.loop --config configs/demo.yaml --set train.iterations=600 --resume latest
+
+Checkpoints go to `<output.storage>/<run name>/checkpoint_<step>/` in ssl_core.checkpoint's format
+(train.checkpoint_every, train.keep_checkpoints); `--resume latest|<checkpoint or run folder>` continues one.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ssl_core import allocator
 from ssl_core.algorithms import get_algorithm
-from ssl_core.algorithms.registry import Algorithm, StepOutput
-from ssl_core.checkpoint import load_checkpoint_model, unwrap
-from ssl_core.config import Config, load_config
-from ssl_core.data.batched_augment import unlabeled_views, weak_view
-from ssl_core.data.transforms import AugmentConfig
-from ssl_core.evaluate import EvalCounts, PreciseBN
-from ssl_core.metrics import WindowMeans
-from ssl_core.models import build_model
-from ssl_core.models.init import InitReport, InitSource, load_init, read_init_source
+from ssl_core.checkpoint import (
+    keep_newest_checkpoints,
+    latest_checkpoint_dir,
+    load_checkpoint_model,
+    load_training_state,
+    model_meta,
+    newest_step_checkpoint,
+    restore_training_state,
+    save_training_state,
+    step_checkpoint_dir,
+)
+from ssl_core.config import Config, dump_yaml, load_config
+from ssl_core.engine import Hooks, Report, Schedule, run
+from ssl_core.evaluate import EvalCounts, PreciseBN, video_probs
+from ssl_core.run_folder import claim_run_dir, stamped
 from ssl_core.schedule import build_scheduler
-from ssl_core.step import TRUE_LABEL_KEY, ssl_step
+from ssl_core.train_step import (
+    build_models,
+    build_optimizer,
+    freeze,
+    init_models,
+    input_memory_format,
+    make_batches,
+    model_names,
+    optimize,
+    place_models,
+)
 
-if TYPE_CHECKING:  # both import PyAV, which the step's half of this module does without
+if TYPE_CHECKING:  # both import PyAV, which bench.gpu_step's machines do without
     from ssl_core.data.clip_cache import ClipCache
     from ssl_core.data.manifest import VideoRecord
 
-
-def model_names(cfg: Config) -> dict[str, str]:
-    """Role -> registered model name for the roles the configured algorithm trains (a frozen teacher is
-    loaded, not built). MPL's teacher shares the primary's architecture."""
-    algorithm_cls = get_algorithm(cfg.algorithm.name)
-    names = {"primary": cfg.model.primary, "auxiliary": cfg.model.auxiliary, "teacher": cfg.model.primary}
-    roles = algorithm_cls.roles_for(cfg.algorithm.resolved_params())
-    return {role: names[role] for role in roles if role not in algorithm_cls.frozen_roles}
-
-
-def build_models(cfg: Config, num_classes: int) -> dict[str, nn.Module]:
-    """The trainable models of the configured algorithm, with the configured noise (dropout, stochastic depth)."""
-    models = {}
-    for role, name in model_names(cfg).items():
-        model = build_model(name, num_classes=num_classes, dropout=cfg.model.dropout)
-        if cfg.model.stochastic_depth > 0:
-            from ssl_core.models.stochastic_depth import add_stochastic_depth
-
-            model = add_stochastic_depth(model, cfg.model.stochastic_depth)
-        models[role] = model
-    return models
-
-
-# Config key (model.<key>) whose pretrained weights start each trainable role. MPL's teacher is built with the
-# primary's architecture and starts from the same weights: the student learns the unlabeled clips only from the
-# teacher's pseudo-labels, so a random teacher beside a pretrained student would first teach it noise.
-INIT_KEYS = {"primary": "init", "teacher": "init", "auxiliary": "auxiliary_init"}
-
-
-def init_models(
-    cfg: Config,
-    models: Mapping[str, nn.Module],
-    classes: Sequence[str] | None = None,
-    sources: Mapping[str, str] | None = None,
-) -> list[InitReport]:
-    """Load `model.init` / `model.auxiliary_init` into freshly built models in place (see INIT_KEYS); one report
-    per loaded model, for the console (`report.line()`) and MLflow. Call it on a fresh start only: a resumed run
-    restores its checkpoint instead. `classes`: this run's, so a source naming others keeps a fresh classifier.
-    `sources`: config key -> local source replacing the configured one (workflows.train resolves an MLflow
-    URI into a file once, on the driver). Raises InitError (a ConfigError) for weights of another architecture."""
-    reports: list[InitReport] = []
-    read: dict[str, InitSource] = {}
-    for role, model in models.items():
-        key = INIT_KEYS.get(role)
-        if key is None:
-            continue
-        spec = sources[key] if sources is not None and key in sources else getattr(cfg.model, key)
-        if spec is None:
-            continue
-        if key not in read:
-            read[key] = read_init_source(spec, key=f"model.{key}")
-        src = read[key]
-        reports.append(load_init(unwrap(model), src.state_dict, name=role, source=src.description,
-                                 key=f"model.{key}", source_classes=src.classes, classes=classes))
-    return reports
-
-
-def freeze(model: nn.Module) -> nn.Module:
-    """A teacher that is only ever called under no_grad: eval mode, no parameter gradients."""
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
-
-
-def build_optimizer(cfg: Config, models: Mapping[str, nn.Module]) -> torch.optim.Optimizer:
-    """SGD or AdamW over every trained model; the fused (one kernel per step) form when the models are on CUDA,
-    so place them first (place_models)."""
-    params = [p for m in models.values() for p in m.parameters()]
-    fused = bool(params) and all(p.is_cuda for p in params)
-    t = cfg.train
-    if t.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, nesterov=True,
-                               fused=fused or None)
-    return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay, fused=fused or None)
-
-
-def input_memory_format(cfg: Config) -> torch.memory_format:
-    """The memory format of model inputs (B, 3, T, h, w): channels_last_3d with train.channels_last."""
-    return torch.channels_last_3d if cfg.train.channels_last else torch.contiguous_format
-
-
-def place_models(models: Mapping[str, nn.Module], cfg: Config, device: torch.device) -> dict[str, nn.Module]:
-    """The models on `device`, in the configured memory format, compiled in place with train.compile."""
-    if device.type == "cuda":
-        # Clip shapes are fixed for a run: let cuDNN time its algorithms once and keep the fastest.
-        torch.backends.cudnn.benchmark = True
-    placed = {}
-    for role, model in models.items():
-        model = model.to(device, memory_format=input_memory_format(cfg))
-        if cfg.train.compile:
-            model.compile()
-        placed[role] = model
-    return placed
-
-
-def make_batches(
-    labeled_clips: Tensor,  # (B_l, T, H, W, 3) uint8
-    labels: Tensor,  # (B_l,) int64
-    unlabeled_clips: Tensor | None,  # (B_u, T, H, W, 3) uint8
-    true_labels: Tensor | None,  # (B_u,) int64, metrics only
-    aug: AugmentConfig,
-    device: torch.device,
-    targets: Tensor | None = None,  # (B_u, C) stored teacher probabilities (data.pseudo_labels)
-    memory_format: torch.memory_format = torch.contiguous_format,  # of the views (input_memory_format)
-) -> tuple[dict[str, Tensor], dict[str, Tensor] | None]:
-    """Augmented, normalised batches in the algorithm contract (the unlabeled clip yields weak + strong).
-
-    The uint8 clips move to `device` first and are augmented there: a quarter of the bytes of float views
-    cross the bus, and a GPU does the augmentation work (one batched kernel per op, ssl_core.data.batched_augment)."""
-    video = weak_view(labeled_clips.to(device), aug).contiguous(memory_format=memory_format)
-    labeled = {"video": video, "label": labels.to(device)}
-    if unlabeled_clips is None:
-        return labeled, None
-    weak, strong = (v.contiguous(memory_format=memory_format) for v in unlabeled_views(unlabeled_clips.to(device), aug))
-    unlabeled = {"weak": weak, "strong": strong}
-    if true_labels is not None:
-        unlabeled[TRUE_LABEL_KEY] = true_labels.to(device)
-    if targets is not None:
-        unlabeled["target"] = targets.float().to(device)
-    return labeled, unlabeled
-
-
-def stream_batches(
-    lb: Mapping[str, Tensor],  # {"clip", "label"} or, augmented on the data workers, {"video", "label"}
-    ub: Mapping[str, Tensor] | None,  # {"clip" | "weak", "strong", "true_label"[, "target"]}
-    aug: AugmentConfig,
-    device: torch.device,
-    memory_format: torch.memory_format = torch.contiguous_format,  # of the views (input_memory_format)
-) -> tuple[dict[str, Tensor], dict[str, Tensor] | None]:
-    """Batches from the Ray Data streams in the algorithm contract: uint8 clips are augmented here (on the
-    training device); views the data workers already made (augment.placement = data) only move."""
-    if "clip" in lb:
-        return make_batches(
-            lb["clip"], lb["label"], None if ub is None else ub["clip"], None if ub is None else ub["true_label"],
-            aug, device, targets=None if ub is None else ub.get("target"), memory_format=memory_format,
-        )
-
-    def view(v: Tensor) -> Tensor:
-        return v.to(device).contiguous(memory_format=memory_format)
-
-    labeled = {"video": view(lb["video"]), "label": lb["label"].to(device)}
-    if ub is None:
-        return labeled, None
-    unlabeled = {"weak": view(ub["weak"]), "strong": view(ub["strong"]), TRUE_LABEL_KEY: ub["true_label"].to(device)}
-    if "target" in ub:
-        unlabeled["target"] = ub["target"].float().to(device)
-    return labeled, unlabeled
-
-
-def optimize(
-    algorithm: Algorithm,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    labeled: dict[str, Tensor],
-    unlabeled: dict[str, Tensor] | None,
-    *,
-    grad_clip: float,
-) -> tuple[StepOutput, dict[str, Tensor]]:
-    """ssl_step -> backward -> clip -> step -> EMA -> LR; returns the step output and its scalar metrics as
-    detached 0-d tensors on the device: nothing here waits for the device (ssl_core.metrics.WindowMeans
-    brings them over once per logging window)."""
-    algorithm.steps_done = scheduler.last_epoch  # steps done so far (the scheduler is checkpointed, so this resumes)
-    device_type = labeled["video"].device.type
-    autocast = (
-        torch.autocast(device_type="cuda", dtype=torch.bfloat16) if device_type == "cuda" else contextlib.nullcontext()
-    )
-    with autocast:
-        out = ssl_step(algorithm, labeled, unlabeled)
-    optimizer.zero_grad(set_to_none=True)
-    out.loss.backward()
-    params = [p for m in algorithm.trainable_models().values() for p in m.parameters()]
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
-    optimizer.step()
-    algorithm.after_optimizer_step()
-    algorithm.update_ema()
-    scheduler.step()
-    metrics = {"loss/total": out.loss.detach(), "grad_norm": grad_norm.detach()}
-    metrics.update({k: v.detach() for k, v in out.metrics.items()})
-    return out, metrics
-
-
-# --- the Ray-free loop ---------------------------------------------------------------------------------
 
 
 T = TypeVar("T")
@@ -248,14 +83,16 @@ def prefetched(
 
 def _clip_batches(
     records: Sequence[VideoRecord], batch: int, cfg: Config, seed: int, pool: ThreadPoolExecutor,
-    cache: ClipCache | None = None,
+    cache: ClipCache | None = None, skipped: dict[str, str] | None = None,
 ) -> Iterator[tuple[Tensor, Tensor]]:
     """Endless in-process batches of decoded clips (records reshuffled each pass), decoded by `pool`'s
     threads two batches ahead, so decoding overlaps the training step (PyAV releases the GIL).
-    With a `cache` (data.cache) the same clips are sliced from it instead of decoded."""
+    With a `cache` (data.cache) the same clips are sliced from it instead of decoded. `skipped` receives
+    the path and reason of each unreadable video (data/skipped_videos)."""
     # Here, not at the top: the step's half of this module runs where PyAV is absent (bench.gpu_step on a GPU
     # machine).
-    from ssl_core.data.decode import DecodeError, decode_clip
+    from ssl_core.data.decode import decode_clip
+    from ssl_core.data.decode_base import DecodeError
 
     rng = np.random.default_rng(seed)
     d = cfg.data
@@ -270,7 +107,9 @@ def _clip_batches(
         try:
             clip = read_clip(record.path, num_frames=d.num_frames, stride=d.stride, size=d.size,
                              rng=np.random.default_rng(clip_seed))
-        except DecodeError:
+        except DecodeError as err:
+            if skipped is not None:
+                skipped.setdefault(record.path, str(err))
             return None
         return clip, record.label
 
@@ -289,100 +128,164 @@ def run_local(
     decode_threads: int = 2,
     evaluate: bool = True,
     say: Callable[[str], None] = _print,
-    on_window: Callable[[int, dict[str, float]], None] | None = None,
+    on_report: Callable[[Report], None] | None = None,
+    run_dir: Path | None = None,
+    resume_from: Path | None = None,
 ) -> dict[str, Any]:
-    """Train and evaluate one run in this process; returns test top-1/top-5 per evaluated model (not with
-    `evaluate=False`: speed measurements), the last `train.log_every` window's mean step metrics (`end/...`)
-    and clips/s. `say` receives the text lines (weights loaded, clip cache, each log window's means);
-    `on_window(step, means)` each log window's means too (e.g. for MLflow)."""
+    """Train (and evaluate every train.eval_every steps and at the end) one run in this process; returns the
+    last evaluation's test top-1/top-5 per evaluated model (none with `evaluate=False`: speed measurements), the
+    last `train.log_every` window's mean step metrics (`end/...`) and clips/s. `say` receives the text lines
+    (weights loaded, clip cache, each log window's means); `on_report` every report of the loop (e.g. for MLflow:
+    the Ray worker's keys). With `run_dir`, checkpoints go there (train.checkpoint_every and the last step);
+    `resume_from`: a checkpoint directory to continue from."""
     allocator.configure(cfg.scaling)
+    # here: these import PyAV, which the GPU machines running bench.gpu_step lack (it imports this module)
     from ssl_core.data.clip_cache import cache_for_config
     from ssl_core.data.decode import decode_eval_clips
     from ssl_core.data.splits import prepare_data
-    from ssl_core.evaluate import video_probs
 
-    torch.manual_seed(cfg.train.seed)
-    data = prepare_data(cfg, run_dir=None)
-    num_classes = len(data.manifest.classes)
+    data = prepare_data(cfg, run_dir)
+    classes = list(data.manifest.classes)
+    num_classes = len(classes)
     dev = torch.device(device)
-    models = build_models(cfg, num_classes)
-    for report in init_models(cfg, models, data.manifest.classes):
-        say(report.line())
-    models = place_models(models, cfg, dev)
-    optimizer = build_optimizer(cfg, models)
+    t = cfg.train
     algorithm_cls = get_algorithm(cfg.algorithm.name)
     if algorithm_cls.needs_targets:
         raise ValueError(f"{cfg.algorithm.name} learns a stored pseudo-labeled set, which only the Ray pipeline "
                          "streams: run it with python -m workflows.train")
-    for role in algorithm_cls.frozen_roles:
-        models[role] = freeze(load_checkpoint_model(str(cfg.model.teacher))).to(dev)
-    algorithm = algorithm_cls(models, cfg.algorithm.resolved_params())
-    t = cfg.train
-    algorithm.configure_ema(t.ema_decay, t.ema_start)
-    scheduler = build_scheduler(optimizer, warmup=t.warmup_iters, total=t.iterations)
     pool = ThreadPoolExecutor(max(1, decode_threads))
-    # data.cache: decode every video once (the decode threads build it) and slice the clips from it.
-    cache, cache_report = cache_for_config(
-        cfg, [r.path for r in (*data.labeled, *data.unlabeled, *data.test)], workers=max(1, decode_threads))
-    say(cache_report.line())
-    labeled_it = _clip_batches(data.labeled, t.batch_size, cfg, t.seed, pool, cache)
-    unlabeled_it = (
-        _clip_batches(data.unlabeled, t.batch_size * t.mu, cfg, t.seed + 1, pool, cache)
-        if algorithm.needs_unlabeled else None
-    )
-    clips, start = 0, time.perf_counter()
-    window = WindowMeans()
-    # The last log window's means (mask rate, pseudo-label accuracy, losses): where training ended.
-    last_window: dict[str, float] = {}
-    precise_bn = PreciseBN(t.precise_bn_batches)
-    for step in range(t.iterations):
-        lb, y = next(labeled_it)
-        ub, truth = next(unlabeled_it) if unlabeled_it is not None else (None, None)
-        labeled, unlabeled = make_batches(lb, y, ub, truth, cfg.augment, dev, memory_format=input_memory_format(cfg))
-        precise_bn.remember(labeled, unlabeled)
-        _, metrics = optimize(algorithm, optimizer, scheduler, labeled, unlabeled, grad_clip=t.grad_clip)
-        clips += lb.shape[0] + (0 if ub is None else ub.shape[0])
-        window.add(metrics)
-        if (step + 1) % t.log_every == 0 or step + 1 == t.iterations:
-            last_window = window.means()
-            shown = " ".join(f"{k}={v:.3f}" for k, v in sorted(last_window.items()))
-            say(f"step {step + 1}: {shown}")
-            if on_window is not None:
-                on_window(step + 1, last_window)
-    elapsed = time.perf_counter() - start
-    result: dict[str, Any] = {f"end/{k}": v for k, v in last_window.items()}
-    result.update({"train_clips_per_s": clips / elapsed, "train_seconds": elapsed})
-    if not evaluate:
+    skipped: dict[str, str] = {}  # unreadable video -> why
+    result: dict[str, Any] = {}
+
+    def build() -> tuple[Hooks, int]:
+        models = build_models(cfg, num_classes)
+        state = load_training_state(resume_from) if resume_from is not None else None
+        if state is None:  # a resumed run restores its checkpoint instead
+            for report in init_models(cfg, models, classes):
+                say(report.line())
+        models = place_models(models, cfg, dev)
+        optimizer = build_optimizer(cfg, models)
+        scheduler = build_scheduler(optimizer, warmup=t.warmup_iters, total=t.iterations)
+        start_step = 0
+        if state is not None:
+            start_step = restore_training_state(state, models=models, optimizer=optimizer, scheduler=scheduler)
+            say(f"resumed from {resume_from} at step {start_step}")
+        for role in algorithm_cls.frozen_roles:
+            models[role] = freeze(load_checkpoint_model(str(cfg.model.teacher))).to(dev)
+        algorithm = algorithm_cls(models, cfg.algorithm.resolved_params())
+        algorithm.configure_ema(t.ema_decay, t.ema_start)
+        if state is not None:
+            algorithm.load_state_dict(state["algorithm"])
+            algorithm.load_ema_state_dict(state.get("ema", {}))
+        # data.cache: decode every video once (the decode threads build it) and slice the clips from it.
+        cache, cache_report = cache_for_config(
+            cfg, [r.path for r in (*data.labeled, *data.unlabeled, *data.test)], workers=max(1, decode_threads))
+        say(cache_report.line())
+        seed = t.seed + 2 * start_step  # a resumed run draws other clips than its first start did
+        labeled_it = _clip_batches(data.labeled, t.batch_size, cfg, seed, pool, cache, skipped)
+        unlabeled_it = (_clip_batches(data.unlabeled, t.batch_size * t.mu, cfg, seed + 1, pool, cache, skipped)
+                        if algorithm.needs_unlabeled else None)
+        precise_bn = PreciseBN(t.precise_bn_batches)
+        read_eval = cache.decode_eval_clips if cache is not None else decode_eval_clips
+
+        def step(_: int) -> tuple[Mapping[str, Tensor], int]:
+            lb, y = next(labeled_it)
+            ub, truth = next(unlabeled_it) if unlabeled_it is not None else (None, None)
+            labeled, unlabeled = make_batches(lb, y, ub, truth, cfg.augment, dev,
+                                              memory_format=input_memory_format(cfg))
+            precise_bn.remember(labeled, unlabeled)
+            _, metrics = optimize(algorithm, optimizer, scheduler, labeled, unlabeled, grad_clip=t.grad_clip)
+            return metrics, lb.shape[0] + (0 if ub is None else ub.shape[0])
+
+        def test_split(done: int, last: bool) -> dict[str, float]:
+            evaluated = algorithm.deployed_models()
+            precise_bn.apply(evaluated, dev)
+            counts = {role: EvalCounts.zeros(num_classes) for role in evaluated}
+            was_training = {role: m.training for role, m in evaluated.items()}
+            for m in evaluated.values():
+                m.eval()
+            d = cfg.data
+            videos = pool.map(lambda r: read_eval(r.path, num_frames=d.num_frames, stride=d.stride, size=d.size,
+                                                  num_clips=d.eval_clips), data.test)
+            for r, video in zip(data.test, videos, strict=True):
+                for role, m in evaluated.items():
+                    counts[role].add(video_probs(m, torch.from_numpy(video)[None], cfg.augment, dev),
+                                     torch.tensor([r.label]))
+            for role, m in evaluated.items():
+                m.train(was_training[role])
+            metrics: dict[str, float] = {}
+            for role, c in counts.items():
+                summary = c.summary()
+                result.update({f"{k}_{role}": v for k, v in summary.items()})
+                metrics.update({f"eval/{k}_{role}": v for k, v in summary.items()})
+                metrics.update({f"eval_class/{name}_{role}": v
+                                for name, v in zip(classes, c.per_class().tolist(), strict=True)})
+            return metrics
+
+        def show(report: Report) -> None:
+            if report.due.log:
+                means = {k: v for k, v in report.window.items() if v == v}  # a metric never seen: no number to show
+                result["last_window"] = means
+                say(f"step {report.step}: " + " ".join(f"{k}={v:.3f}" for k, v in sorted(means.items())))
+            if on_report is not None:
+                on_report(report)
+
+        def checkpoint(report: Report) -> None:
+            assert run_dir is not None
+            save_training_state(
+                step_checkpoint_dir(run_dir, report.step), models=algorithm.trainable_models(), optimizer=optimizer,
+                scheduler=scheduler, step=report.step, algorithm_state=algorithm.state_dict(),
+                model_names=model_names(cfg), num_classes=num_classes, meta=model_meta(cfg, classes),
+                ema=algorithm.ema_state_dict())
+            keep_newest_checkpoints(run_dir, t.keep_checkpoints)
+
+        hooks = Hooks(step=step, report=show, evaluate=test_split if evaluate else None,
+                      checkpoint=checkpoint if run_dir is not None else None,
+                      extras=lambda: {"lr": scheduler.get_last_lr()[0], "data/skipped_videos": float(len(skipped))})
+        return hooks, start_step
+
+    schedule = Schedule(t.iterations, t.log_every, t.eval_every, t.checkpoint_every)
+    try:
+        finished = run(t.seed, build, schedule)
+    finally:
         pool.shutdown()
-        return result
-    evaluated = algorithm.deployed_models()
-    precise_bn.apply(evaluated, dev)
-    counts = {role: EvalCounts.zeros(num_classes) for role in evaluated}
-    d = cfg.data
-    for m in evaluated.values():
-        m.eval()
-    read_eval = cache.decode_eval_clips if cache is not None else decode_eval_clips
-    videos = pool.map(lambda r: read_eval(r.path, num_frames=d.num_frames, stride=d.stride, size=d.size,
-                                          num_clips=d.eval_clips), data.test)
-    for r, video in zip(data.test, videos, strict=True):
-        for role, m in evaluated.items():
-            counts[role].add(video_probs(m, torch.from_numpy(video)[None], cfg.augment, dev), torch.tensor([r.label]))
-    pool.shutdown()
-    for role, c in counts.items():
-        result.update({f"{k}_{role}": v for k, v in c.summary().items()})
-    return result
+    if finished.start_step >= t.iterations:
+        say(f"nothing to train: the checkpoint is at step {finished.start_step}, train.iterations is {t.iterations}")
+    out: dict[str, Any] = {f"end/{k}": v for k, v in result.pop("last_window", {}).items()}
+    out.update({"train_clips_per_s": finished.clips / max(finished.seconds, 1e-9), "train_seconds": finished.seconds})
+    out.update(result)
+    return out
+
+
+def resume_point(storage: str | Path, which: str) -> Path:
+    """--resume: `latest` -> the newest training checkpoint_<step> under storage's run folders; else a checkpoint
+    directory or a run folder (its newest checkpoint)."""
+    if which == "latest":
+        return newest_step_checkpoint(storage, stage=None)[0]
+    return latest_checkpoint_dir(which)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Ray-free training loop (same step as the Ray worker).")
+    parser = argparse.ArgumentParser(description="Ray-free training runner (same step and loop as the Ray worker).")
     parser.add_argument("--config")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--decode-threads", type=int, default=2, help="threads decoding clips ahead of the step")
+    parser.add_argument("--resume", metavar="latest|DIR", help="continue from a checkpoint (or a run folder's newest)")
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.set)
     torch.set_num_threads(max(1, cfg.scaling.torch_threads))
-    for key, value in run_local(cfg, device=args.device, decode_threads=args.decode_threads).items():
+    if args.resume is not None:
+        resume_from: Path | None = resume_point(cfg.output.storage, args.resume)
+        run_dir = resume_from.parent
+    else:
+        resume_from = None
+        _, run_dir = claim_run_dir(cfg.output.storage, cfg.tracking.run_name or stamped(f"{cfg.algorithm.name}-local"))
+        (run_dir / "config.yaml").write_text(dump_yaml(cfg))
+    print(f"run folder: {run_dir}", flush=True)
+    result = run_local(cfg, device=args.device, decode_threads=args.decode_threads, run_dir=run_dir,
+                       resume_from=resume_from)
+    for key, value in result.items():
         print(f"{key}: {value:.4f}")
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ssl_core.algorithms.registry import Algorithm, StepOutput
+from ssl_core.algorithms.base import Algorithm, StepOutput
 from ssl_core.metrics import pseudo_label_accuracy
 
 TRUE_LABEL_KEY = "true_label"

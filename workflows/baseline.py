@@ -24,9 +24,12 @@ from mlflow import MlflowClient
 
 from ssl_core.config import Config, dump_yaml, load_config
 from ssl_core.data.splits import SPLIT_FILE
+from ssl_core.engine import Report
+from ssl_core.loop import run_local
 from workflows.console import terminal
+from workflows.runtime.run_state import LOG_FILE
+from workflows.runtime.training import TrainOutcome, new_run_dir, run_training
 from workflows.tracking.tracker import Tracker, run_tags
-from workflows.train import LOG_FILE, TrainOutcome, new_run_dir, run_training
 
 # The run's step lines go to its log file only (the console shows loggers named vidssl*).
 log = logging.getLogger("ssl_core.loop")
@@ -46,8 +49,6 @@ def in_driver(cfg: Config) -> bool:
 def train_in_driver(cfg: Config, tracking_uri: str) -> TrainOutcome:
     """The baseline trained and evaluated in this process, recorded in its own MLflow run and run folder (its
     config and log; no checkpoints: nothing to resume in a run this short)."""
-    from ssl_core.loop import run_local
-
     name, run_dir = new_run_dir(cfg)
     (run_dir / "config.yaml").write_text(dump_yaml(cfg))
     tags = {**run_tags(cfg, run_dir), "vidssl.trained_in": "driver"}
@@ -60,8 +61,7 @@ def train_in_driver(cfg: Config, tracking_uri: str) -> TrainOutcome:
     start = time.perf_counter()
     with terminal.run_log(run_dir / LOG_FILE):
         try:
-            result = run_local(cfg, device=device, say=log.info,
-                               on_window=lambda step, means: tracker.log_metrics(means, step))
+            result = run_local(cfg, device=device, say=log.info, on_report=lambda report: log_window(tracker, report))
         except BaseException:
             tracker.finish("FAILED")
             raise
@@ -72,6 +72,12 @@ def train_in_driver(cfg: Config, tracking_uri: str) -> TrainOutcome:
     print(f"baseline: step {cfg.train.iterations}/{cfg.train.iterations}  evaluation: primary top-1 "
           f"{100 * metrics['eval/top1_primary']:.1f} % ({time.perf_counter() - start:.0f} s)", flush=True)
     return TrainOutcome(run_dir, tracker.run_id, tracking_uri, metrics, model_uri="", model_version=None)
+
+
+def log_window(tracker: Tracker, report: Report) -> None:
+    """A log window's means to MLflow (the baseline's own closing metrics follow at its end)."""
+    if report.due.log:
+        tracker.log_metrics({k: v for k, v in report.window.items() if v == v}, report.step)
 
 
 def run_baseline(config_file: str | None, sets: Sequence[str], outcome: TrainOutcome) -> TrainOutcome:

@@ -9,8 +9,9 @@
     vidssl noisy-student --config configs/noisy_student_demo.yaml [--dry-run] [--resume]
     vidssl distill --teacher models:/vidssl-demo-primary/latest --student small3d_w0.25
     vidssl label-queue --model runs/<run> --videos configs/demo.yaml --budget 16 --out queue.csv
-    vidssl prepare --config configs/prepare_demo.yaml [--dry-run] [--set prepare.short_side=96]
+    vidssl reencode --config configs/prepare_demo.yaml [--dry-run] [--set prepare.short_side=96]
     vidssl list algorithms | vidssl list models
+    vidssl config --explain [SECTION] [--markdown]     # the config keys: docs/config.md is this, as Markdown
 """
 
 from __future__ import annotations
@@ -33,11 +34,12 @@ WORKFLOWS = {
     "noisy-student": "Noisy Student rounds: teacher, pseudo-labeled sets, noised students",
     "distill": "distil a model into a smaller student for deployment, with the trade-off table",
     "label-queue": "rank unlabeled videos for annotation (uncertainty, model disagreement)",
-    "prepare": "re-encode a dataset into a training-friendly copy (short side, CFR, short GOP) with Ray Data",
+    "reencode": "re-encode a dataset into a training-friendly copy (short side, CFR, short GOP) with Ray Data",
 }
 
 
 def _synth(args: argparse.Namespace) -> int:
+    # here: each subcommand imports only what it runs (PyAV here; torch for `list`), so `vidssl --help` is instant
     from ssl_core.data import synthetic
 
     start = time.perf_counter()
@@ -52,16 +54,30 @@ def _synth(args: argparse.Namespace) -> int:
 
 def _list(args: argparse.Namespace) -> int:
     if args.what == "algorithms":
-        from ssl_core.algorithms import list_algorithms
+        from ssl_core.algorithms import list_algorithms  # here: as in _synth (torch)
 
         for name, description, params in list_algorithms():
             fields = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(params))
             print(f"{name:<14} {description}" + (f"\n{'':<14} params: {fields}" if fields else ""))
     else:
-        from ssl_core.models import list_models
+        from ssl_core.models import list_models  # here: as in _synth (torch, torchvision)
 
         for name, description in list_models():
             print(f"{name:<14} {description}")
+    return 0
+
+
+def _config(args: argparse.Namespace) -> int:
+    # here: as in _synth (the config reference imports every config section)
+    from ssl_core.typed_config import ConfigError
+    from workflows.config_reference import reference
+
+    try:
+        text = reference(args.explain or None, markdown=args.markdown)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    sys.stdout.write(text)
     return 0
 
 
@@ -83,8 +99,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     synth.add_argument("--size", type=int, default=80)
     listing = sub.add_parser("list", help="registered algorithms or models")
     listing.add_argument("what", choices=["algorithms", "models"])
+    config = sub.add_parser("config", help="the config key reference: name, type, default and meaning of each key")
+    config.add_argument("--explain", nargs="?", const="", required=True, metavar="SECTION",
+                        help="print the keys of SECTION (e.g. train, data.synthetic, sweep; none: every key)")
+    config.add_argument("--markdown", action="store_true", help="as Markdown tables (docs/config.md)")
     args = parser.parse_args(argv)
-    return {"synth": _synth, "list": _list}[args.command](args)
+    return {"synth": _synth, "list": _list, "config": _config}[args.command](args)
 
 
 if __name__ == "__main__":

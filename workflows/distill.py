@@ -10,8 +10,8 @@ The student trains with the `distill` algorithm (ssl_core.algorithms.distill) on
 config (its MLflow `config.yaml` artifact, or the `vidssl_run.json` of its run folder) unless `--config` names
 another; `--set` overrides come last. The teacher is pinned to the version it resolves to when the command
 starts (models:/name/N, a logged model id or a checkpoint directory), so an alias that moves meanwhile changes
-nothing. Training is an ordinary Ray Train + MLflow run (workflows.train.run_training) tagged with its lineage
-(`vidssl.teacher`, `vidssl.teacher_model_uri`, `vidssl.teacher_version`, `vidssl.workflow=distill`); the
+nothing. Training is an ordinary Ray Train + MLflow run (workflows.runtime.training.run_training) tagged with its
+lineage (`vidssl.teacher`, `vidssl.teacher_model_uri`, `vidssl.teacher_version`, `vidssl.workflow=distill`); the
 student is registered as `--registered-model` (default `<teacher's registered name>-<student>`) and its model
 version carries the same tags.
 
@@ -35,20 +35,21 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import torch
 import yaml
+from torch import nn
 
 from ssl_core.algorithms.distill import MODES
+from ssl_core.checkpoint import model_meta
 from ssl_core.config import Config, ConfigError, dump_yaml, read_config_file, with_overrides
 from ssl_core.data.manifest import ManifestError
+from ssl_core.evaluate import EvalCounts
+from ssl_core.models import build_model
 from workflows.console import terminal
+from workflows.evaluate import EvalSet, load_eval_set, run_scoring
 from workflows.runtime.inference import InferenceError, InferenceModel, load_for_inference
-
-if TYPE_CHECKING:
-    from torch import nn
-
-    from workflows.evaluate import EvalSet
 
 log = logging.getLogger("vidssl.distill")
 
@@ -89,13 +90,14 @@ def pinned_spec(teacher: InferenceModel) -> str:
 
 def teacher_training_config(teacher: InferenceModel) -> dict[str, Any] | None:
     """The resolved config the teacher was trained with, or None when it cannot be found."""
-    from workflows.train import RUN_FILE, RunState
+    # here: MLflow (seconds to load) is imported once terminal.session has told it to leave the console alone
+    from workflows.runtime.run_state import RUN_FILE, RunState
 
     src = teacher.source
     if src["kind"] == "mlflow":
         if not src["run_id"]:
             return None
-        from mlflow import MlflowClient
+        from mlflow import MlflowClient  # here: as workflows.train above
         from mlflow.exceptions import MlflowException
 
         client = MlflowClient(tracking_uri=src["tracking_uri"])
@@ -126,8 +128,6 @@ def teacher_architecture(teacher: InferenceModel, teacher_cfg: Mapping[str, Any]
 def check_student(student: str, teacher: InferenceModel, allow_larger: bool) -> None:
     """Refuses unknown names and (unless allowed) a student as large as the teacher, which would defeat the
     purpose of distilling for deployment."""
-    from ssl_core.models import build_model
-
     try:
         params = count_params(build_model(student, num_classes=len(teacher.classes)))
     except (KeyError, ValueError) as err:  # the message lists the registered models
@@ -171,8 +171,6 @@ def lineage_tags(args: argparse.Namespace, teacher: InferenceModel) -> dict[str,
 
 def held_out_set(cfg: Config, classes: Sequence[str]) -> EvalSet:
     """The config's test split (the one training evaluated), labeled with the model's class indices."""
-    from workflows.evaluate import load_eval_set
-
     # load_eval_set reads a dataset from a config file; this one is the run's resolved config.
     with tempfile.TemporaryDirectory() as tmp:
         config_file = Path(tmp) / "config.yaml"
@@ -183,11 +181,6 @@ def held_out_set(cfg: Config, classes: Sequence[str]) -> EvalSet:
 
 def score(loaded: InferenceModel, eval_set: EvalSet, args: argparse.Namespace) -> dict[str, float]:
     """top1, top5 and the number of videos scored."""
-    import torch
-
-    from ssl_core.evaluate import EvalCounts
-    from workflows.evaluate import run_scoring
-
     scoring = argparse.Namespace(clips=args.eval_clips, crops=args.eval_crops, batch_size=args.batch_size,
                                  decode_cpus=args.decode_cpus, actors=args.actors)
     result = run_scoring(eval_set, loaded, scoring)
@@ -209,8 +202,6 @@ def cpu_throughput(
 ) -> dict[str, float]:
     """Clips per second of one forward pass on the CPU, per model: the median over `repeats` timed batches.
     The models take turns (alternating which goes first) so that a slow spell of the machine hits both."""
-    import torch
-
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     generator = torch.Generator().manual_seed(0)
@@ -294,8 +285,9 @@ def run_distillation(
     cfg: Config, args: argparse.Namespace, teacher: InferenceModel, teacher_arch: str
 ) -> Distillation:
     """Train and register the student, then measure the trade-off and log it into the student's run."""
+    # here: MLflow (seconds to load) is imported once terminal.session has told it to leave the console alone
+    from workflows.runtime.training import run_training
     from workflows.tracking.tracker import Tracker
-    from workflows.train import run_training
 
     tags = lineage_tags(args, teacher)
     outcome = run_training(cfg, extra_tags=tags)
@@ -348,7 +340,7 @@ def run_distillation(
 def prepare(args: argparse.Namespace) -> tuple[Config, InferenceModel, str]:
     """The student's training config, the loaded teacher and its architecture name; ConfigError /
     InferenceError before anything starts when the request cannot work."""
-    from ssl_core.checkpoint import model_meta
+    # here: MLflow (seconds to load) is imported once terminal.session has told it to leave the console alone
     from workflows.tracking.tracker import resolve_uri
 
     if min(args.eval_clips, args.eval_crops, args.batch_size, args.bench_batch, args.bench_threads,
@@ -388,6 +380,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (ConfigError, InferenceError, ManifestError, FileExistsError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
+        # here: MLflow (seconds to load) is imported once terminal.session has told it to leave the console alone
         from workflows.tracking.tracker import ui_command
 
         print()

@@ -23,9 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ssl_core.config import ConfigError, load_config
 from ssl_core.data.manifest import SPLITS, Manifest, ManifestError, VideoRecord, load_manifest
+from ssl_core.evaluate import EvalCounts
 from workflows.console import terminal
 from workflows.runtime.inference import (
     InferenceError,
@@ -34,6 +36,7 @@ from workflows.runtime.inference import (
     load_for_inference,
     score_videos,
 )
+from workflows.runtime.ray_session import init_ray
 
 log = logging.getLogger("vidssl.evaluate")
 
@@ -101,8 +104,6 @@ class EvalResult:
 
 
 def run_scoring(eval_set: EvalSet, loaded: InferenceModel, args: argparse.Namespace) -> EvalResult:
-    from workflows.runtime.ray_session import init_ray
-
     init_ray()
     ds = score_videos(eval_set.items, loaded, clips=args.clips, crops=args.crops, batch_size=args.batch_size,
                       decode_cpus=args.decode_cpus, actors=args.actors)
@@ -132,9 +133,7 @@ def log_evaluation(
     result: EvalResult, loaded: InferenceModel, eval_set: EvalSet, args: argparse.Namespace, tracking_uri: str
 ) -> tuple[str, dict[str, float]]:
     """Write the evaluation run; returns its id and the headline metrics."""
-    import torch
-
-    from ssl_core.evaluate import EvalCounts
+    # here: MLflow and matplotlib take seconds to load; only a tracked run needs them
     from workflows.tracking.plots import confusion_figure
     from workflows.tracking.tracker import Tracker
 
@@ -203,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     with terminal.session(args.verbose):
+        # here: MLflow (seconds to load) is imported once terminal.session has told it to leave the console alone
         from workflows.tracking.tracker import resolve_uri, ui_command
 
         tracking_uri = resolve_uri(args.tracking_uri)

@@ -54,6 +54,7 @@ from workflows.runtime.inference import (
     load_for_inference,
     score_videos,
 )
+from workflows.runtime.ray_session import init_ray
 
 STRATEGIES: tuple[str, ...] = ("auto", "margin", "entropy", "disagreement")
 COLUMNS: tuple[str, ...] = ("rank", "path", "suggested_label", "confidence", "margin", "entropy")
@@ -235,8 +236,6 @@ def score_candidates(paths: Sequence[str], model: InferenceModel, aux: Inference
                      options: Mapping[str, Any]) -> tuple[Scores, dict[str, str]]:
     """Scores of the readable candidates and {unreadable path: error}. `options`: score_videos' keywords
     (clips, crops, batch_size, decode_cpus, actors). Each model decodes at its own clip shape."""
-    from workflows.runtime.ray_session import init_ray
-
     init_ray()
     skipped: dict[str, str] = {}
     probs = _probs_by_path(paths, model, options, skipped)
@@ -308,6 +307,7 @@ def _model_tags(prefix: str, loaded: InferenceModel) -> dict[str, str]:
 def log_queue_run(args: argparse.Namespace, strategy: str, model: InferenceModel, aux: InferenceModel | None,
                   text: str, metrics: Mapping[str, float], skipped: Mapping[str, str], tracking_uri: str) -> str:
     """One MLflow run for this queue; returns its id."""
+    # here: MLflow (seconds to load) is imported once terminal.session has told it to leave the console alone
     from workflows.tracking.tracker import Tracker
 
     tags = {**_model_tags("vidssl.model", model), **(_model_tags("vidssl.aux_model", aux) if aux else {}),
@@ -389,6 +389,7 @@ def _prepare(args: argparse.Namespace, out: Path
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     with terminal.session(args.verbose):
+        # here: MLflow (seconds to load) is imported once terminal.session has told it to leave the console alone
         from workflows.tracking.tracker import resolve_uri, ui_command
 
         tracking_uri = resolve_uri(args.tracking_uri)

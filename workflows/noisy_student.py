@@ -37,12 +37,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pyarrow.parquet as pq
 import yaml
 
 from ssl_core.config import Config, ConfigError, pin_paths
 from ssl_core.data.manifest import ManifestError
-from ssl_core.data.pseudo_labels import PseudoLabelError
+from ssl_core.data.pseudo_labels import (
+    PseudoLabelError,
+    pseudo_label_stats,
+    select_pseudo_labels,
+    write_pseudo_labels,
+)
+from ssl_core.data.splits import ensure_synthetic, prepare_data
 from workflows.console import terminal
+from workflows.runtime.ray_session import init_ray
 from workflows.specs.noisy_student import LabelSpec, NoisyStudentSpec, Stage, load_noisy_student
 from workflows.specs.sweep import check_name, trial_config
 
@@ -110,7 +119,8 @@ def previous_model(spec: NoisyStudentSpec, state: WorkflowState, round_: int) ->
 
 
 def run_training_stage(spec: NoisyStudentSpec, state: WorkflowState, stage: Stage) -> dict[str, Any]:
-    from workflows.train import run_training
+    # here: Ray and MLflow take seconds to load; --dry-run and --help do without them
+    from workflows.runtime.training import run_training
 
     cfg = stage_training_config(spec, state, stage)
     tags = {"mlflow.parentRunId": state.parent_run_id, "vidssl.noisy_student": spec.name,
@@ -126,7 +136,7 @@ def run_training_stage(spec: NoisyStudentSpec, state: WorkflowState, stage: Stag
         labels = state.stages[f"round-{stage.round}-labels"]
         _log_set_input(outcome.tracking_uri, outcome.mlflow_run_id, state, stage.round, labels, "training")
     if outcome.model_version is not None:
-        from mlflow import MlflowClient
+        from mlflow import MlflowClient  # here: as workflows.train above
 
         client = MlflowClient(tracking_uri=outcome.tracking_uri)
         for key, value in tags.items():
@@ -138,14 +148,13 @@ def run_training_stage(spec: NoisyStudentSpec, state: WorkflowState, stage: Stag
 
 
 def _set_table(path: Path) -> Any:
-    import pyarrow.parquet as pq
-
     # What MLflow's Datasets panel shows: the human-readable columns, not the probability vectors.
     return pq.read_table(path, columns=["path", "label_name", "confidence"]).to_pandas()
 
 
 def _log_set_input(uri: str, run_id: str, state: WorkflowState, round_: int, labels: dict[str, Any],
                    context: str) -> None:
+    # here: MLflow (seconds to load) is imported once terminal.session has told it to leave the console alone
     from workflows.tracking.tracker import Tracker
 
     path = state.set_file(round_)
@@ -154,10 +163,7 @@ def _log_set_input(uri: str, run_id: str, state: WorkflowState, round_: int, lab
 
 
 def run_labeling_stage(spec: NoisyStudentSpec, state: WorkflowState, stage: Stage) -> dict[str, Any]:
-    import numpy as np
-
-    from ssl_core.data.pseudo_labels import pseudo_label_stats, select_pseudo_labels, write_pseudo_labels
-    from ssl_core.data.splits import prepare_data
+    # here: Ray and MLflow take seconds to load; --dry-run and --help do without them
     from workflows.runtime.inference import load_for_inference, score_videos
     from workflows.tracking.tracker import Tracker
 
@@ -233,6 +239,7 @@ def _per_class_csv(stats: dict[str, Any]) -> str:
 
 
 def start_or_resume(spec: NoisyStudentSpec, resume: bool) -> WorkflowState:
+    # here: MLflow (seconds to load) is imported once terminal.session has told it to leave the console alone
     from workflows.tracking.tracker import Tracker, resolve_uri
 
     folder = Path(spec.base["output"]["storage"]).expanduser().resolve() / spec.name
@@ -272,10 +279,8 @@ def round_rows(spec: NoisyStudentSpec, state: WorkflowState) -> list[dict[str, A
 
 @terminal.with_run_log
 def run_workflow(spec: NoisyStudentSpec, *, resume: bool = False, until: str | None = None) -> WorkflowState:
+    # here: MLflow (seconds to load) is imported once terminal.session has told it to leave the console alone
     from mlflow import MlflowClient
-
-    from ssl_core.data.splits import ensure_synthetic
-    from workflows.runtime.ray_session import init_ray
 
     state = start_or_resume(spec, resume)
     # The whole workflow's log; each training stage also writes its own run folder's.
@@ -356,6 +361,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except WorkflowStopped as err:
             print(str(err), file=sys.stderr)
             return 0 if err.on_purpose else 130
+        # here: MLflow (seconds to load) is imported once terminal.session has told it to leave the console alone
         from workflows.tracking.tracker import ui_command
 
         rows = round_rows(state.stored_spec(), state)

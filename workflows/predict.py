@@ -36,6 +36,7 @@ from workflows.runtime.inference import (
     load_for_inference,
     score_videos,
 )
+from workflows.runtime.ray_session import init_ray
 
 log = logging.getLogger("vidssl.predict")
 
@@ -184,8 +185,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (InputError, InferenceError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
-        from workflows.runtime.ray_session import init_ray
-
         init_ray()
         ds = score_videos([{"path": p, "label": -1} for p in paths], loaded, clips=args.clips, crops=args.crops,
                           batch_size=args.batch_size, decode_cpus=args.decode_cpus, actors=args.actors)

@@ -31,7 +31,8 @@ from ssl_core.pretrain.config import PretrainSetup, load_pretrain_config, pretra
 from ssl_core.run_folder import claim_run_dir, stamped
 from workflows.console import terminal
 from workflows.runtime.ray_session import init_ray
-from workflows.train import LOG_FILE, RUN_FILE, RunState
+from workflows.runtime.run_state import LOG_FILE, RUN_FILE, RunState
+from workflows.runtime.worker_args import WorkerArgs
 
 SMOKE_TEST = ("train.iterations=4", "train.log_every=2", "pretrain.knn_every=4", "train.checkpoint_every=4")
 STAGE = "pretrain"
@@ -77,7 +78,7 @@ def new_run_dir(setup: PretrainSetup) -> tuple[str, Path]:
 
 def logical_cpus(setup: PretrainSetup) -> int:
     """The CPUs an in-process Ray declares: the workers' plus one per Dataset execution running at once (the
-    train stream, and the k-NN set while rank 0 evaluates); see workflows.train.logical_cpus for why."""
+    train stream, and the k-NN set while rank 0 evaluates); see workflows.runtime.training.logical_cpus for why."""
     s = setup.base.scaling
     return math.ceil(s.num_workers * s.cpus_per_worker) + 2
 
@@ -101,6 +102,7 @@ def run_pretraining(
 ) -> PretrainOutcome:
     """Pretrain one run, or continue run `resume` (its stored config plus `overrides`), register the backbone,
     and return where it lives and its last metrics."""
+    # here: Ray, torch and MLflow take seconds to load; --help and a config error answer before them
     import ray
     import ray.data
     import torch
@@ -110,10 +112,10 @@ def run_pretraining(
     from workflows.runtime.fit import driver_actors, fit
     from workflows.runtime.pretrain_streams import build_pretrain_datasets
     from workflows.runtime.pretrain_worker import pretrain_loop_per_worker
+    from workflows.runtime.training import log_data_inputs
     from workflows.tracking.model_init import resolve_sources, tag_registered_version
     from workflows.tracking.plots import metric_curve_figure
     from workflows.tracking.tracker import Tracker, check_reachable, resolve_uri
-    from workflows.train import log_data_inputs
 
     if resume is not None:
         run_dir = find_pretrain_run(Path(setup.base.output.storage).resolve(), resume)
@@ -137,7 +139,7 @@ def run_pretraining(
         # model.init: the backbone may itself start from weights (e.g. Kinetics-400); checked before Ray starts.
         sources, lineage = resolve_sources(setup.base, run_dir, uri)
         if setup.base.model.init:
-            from ssl_core.pretrain.step import build_net
+            from ssl_core.pretrain.step import build_net  # here: torch and the models, for a model.init run only
 
             _, reports = build_net(setup, data.manifest.classes, sources)
             for report in reports:
@@ -167,18 +169,10 @@ def run_pretraining(
     ray.data.DataContext.get_current().enable_progress_bars = False
     counter, channel = driver_actors(progress)
     datasets = build_pretrain_datasets(setup, train_records, data.labeled, data.test, counter)
-    loop_config = {
-        "config": setup.to_dict(),
-        "classes": list(data.manifest.classes),
-        "tracking_uri": state.tracking_uri,
-        "mlflow_run_id": state.mlflow_run_id,
-        "skip_counter": counter,
-        "progress": channel,
-        "init": sources,
-        "queue_size": setup.queue_size(len(train_records)),
-    }
+    args = WorkerArgs(setup.to_dict(), list(data.manifest.classes), state.tracking_uri, state.mlflow_run_id, counter,
+                      progress=channel, init=sources, queue_size=setup.queue_size(len(train_records)))
     # The k-NN set goes whole to rank 0.
-    result, final = fit(pretrain_loop_per_worker, loop_config, cfg, name=state.name, run_dir=run_dir, tracker=tracker,
+    result, final = fit(pretrain_loop_per_worker, args, cfg, name=state.name, run_dir=run_dir, tracker=tracker,
                         counter=counter, channel=channel, datasets=datasets, split=["train"])
     # The full classifier (its head untrained): what model.init, evaluate and predict read.
     model = model_from_state(final, "primary", "the final checkpoint")
@@ -204,7 +198,7 @@ def run_pretraining(
 
 
 def yaml_text(setup: PretrainSetup) -> str:
-    import yaml
+    import yaml  # here: with the other deferred imports of a run, not at --help
 
     return yaml.safe_dump(setup.to_dict(), sort_keys=False)
 
@@ -239,6 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (ConfigError, ManifestError, FileExistsError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
+        # here: MLflow's client takes seconds to load; a config error answers before it
         from ssl_core.pretrain.config import pretrain_from_dict
         from workflows.tracking.tracker import ui_command
 

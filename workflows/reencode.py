@@ -28,14 +28,22 @@ import sys
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ssl_core.data.decode import DecodeError
+from ssl_core.data.decode_base import DecodeError
 from ssl_core.data.manifest import LAYOUTS, Manifest, ManifestError, VideoRecord, load_manifest
 from ssl_core.data.reencode import PRESETS, reencode
-from ssl_core.typed_config import ConfigError, SyntheticConfig, apply_override, build, read_config_file
+from ssl_core.typed_config import (
+    ConfigError,
+    SyntheticConfig,
+    apply_override,
+    build,
+    read_config_file,
+    require,
+    setting,
+)
 from workflows.console import terminal
 from workflows.runtime.ray_session import init_ray
 
@@ -53,7 +61,7 @@ FORMAT_VERSION = 1
 
 
 class PrepareError(ConfigError):
-    """A configuration or output-folder problem; the message names the key or the file."""
+    """An output-folder problem (a ConfigError: callers catch both alike); the message names the key or the file."""
 
 
 # --- configuration -------------------------------------------------------------------------------------------
@@ -63,31 +71,51 @@ class PrepareError(ConfigError):
 class SourceSpec:
     """The dataset to copy; the keys mean what they mean under `data.` in a training config."""
 
-    layout: str = "csv"
-    root: str = "data/synth"
-    csv_path: str | None = None
-    ucf_split: int = 1
-    # Layouts without a split (folder, csv without a split column) get this hold-out; the copy writes it down.
-    test_fraction: float = 0.2
-    split_seed: int = 0
-    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    layout: str = setting("csv", "dataset layout: folder, csv, ucf101, kinetics (as data.layout)")
+    root: str = setting("data/synth", "dataset folder (generated here first when synthetic.enabled and missing)")
+    csv_path: str | None = setting(None, "the CSV of the csv (default: <root>/manifest.csv) and kinetics layouts")
+    ucf_split: int = setting(1, "UCF-101 official split 1, 2 or 3")
+    test_fraction: float = setting(0.2, "hold-out for layouts without a split (folder, csv without a split "
+                                        "column); the copy writes it down")
+    split_seed: int = setting(0, "seed of that hold-out")
+    synthetic: SyntheticConfig = setting(doc="generate the synthetic action dataset into source.root when missing",
+                                         factory=SyntheticConfig)
+
+    def check(self) -> None:
+        require(self.layout in LAYOUTS, "layout", f"must be one of {LAYOUTS}, got {self.layout!r}")
+        require(self.ucf_split in (1, 2, 3), "ucf_split", f"must be 1, 2 or 3, got {self.ucf_split}")
+        require(0 <= self.test_fraction < 1, "test_fraction", f"must be in [0, 1), got {self.test_fraction}")
+        require(self.layout != "kinetics" or bool(self.csv_path), "csv_path", "the kinetics layout needs a csv_path")
 
 
 @dataclass
 class PrepareConfig:
-    source: SourceSpec = field(default_factory=SourceSpec)
-    out: str | None = None  # required: the folder of the copy
-    # Short side in pixels (even: yuv420p). Decode-side resizes in training then shrink a small frame, not a big one.
-    short_side: int = 128
-    # Output frame rate; variable-rate sources come out constant-rate (frames picked by timestamp).
-    fps: int = 16
-    # Frames between keyframes: a seek decodes at most this many frames before the clip starts.
-    keyframe_interval: int = 16
-    # libx264 quality (lower = better, bigger) and speed/size trade-off.
-    crf: int = 23
-    preset: str = "veryfast"
-    # CPUs per re-encode task (libx264 gets this many threads, at least 1); fractional packs tasks tighter.
-    decode_cpus: float = 1.0
+    source: SourceSpec = setting(doc="the dataset to copy", factory=SourceSpec)
+    out: str | None = setting(None, "required: the folder of the copy (not the source root or inside it)")
+    # Decode-side resizes in training then shrink a small frame, not a big one.
+    short_side: int = setting(128, "short side in pixels, even (yuv420p)")
+    fps: int = setting(16, "output frame rate; variable-rate sources come out constant-rate (frames picked by "
+                           "timestamp)")
+    keyframe_interval: int = setting(16, "frames between keyframes: a seek decodes at most this many frames before "
+                                         "the clip starts")
+    crf: int = setting(23, "libx264 quality, 0-51 (lower = better, bigger)")
+    preset: str = setting("veryfast", "libx264 speed / size trade-off")
+    decode_cpus: float = setting(1.0, "CPUs per re-encode task (libx264 gets this many threads, at least 1); "
+                                      "fractional packs tasks tighter")
+
+    def check(self) -> None:
+        require(bool(self.out), "out", "required: the folder of the re-encoded copy")
+        require(self.short_side >= 2 and self.short_side % 2 == 0, "short_side",
+                f"must be an even number >= 2 (yuv420p), got {self.short_side}")
+        require(self.fps >= 1, "fps", f"must be >= 1, got {self.fps}")
+        require(self.keyframe_interval >= 1, "keyframe_interval", f"must be >= 1, got {self.keyframe_interval}")
+        require(0 <= self.crf <= 51, "crf", f"must be in [0, 51] (libx264), got {self.crf}")
+        require(self.preset in PRESETS, "preset", f"must be one of {PRESETS}, got {self.preset!r}")
+        require(self.decode_cpus > 0, "decode_cpus", f"must be > 0, got {self.decode_cpus}")
+        root, out = Path(self.source.root).expanduser().resolve(), Path(str(self.out)).expanduser().resolve()
+        # Writing into the source would replace source .mp4 files by their own re-encodes.
+        require(out != root and root not in out.parents, "out",
+                f"{out} must not be the source root {root} or inside it")
 
     def settings(self) -> dict[str, Any]:
         """What determines the copy's content (not how fast it is made): stored in prepare.json and compared."""
@@ -110,30 +138,6 @@ class PrepareConfig:
         }
 
 
-def _check(ok: bool, key: str, message: str) -> None:
-    if not ok:
-        raise PrepareError(f"prepare.{key}: {message}")
-
-
-def validate(cfg: PrepareConfig) -> None:
-    s = cfg.source
-    _check(s.layout in LAYOUTS, "source.layout", f"must be one of {LAYOUTS}, got {s.layout!r}")
-    _check(s.ucf_split in (1, 2, 3), "source.ucf_split", f"must be 1, 2 or 3, got {s.ucf_split}")
-    _check(0 <= s.test_fraction < 1, "source.test_fraction", f"must be in [0, 1), got {s.test_fraction}")
-    _check(s.layout != "kinetics" or bool(s.csv_path), "source.csv_path", "the kinetics layout needs a csv_path")
-    _check(bool(cfg.out), "out", "required: the folder of the re-encoded copy")
-    _check(cfg.short_side >= 2 and cfg.short_side % 2 == 0, "short_side",
-           f"must be an even number >= 2 (yuv420p), got {cfg.short_side}")
-    _check(cfg.fps >= 1, "fps", f"must be >= 1, got {cfg.fps}")
-    _check(cfg.keyframe_interval >= 1, "keyframe_interval", f"must be >= 1, got {cfg.keyframe_interval}")
-    _check(0 <= cfg.crf <= 51, "crf", f"must be in [0, 51] (libx264), got {cfg.crf}")
-    _check(cfg.preset in PRESETS, "preset", f"must be one of {PRESETS}, got {cfg.preset!r}")
-    _check(cfg.decode_cpus > 0, "decode_cpus", f"must be > 0, got {cfg.decode_cpus}")
-    root, out = Path(s.root).expanduser().resolve(), Path(str(cfg.out)).expanduser().resolve()
-    # Writing into the source would replace source .mp4 files by their own re-encodes.
-    _check(out != root and root not in out.parents, "out", f"{out} must not be the source root {root} or inside it")
-
-
 def load_prepare_config(path: str | Path, overrides: Sequence[str] = ()) -> PrepareConfig:
     """The `prepare:` section of a YAML file plus `prepare.key=value` overrides, validated. Other top-level
     sections are ignored, so a training config may carry its prepare section."""
@@ -144,8 +148,7 @@ def load_prepare_config(path: str | Path, overrides: Sequence[str] = ()) -> Prep
         if not item.startswith("prepare.") or "=" not in item:
             raise PrepareError(f"--set {item!r}: expected prepare.key=value, e.g. prepare.short_side=96")
         apply_override(raw, item)
-    cfg: PrepareConfig = build(PrepareConfig, raw["prepare"], "prepare")
-    validate(cfg)
+    cfg: PrepareConfig = build(PrepareConfig, raw["prepare"], "prepare")  # checked by its sections' check()
     return cfg
 
 
@@ -269,6 +272,7 @@ def reencode_row(row: dict[str, Any], *, settings: dict[str, Any], threads: int)
 
 
 def _encode_all(todo: list[dict[str, Any]], cfg: PrepareConfig) -> list[dict[str, Any]]:
+    # here: Ray takes a second or more to load; --help and `vidssl config` (PrepareConfig) do without it
     import ray
 
     init_ray()

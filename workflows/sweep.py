@@ -6,7 +6,7 @@
     python -m workflows.sweep --config configs/sweep_demo.yaml --name sweep-demo-2   # a second, new sweep
     ray job submit --working-dir . -- python -m workflows.sweep --config configs/sweep_demo.yaml
 
-Each trial is a full training run (workflows.train.run_training: Ray Data + a Ray Train TorchTrainer),
+Each trial is a full training run (workflows.runtime.training.run_training: Ray Data + a Ray Train TorchTrainer),
 started from a Tune function trial (Train V2's Tune integration); its evaluations reach Tune through a
 Ray Train callback, so ASHA can stop weak trials early. MLflow: one parent run per sweep, one nested child
 run per trial. At the end the parent holds `trials.csv`, the label-efficiency plot (top-1 vs labeled
@@ -34,7 +34,9 @@ import yaml
 
 from ssl_core.config import ConfigError, pin_paths
 from ssl_core.data.manifest import ManifestError
+from ssl_core.data.splits import ensure_synthetic
 from workflows.console import terminal
+from workflows.runtime.ray_session import init_ray
 from workflows.specs.sweep import SweepSpec, check_name, load_sweep, trial_config
 
 SWEEP_FILE = "vidssl_sweep.json"
@@ -69,6 +71,7 @@ class SweepState:
 
 
 def tune_space(spec: SweepSpec) -> dict[str, Any]:
+    # here: Ray Tune takes seconds to import; --dry-run and --help do without it
     from ray import tune
 
     space: dict[str, Any] = {}
@@ -86,6 +89,7 @@ def tune_space(spec: SweepSpec) -> dict[str, Any]:
 def auto_concurrency(spec: SweepSpec) -> int:
     """Trials that fit the cluster at once: each needs its Train workers plus room for a decode task
     (Ray Data tasks starve, and the sweep stalls, if the workers take every CPU)."""
+    # here: Ray takes a second to import; --dry-run and --help do without it
     import ray
 
     cfg = spec.base_config
@@ -105,6 +109,7 @@ def make_eval_report_callback(metric: str, iterations: int) -> Any:
     """A Ray Train callback that forwards each evaluation before the last (rank 0's report holding
     `metric`) to Tune; the last one is reported by the trial once its model is logged, because ASHA stops
     a trial that reaches its max_t and the stop would cut the run short of logging the model."""
+    # here: Ray Tune takes seconds to import; --dry-run and --help do without it
     from ray.tune.integration.ray_train import TuneReportCallback
 
     class EvalReportCallback(TuneReportCallback):
@@ -120,9 +125,11 @@ def run_trial(point: dict[str, Any], *, base: dict[str, Any], trials_dir: str, s
               parent_run_id: str, metric: str) -> None:
     """One Tune trial = one training run, nested under the sweep's MLflow parent run. A trial restarted by
     `--resume` continues its own run folder from its latest checkpoint, into the same MLflow run."""
+    # here: Ray Tune and the training driver (MLflow) take seconds to import; --dry-run and --help do without them
     from ray import tune
 
-    from workflows.train import RUN_FILE, run_training
+    from workflows.runtime.run_state import RUN_FILE
+    from workflows.runtime.training import run_training
 
     trial_id = tune.get_context().get_trial_id()
     name = f"{sweep_name}-{trial_id}"
@@ -139,6 +146,7 @@ def run_trial(point: dict[str, Any], *, base: dict[str, Any], trials_dir: str, s
 
 
 def make_trainable(spec: SweepSpec, state: SweepState) -> Any:
+    # here: Ray Tune takes seconds to import; --dry-run and --help do without it
     from ray import tune
 
     return tune.with_resources(
@@ -153,6 +161,7 @@ def make_trainable(spec: SweepSpec, state: SweepState) -> Any:
 def is_complete(spec: SweepSpec, state: SweepState) -> bool:
     """Every trial ended, judged from Tune's saved state: on Ctrl+C Tune saves the state with the running
     trials still RUNNING, then stops them, so the in-memory results would show them as ended."""
+    # here: Ray Tune takes seconds to import; --dry-run and --help do without it
     from ray import tune
 
     saved = tune.Tuner.restore(str(state.sweep_dir / "tune"), trainable=make_trainable(spec, state)).get_results()
@@ -160,6 +169,7 @@ def is_complete(spec: SweepSpec, state: SweepState) -> bool:
 
 
 def build_tuner(spec: SweepSpec, state: SweepState, resume: bool) -> Any:
+    # here: Ray Tune takes seconds to import; --dry-run and --help do without it
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
@@ -177,7 +187,7 @@ def build_tuner(spec: SweepSpec, state: SweepState, resume: bool) -> Any:
                                   reduction_factor=spec.asha.reduction_factor)
     search_alg = None
     if spec.search == "optuna":
-        from ray.tune.search.optuna import OptunaSearch
+        from ray.tune.search.optuna import OptunaSearch  # here: only an optuna search needs Optuna
 
         search_alg = OptunaSearch(seed=cfg.train.seed)
     return tune.Tuner(
@@ -247,6 +257,7 @@ def rows_csv(rows: list[dict[str, Any]]) -> str:
 
 def crown_champion(client: Any, spec: SweepSpec, rows: list[dict[str, Any]], parent_run_id: str) -> Any:
     """Register the best finished trial's primary model and point the `champion` alias at it."""
+    # here: MLflow takes seconds to import; --dry-run and --help do without it
     import mlflow
 
     finished = [r for r in rows if r["status"] == "FINISHED" and r["model_uri"] and not math.isnan(r[spec.metric])]
@@ -259,6 +270,7 @@ def crown_champion(client: Any, spec: SweepSpec, rows: list[dict[str, Any]], par
     if same:
         version = same[0]
     else:
+        # here: MLflow takes seconds to import; --dry-run and --help do without it
         from workflows.tracking.tracker import registry_notes_to_log
 
         mlflow.set_tracking_uri(client.tracking_uri)
@@ -272,6 +284,7 @@ def crown_champion(client: Any, spec: SweepSpec, rows: list[dict[str, Any]], par
 
 
 def report(spec: SweepSpec, state: SweepState, results: Any) -> tuple[list[dict[str, Any]], Any]:
+    # here: MLflow and matplotlib take seconds to import; --dry-run and --help do without them
     from mlflow import MlflowClient
 
     from workflows.tracking.plots import label_efficiency_figure, tau_lambda_heatmap
@@ -294,6 +307,7 @@ def report(spec: SweepSpec, state: SweepState, results: Any) -> tuple[list[dict[
 
 
 def start_or_resume(spec: SweepSpec, resume: bool) -> SweepState:
+    # here: MLflow takes seconds to import; --dry-run and --help do without it
     from workflows.tracking.tracker import Tracker, resolve_uri
 
     cfg = spec.base_config
@@ -319,9 +333,6 @@ def start_or_resume(spec: SweepSpec, resume: bool) -> SweepState:
 
 @terminal.with_run_log
 def run_sweep(spec: SweepSpec, *, resume: bool = False) -> tuple[SweepState, list[dict[str, Any]], Any]:
-    from ssl_core.data.splits import ensure_synthetic
-    from workflows.runtime.ray_session import init_ray
-
     state = start_or_resume(spec, resume)
     terminal.log_to(state.sweep_dir / LOG_FILE)
     # Generate the synthetic set once here, not in concurrent trials racing to write the same files.
@@ -372,6 +383,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except SweepInterrupted as err:
             print(str(err), file=sys.stderr)
             return 130
+        # here: MLflow takes seconds to import; --dry-run and --help do without it
         from workflows.tracking.tracker import ui_command
 
         keys = ["trial", "status", *[d.key for d in spec.space], "step", spec.metric]

@@ -11,13 +11,7 @@ from ssl_core.algorithms import (  # noqa: F401  (imported for their registratio
     pseudo_label,
     supervised,
 )
-from ssl_core.algorithms.registry import (
-    ALGORITHMS,
-    Algorithm,
-    StepOutput,
-    get_algorithm,
-    list_algorithms,
-    register_algorithm,
-)
+from ssl_core.algorithms.base import Algorithm, StepOutput
+from ssl_core.algorithms.registry import ALGORITHMS, get_algorithm, list_algorithms, register_algorithm
 
 __all__ = ["ALGORITHMS", "Algorithm", "StepOutput", "get_algorithm", "list_algorithms", "register_algorithm"]

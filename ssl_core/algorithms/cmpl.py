@@ -21,6 +21,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from ssl_core.algorithms.base import Algorithm, StepOutput, check_param, require_keys
 from ssl_core.algorithms.components import (
     RecipeParams,
     labeled_loss,
@@ -30,7 +31,7 @@ from ssl_core.algorithms.components import (
     unlabeled_ramp,
     warmup_step,
 )
-from ssl_core.algorithms.registry import Algorithm, StepOutput, check_param, register_algorithm, require_keys
+from ssl_core.algorithms.registry import register_algorithm
 from ssl_core.algorithms.thresholds import PseudoLabeler, PseudoTargets, validate_threshold_options
 
 

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ssl_core.algorithms.base import StepOutput, check_param
+
 
 def pseudo_label(
     logits_weak: Tensor,  # (B, C)
@@ -61,27 +63,6 @@ def mixup(x1: Tensor, x2: Tensor, lam: float | Tensor) -> Tensor:
     if x1.shape != x2.shape:
         raise ValueError(f"mixup: shapes differ, {tuple(x1.shape)} vs {tuple(x2.shape)}")
     return lam * x1 + (1.0 - lam) * x2
-
-
-@torch.no_grad()
-def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
-    """Mean Teacher: theta_T <- m theta_T + (1 - m) theta_S, in place.
-
-    Floating-point buffers (BatchNorm running stats) follow the same average; integer buffers
-    (num_batches_tracked) are copied, since averaging a counter means nothing.
-    """
-    if not 0.0 <= momentum <= 1.0:
-        raise ValueError(f"ema_update: momentum must be in [0, 1], got {momentum}")
-    t_state, s_state = teacher.state_dict(), student.state_dict()
-    if t_state.keys() != s_state.keys():
-        diff = sorted(set(t_state) ^ set(s_state))
-        raise ValueError(f"ema_update: teacher and student differ in state keys, e.g. {diff[:5]}")
-    for key, t_value in t_state.items():
-        s_value = s_state[key].to(t_value.device)
-        if t_value.is_floating_point():
-            t_value.mul_(momentum).add_(s_value, alpha=1.0 - momentum)
-        else:
-            t_value.copy_(s_value)
 
 
 def kd_loss(
@@ -242,8 +223,6 @@ class RecipeParams:
     labeled_mixup: float = 0.0  # MixUp alpha on the labeled batch; 0: off
 
     def check_recipe(self, algorithm: str) -> None:
-        from ssl_core.algorithms.registry import check_param
-
         for name in ("unsup_warmup", "unsup_rampup"):
             check_param(algorithm, name, getattr(self, name), "non_negative")
         check_param(algorithm, "label_smoothing", self.label_smoothing, "unit")
@@ -270,11 +249,9 @@ def pseudo_label_forward(
     return logits_lab, logits_weak, logits_strong
 
 
-def warmup_step(models: dict[str, nn.Module], batch: LabeledBatch, label_smoothing: float):  # -> StepOutput
+def warmup_step(models: dict[str, nn.Module], batch: LabeledBatch, label_smoothing: float) -> StepOutput:
     """A supervised warm-up step of every model (fixmatch, cmpl): the unlabeled clips are not even forwarded,
     a third of the step's work."""
-    from ssl_core.algorithms.registry import StepOutput
-
     sup = {role: labeled_loss(model(batch.video), batch, label_smoothing) for role, model in models.items()}
     loss = sum(sup.values())
     metrics = {f"loss/sup_{role}": value.detach() for role, value in sup.items()}

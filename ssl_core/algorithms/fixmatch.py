@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ssl_core.algorithms.base import Algorithm, StepOutput, check_param, require_keys
 from ssl_core.algorithms.components import (
     RecipeParams,
     labeled_loss,
@@ -29,7 +30,7 @@ from ssl_core.algorithms.components import (
     unlabeled_ramp,
     warmup_step,
 )
-from ssl_core.algorithms.registry import Algorithm, StepOutput, check_param, register_algorithm, require_keys
+from ssl_core.algorithms.registry import register_algorithm
 from ssl_core.algorithms.thresholds import PseudoLabeler, validate_threshold_options
 
 

@@ -1,7 +1,7 @@
 """Mean Teacher (Tarvainen & Valpola 2017): the student matches an EMA teacher's class distribution.
 
 L = CE(S(v), y) + w(t) * (1/B_u) sum_i ||softmax(S(strong(u_i))) - softmax(T(weak(u_i)))||^2
-(squared L2 per sample, summed over classes, averaged over the batch: METHODS.md's ||.||^2; USB instead
+(squared L2 per sample, summed over classes, averaged over the batch: the paper's ||.||^2; USB instead
 averages over classes too, i.e. divides by C), w(t) = lambda_u * exp(-5 (1 - t)^2), t = min(step/rampup, 1).
 theta_T <- m theta_T + (1 - m) theta_S after every optimizer step (after_optimizer_step), float buffers too.
 
@@ -23,9 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ssl_core.algorithms.components import ema_update, sigmoid_rampup, softmax_mse
-from ssl_core.algorithms.registry import Algorithm, StepOutput, check_param, register_algorithm, require_keys
-from ssl_core.checkpoint import unwrap
+from ssl_core.algorithms.base import Algorithm, StepOutput, check_param, require_keys
+from ssl_core.algorithms.components import sigmoid_rampup, softmax_mse
+from ssl_core.algorithms.ema import ema_update
+from ssl_core.algorithms.registry import register_algorithm
+from ssl_core.unwrap import unwrap
 
 
 @dataclass(frozen=True)

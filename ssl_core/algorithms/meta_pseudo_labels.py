@@ -46,9 +46,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from ssl_core.algorithms.base import Algorithm, StepOutput, check_param, require_keys
 from ssl_core.algorithms.components import joint_forward
 from ssl_core.algorithms.noisy_student import soft_cross_entropy
-from ssl_core.algorithms.registry import Algorithm, StepOutput, check_param, register_algorithm, require_keys
+from ssl_core.algorithms.registry import register_algorithm
 
 
 def mpl_reward(loss_before: Tensor, loss_after: Tensor) -> Tensor:  # scalar, no gradient

@@ -22,8 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ssl_core.algorithms.base import Algorithm, StepOutput, check_param, require_keys
 from ssl_core.algorithms.components import confidence_mask, masked_cross_entropy, pseudo_label
-from ssl_core.algorithms.registry import Algorithm, StepOutput, check_param, register_algorithm, require_keys
+from ssl_core.algorithms.registry import register_algorithm
 
 
 def soft_cross_entropy(

@@ -4,7 +4,7 @@ L = CE(F(v), y) + w(t) * (1/B_u) sum_i 1[max p_i >= T_{y_hat_i}] CE(y_hat_i, F(w
 p_i = softmax(F(weak(u_i))) without gradient, y_hat_i = argmax p_i, and the CE is on the SAME weak-view
 logits with gradient (one view, as USB's PseudoLabel; the strong view is unused).
 w(t) = lambda_u * exp(-5 (1 - t)^2), t = min(step / rampup_iters, 1): the unlabeled weight ramps up from
-~0 (METHODS.md: "lambda ramped up from 0"), because early predictions are mostly wrong.
+~0 (Lee 2013: the weight ramps up from 0), because early predictions are mostly wrong.
 The step counter lives in state_dict so the ramp survives a checkpoint.
 """
 
@@ -18,8 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ssl_core.algorithms.base import Algorithm, StepOutput, check_param, require_keys
 from ssl_core.algorithms.components import masked_cross_entropy, sigmoid_rampup
-from ssl_core.algorithms.registry import Algorithm, StepOutput, check_param, register_algorithm, require_keys
+from ssl_core.algorithms.registry import register_algorithm
 from ssl_core.algorithms.thresholds import PseudoLabeler, validate_threshold_options
 
 

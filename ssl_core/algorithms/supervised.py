@@ -10,8 +10,9 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+from ssl_core.algorithms.base import Algorithm, StepOutput, check_param, require_keys
 from ssl_core.algorithms.components import labeled_loss, mix_labeled
-from ssl_core.algorithms.registry import Algorithm, StepOutput, check_param, register_algorithm, require_keys
+from ssl_core.algorithms.registry import register_algorithm
 
 
 @dataclass(frozen=True)

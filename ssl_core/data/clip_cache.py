@@ -44,7 +44,7 @@ import av
 import numpy as np
 
 from ssl_core.data import decode
-from ssl_core.data.decode import (
+from ssl_core.data.decode_base import (
     Deadline,
     DecodeError,
     DecodeTimeout,
@@ -55,6 +55,8 @@ from ssl_core.data.decode import (
     eval_clip_times,
     start_past_end,
 )
+from ssl_core.data.decoders import get_decoder
+from ssl_core.data.manifest import load_manifest
 
 if TYPE_CHECKING:  # the Ray decode tasks import this module: keep torch (via the config) out of them
     from ssl_core.config import Config
@@ -167,7 +169,7 @@ def _select_sequential(times: np.ndarray, wanted: np.ndarray, fps: float) -> np.
 
 
 def _looped(found: np.ndarray, num_frames: int, path: str) -> np.ndarray:
-    """decode.loop_frames on indices: repeat the found frames from the start when the video is short."""
+    """decode_base.loop_frames on indices: repeat the found frames from the start when the video is short."""
     if len(found) == 0:
         raise DecodeError(f"{path}: no frames decoded")
     return found[np.arange(num_frames) % len(found)]
@@ -222,7 +224,7 @@ class ClipCache:
         return str(path) in self.videos or str(path) in self.unreadable
 
     def _fallback(self) -> ModuleType:
-        return decode.get_decoder(self.fallback_name)
+        return get_decoder(self.fallback_name)
 
     def _video(self, path: str) -> _Video | None:
         """The cached video, None when it is not in the cache; raises the stored error of an unreadable one."""
@@ -534,8 +536,6 @@ def cache_for_config(cfg: Config, paths: Sequence[str], *, workers: int | None =
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from ssl_core.data.manifest import load_manifest
-
     parser = argparse.ArgumentParser(description="Build (or open) the decoded-clip cache of a csv dataset.")
     parser.add_argument("root", help="dataset folder with manifest.csv")
     parser.add_argument("--size", type=int, default=72)

@@ -11,8 +11,8 @@ Frames are turned upright by the stream's display matrix (phone videos: rotation
 crops refer to the displayed picture. Grayscale and odd-sized sources come out as RGB like any other.
 Every unreadable file raises `DecodeError` naming it; a decode past `timeout_s` raises `DecodeTimeout`.
 
-`get_decoder(name)` returns this module ("pyav") or the optional torchcodec backend ("torchcodec",
-ssl_core/data/decode_torchcodec.py), which share the clip timing helpers below.
+`ssl_core.data.decoders.get_decoder(name)` returns this module ("pyav") or the optional torchcodec backend
+("torchcodec", ssl_core/data/decode_torchcodec.py); both take their clip timing from ssl_core/data/decode_base.py.
 
 Try it:
     python -c "from ssl_core.data.decode import decode_clip; \
@@ -21,68 +21,28 @@ print(decode_clip('data/synth/move_left/move_left_000.mp4', num_frames=8, stride
 
 from __future__ import annotations
 
-import importlib
-import time
-from dataclasses import dataclass
 from fractions import Fraction
-from types import ModuleType
 
 import av
 import numpy as np
 
+from ssl_core.data.decode_base import (
+    Deadline,
+    DecodeError,
+    VideoInfo,
+    centre_crop,
+    check_args,
+    clip_start_s,
+    clip_times,
+    eval_clip_times,
+    loop_frames,
+    resized_dims,
+    start_past_end,
+)
+
 # Evaluation clips are decoded in one forward pass when they cover at least this share of the video;
 # otherwise each clip seeks on its own (a long video with few clips would decode mostly unused frames).
 _SINGLE_PASS_COVERAGE = 0.5
-
-
-class DecodeError(RuntimeError):
-    """A file that cannot be decoded as video; the message names the file."""
-
-
-class DecodeTimeout(DecodeError):
-    """A decode that ran past its time limit; the message names the file and the limit."""
-
-
-class DecoderUnavailable(RuntimeError):
-    """The configured decode backend cannot be used here (not a DecodeError: no video should be skipped for it)."""
-
-
-class Deadline:
-    """A per-file time limit, checked between frames (and between backend calls).
-
-    Honest limits: the check runs between frames, so a single libav call that hangs (a decoder stuck on a
-    pathological frame) is not interrupted here. For a read that stalls (a network filesystem), PyAV's own
-    `av.open(timeout=...)` interrupt callback ends it; that error is reported as the timeout too."""
-
-    clock = staticmethod(time.monotonic)
-
-    def __init__(self, path: str, timeout_s: float | None) -> None:
-        if timeout_s is not None and not timeout_s > 0:
-            raise ValueError(f"timeout_s must be > 0 or None, got {timeout_s}")
-        self.path, self.timeout_s = path, timeout_s
-        self.start = self.clock()
-
-    @property
-    def expired(self) -> bool:
-        return self.timeout_s is not None and self.clock() - self.start > self.timeout_s
-
-    def error(self, cause: BaseException | None = None) -> DecodeTimeout:
-        elapsed = self.clock() - self.start
-        why = f" ({cause})" if cause is not None else ""
-        return DecodeTimeout(f"{self.path}: decode timed out: {elapsed:.2f} s > timeout_s={self.timeout_s} s{why}")
-
-    def check(self) -> None:
-        if self.expired:
-            raise self.error()
-
-
-@dataclass(frozen=True)
-class VideoInfo:
-    duration_s: float
-    fps: float
-    num_frames: int  # from the container index when present, else duration * fps (an estimate)
-    width: int
-    height: int
 
 
 def _open(path: str, deadline: Deadline | None = None) -> av.container.InputContainer:
@@ -141,20 +101,6 @@ def quarter_turns(rotation_deg: float | None) -> int:
     return round((rotation_deg or 0) / 90) % 4
 
 
-def resized_dims(width: int, height: int, size: int) -> tuple[int, int]:
-    """(new_w, new_h) with the short side = size and the aspect kept (never below size, odd sizes too)."""
-    scale = size / min(width, height)
-    return max(size, round(width * scale)), max(size, round(height * scale))
-
-
-def centre_crop(image: np.ndarray, size: int, axis: int = 0) -> np.ndarray:
-    """The centre (size, size) window over axes (axis, axis + 1): (H, W, ...) by default."""
-    h, w = image.shape[axis], image.shape[axis + 1]
-    top, left = _crop_offsets(h, size, 1)[0], _crop_offsets(w, size, 1)[0]
-    index = (slice(None),) * axis + (slice(top, top + size), slice(left, left + size))
-    return image[index]
-
-
 def _to_rgb(frame: av.VideoFrame, size: int, keep_aspect: bool = False) -> np.ndarray:  # -> (H, W, 3) uint8
     """Upright (display matrix), short side -> size, then a centre crop to (size, size) unless keep_aspect.
 
@@ -165,33 +111,6 @@ def _to_rgb(frame: av.VideoFrame, size: int, keep_aspect: bool = False) -> np.nd
     if turns:
         rgb = np.rot90(rgb, k=turns)  # np.rot90 turns counter-clockwise, as the display matrix angle does
     return rgb if keep_aspect else centre_crop(rgb, size)
-
-
-def _crop_offsets(length: int, side: int, num_crops: int) -> list[int]:
-    """Start offsets of `num_crops` windows of `side` evenly spaced over `length` (one crop: the centre)."""
-    if num_crops == 1:
-        return [(length - side) // 2]
-    # Floor division keeps the middle of an odd count on the centre crop's offset.
-    return [(length - side) * i // (num_crops - 1) for i in range(num_crops)]
-
-
-def spatial_crops(
-    clips: np.ndarray,  # (N, T, H, W, C)
-    num_crops: int,
-) -> np.ndarray:  # (N, num_crops, T, S, S, C), S = min(H, W)
-    """`num_crops` square crops of side = the short side, evenly spaced along the long side (left to right,
-    or top to bottom), the first and last touching the edges. One crop is the centre crop."""
-    if clips.ndim != 5:
-        raise ValueError(f"clips must be (N, T, H, W, C), got shape {clips.shape}")
-    if num_crops < 1:
-        raise ValueError(f"num_crops must be >= 1, got {num_crops}")
-    h, w = clips.shape[2:4]
-    side = min(h, w)
-    if w >= h:
-        crops = [clips[:, :, :, x : x + side] for x in _crop_offsets(w, side, num_crops)]
-    else:
-        crops = [clips[:, :, y : y + side] for y in _crop_offsets(h, side, num_crops)]
-    return np.stack(crops, axis=1)
 
 
 def _nearest_frames(
@@ -250,53 +169,6 @@ def _nearest_frames(
     return out
 
 
-def loop_frames(frames: list[np.ndarray], num_frames: int, path: str) -> np.ndarray:  # -> (T, H, W, 3)
-    """Stack `num_frames` frames, repeating the decoded ones from the start when the video is short."""
-    if not frames:
-        raise DecodeError(f"{path}: no frames decoded")
-    return np.stack([frames[i % len(frames)] for i in range(num_frames)])
-
-
-def check_args(num_frames: int, stride: int, size: int) -> None:
-    if num_frames < 1 or stride < 1 or size < 1:
-        raise ValueError(f"num_frames, stride and size must be >= 1, got {num_frames}, {stride}, {size}")
-
-
-def clip_start_s(
-    path: str,
-    info: VideoInfo,
-    *,
-    num_frames: int,
-    stride: int,
-    start_s: float | None,
-    rng: np.random.Generator | None,
-) -> float:
-    """The training clip's start in seconds from the first frame: start_s as given, or a random valid frame."""
-    if start_s is None:
-        last_start = info.num_frames - 1 - (num_frames - 1) * stride
-        rng = rng if rng is not None else np.random.default_rng()
-        return int(rng.integers(0, last_start + 1)) / info.fps if last_start > 0 else 0.0
-    if start_s < 0:
-        raise ValueError(f"{path}: start_s must be >= 0, got {start_s}")
-    return float(start_s)
-
-
-def clip_times(start_s: float, info: VideoInfo, *, num_frames: int, stride: int) -> np.ndarray:  # (T,) seconds
-    """The wanted times of one clip: `num_frames` frames every `stride` frames from start_s."""
-    return start_s + np.arange(num_frames) * stride / info.fps
-
-
-def eval_clip_times(info: VideoInfo, *, num_frames: int, stride: int, num_clips: int) -> list[np.ndarray]:
-    """The wanted times (seconds from the first frame) of each of the `num_clips` uniformly spaced clips."""
-    starts = eval_clip_starts(info.num_frames, num_frames=num_frames, stride=stride, num_clips=num_clips)
-    offsets = np.arange(num_frames) * stride
-    return [(s + offsets) / info.fps for s in starts]
-
-
-def start_past_end(path: str, start_s: float, info: VideoInfo) -> ValueError:
-    return ValueError(f"{path}: start_s={start_s:.3f} lies past the end of the video ({info.duration_s:.3f} s)")
-
-
 def _set_threads(stream: av.video.stream.VideoStream, threads: int) -> None:
     if threads < 0:
         raise ValueError(f"threads must be >= 0, got {threads}")
@@ -333,12 +205,6 @@ def decode_clip(
     if not frames and start_s > 0:
         raise start_past_end(path, start_s, info)
     return loop_frames(frames, num_frames, path)
-
-
-def eval_clip_starts(num_video_frames: int, *, num_frames: int, stride: int, num_clips: int) -> list[int]:
-    """Uniformly spaced start frames from the first to the last valid one (all 0 for a short video)."""
-    last_start = max(0, num_video_frames - 1 - (num_frames - 1) * stride)
-    return [round(s) for s in np.linspace(0, last_start, num_clips)]
 
 
 def decode_eval_clips(
@@ -383,40 +249,3 @@ def decode_eval_clips(
                 for w in clip_frames
             ]
     return np.stack([loop_frames(c, num_frames, path) for c in clips])
-
-
-# --- backends --------------------------------------------------------------------------------------
-
-DECODERS = ("pyav", "torchcodec")
-TORCHCODEC_HINT = (
-    "data.decoder: torchcodec or its FFmpeg libraries are missing; pip install 'vidssl[torchcodec]' and the "
-    "system FFmpeg libraries (apt-get install libavcodec59 libavformat59 libavutil57 libswscale6 libavfilter8 "
-    "libswresample4 libavdevice59)"
-)
-
-
-def torchcodec_unavailable() -> str | None:
-    """None when the torchcodec backend can be used here, else why not (the install hint and the cause)."""
-    try:
-        importlib.import_module("ssl_core.data.decode_torchcodec")
-        # torchcodec 0.17 imports without FFmpeg and fails at the first VideoDecoder instead: load its FFmpeg
-        # libraries now (memoised by torchcodec), so a missing FFmpeg is found here, not as every video skipped.
-        from torchcodec._internally_replaced_utils import load_core_libraries
-
-        load_core_libraries()
-    except (ImportError, OSError, RuntimeError) as e:  # torchcodec raises RuntimeError when FFmpeg libs fail
-        return f"{TORCHCODEC_HINT} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
-    return None
-
-
-def get_decoder(name: str) -> ModuleType:
-    """The backend module for `data.decoder`: both expose decode_clip and decode_eval_clips with the same
-    arguments and outputs (uint8 (T, S, S, 3) / (N, T, H, W, 3)) and raise DecodeError / DecodeTimeout."""
-    if name == "pyav":
-        return importlib.import_module(__name__)
-    if name == "torchcodec":
-        reason = torchcodec_unavailable()
-        if reason is not None:
-            raise DecoderUnavailable(reason)
-        return importlib.import_module("ssl_core.data.decode_torchcodec")
-    raise ValueError(f"unknown decoder {name!r}; choose from {DECODERS}")

@@ -1,10 +1,11 @@
 """The optional torchcodec decode backend: same functions, arguments and outputs as ssl_core/data/decode.py.
 
-Chosen with `data.decoder: torchcodec` (see decode.get_decoder); needs `pip install 'vidssl[torchcodec]'` and
-the system FFmpeg libraries. Clip timing (random / given start, uniformly spaced eval clips, looping of short
-videos) comes from the shared helpers in decode.py, so both backends pick the same frames: for each wanted
-time, the frame whose timestamp is nearest (asked of torchcodec as the frame played half a frame later, which
-is the nearest one at a constant rate and keeps float rounding of k / fps off the frame boundaries).
+Chosen with `data.decoder: torchcodec` (see ssl_core.data.decoders.get_decoder); needs
+`pip install 'vidssl[torchcodec]'` and the system FFmpeg libraries. Clip timing (random / given start, uniformly
+spaced eval clips, looping of short videos) comes from the shared helpers in decode_base.py, so both backends pick
+the same frames: for each wanted time, the frame whose timestamp is nearest (asked of torchcodec as the frame played
+half a frame later, which is the nearest one at a constant rate and keeps float rounding of k / fps off the frame
+boundaries).
 torchcodec applies the display-matrix rotation itself and returns RGB for any pixel format. Frames are
 resized with torch (bilinear, antialiased: short side -> size) and centre-cropped; PyAV resizes with
 swscale, so the two differ by a few grey levels (tests/unit/test_decode_torchcodec.py measures it).
@@ -19,12 +20,14 @@ print(decode_clip('data/synth/move_left/move_left_000.mp4', num_frames=8, stride
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 from torchcodec.decoders import VideoDecoder
 
-from ssl_core.data.decode import (
+from ssl_core.data.decode_base import (
     Deadline,
     DecodeError,
     VideoInfo,
@@ -40,6 +43,13 @@ from ssl_core.data.decode import (
 
 # What torchcodec raises for a file it cannot open or decode.
 _ERRORS = (RuntimeError, ValueError, IndexError, OSError)
+
+
+def load_ffmpeg() -> None:
+    """Load torchcodec's FFmpeg libraries (memoised by torchcodec; RuntimeError or OSError when they are missing).
+    torchcodec 0.17 imports without them and fails at the first VideoDecoder instead. A private module of torchcodec,
+    looked up when called (after torchcodec.decoders, whose ImportError names what is missing)."""
+    importlib.import_module("torchcodec._internally_replaced_utils").load_core_libraries()
 
 
 class _Video:

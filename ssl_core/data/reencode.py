@@ -33,7 +33,7 @@ import av
 import numpy as np
 from av.video.frame import PictureType
 
-from ssl_core.data.decode import DecodeError
+from ssl_core.data.decode_base import DecodeError
 
 # x264 presets, fastest to smallest output; anything else is rejected before a single file is touched.
 PRESETS: tuple[str, ...] = (

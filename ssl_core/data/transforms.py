@@ -21,23 +21,30 @@ from torch import Tensor
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from ssl_core.typed_config import require, setting
+
 # Kinetics statistics (pytorchvideo / SlowFast convention), on [0, 1] pixel values.
 MEAN: tuple[float, float, float] = (0.45, 0.45, 0.45)
 STD: tuple[float, float, float] = (0.225, 0.225, 0.225)
+PLACEMENTS = ("auto", "device", "data")
 
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    crop_size: int = 64  # output side h = w; small default so CPU runs stay fast
-    min_scale: float = 0.5  # smallest crop area fraction: enough jitter without losing small actors
-    hflip: bool = True  # switch off for direction-dependent classes (flip swaps "left" and "right")
-    randaugment_ops: int = 2  # FixMatch's RandAugment: 2 ops per clip ...
-    randaugment_magnitude: int = 9  # ... at magnitude 9 of 31 bins (torchvision's default scale)
-    erasing_p: float = 0.5  # Cutout-like erasing, the second half of FixMatch's strong augmentation
-    # Where training clips are augmented: "device" = on the training device, batched, after the uint8 clips
-    # arrive (cheap transfers; the GPU does the work); "data" = on Ray Data CPU workers, in parallel with the
-    # step; "auto" = device on a GPU, data otherwise. Evaluation clips are always transformed on the device.
-    placement: str = "auto"
+    crop_size: int = setting(64, "output side h = w of the weak view's random resized crop (<= data.size); small "
+                                 "default so CPU runs stay fast")
+    min_scale: float = setting(0.5, "smallest crop area fraction: enough jitter without losing small actors")
+    hflip: bool = setting(True, "horizontal flip; false when classes depend on direction (a flip swaps left/right)")
+    randaugment_ops: int = setting(2, "strong view: RandAugment ops per clip (FixMatch's RandAugment)")
+    randaugment_magnitude: int = setting(9, "strong view: RandAugment magnitude, of 31 bins (torchvision's scale)")
+    erasing_p: float = setting(0.5, "strong view: probability of Cutout-like random erasing")
+    # The GPU does the work on "device"; on CPU-only clusters the data tasks run in parallel with the step.
+    placement: str = setting("auto", "where training clips are augmented: device (batched on the training device "
+                                     "after the uint8 clips arrive), data (Ray Data CPU tasks, in parallel with the "
+                                     "step), auto (device on a GPU, data otherwise); evaluation clips: always device")
+
+    def check(self) -> None:
+        require(self.placement in PLACEMENTS, "placement", f"must be one of {PLACEMENTS}, got {self.placement!r}")
 
     def __post_init__(self) -> None:
         if self.crop_size <= 0:

@@ -34,9 +34,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ssl_core.checkpoint import deployed_weights, latest_checkpoint_dir, load_training_state
+from ssl_core.models.init_spec import is_mlflow_uri, split_role
 from ssl_core.typed_config import ConfigError
 
-MLFLOW_SCHEMES = ("models:/", "runs:/")
 # Where common checkpoint formats keep the weights: Lightning / timm ("state_dict"), DeiT-style ("model"),
 # pytorchvideo / SlowFast ("model_state").
 WRAPPER_KEYS = ("state_dict", "model", "model_state")
@@ -44,45 +45,11 @@ WRAPPER_KEYS = ("state_dict", "model", "model_state")
 PREFIXES = ("module.", "model.", "backbone.", "_orig_mod.")
 # Fewer backbone keys found than this fraction means another architecture, not a partial checkpoint.
 MIN_BACKBONE_FRACTION = 0.5
-_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _SHOWN = 3  # names listed per category in a report line
 
 
 class InitError(ConfigError):
     """Pretrained weights that cannot start this model; one line starting with the config key."""
-
-
-def is_mlflow_uri(spec: str) -> bool:
-    return spec.startswith(MLFLOW_SCHEMES)
-
-
-def split_role(spec: str) -> tuple[str, str | None]:
-    """`PATH#role` -> (PATH, role) for a vidssl checkpoint's other model (e.g. CMPL's `#auxiliary`); a path that
-    exists as written (a '#' in a file name) or has no `#role` -> (spec, None)."""
-    path, sep, role = spec.rpartition("#")
-    if not sep or not path or not role or Path(spec).expanduser().exists():
-        return spec, None
-    return path, role
-
-
-def init_spec_problem(spec: str) -> str | None:
-    """Why `spec` cannot be a model.init source (config validation: the form only, not whether it exists, since
-    a resumed run or a worker validates the config again after the source may have moved), or None."""
-    if not spec.strip():
-        return ("must be a checkpoint directory, a run folder, a state-dict file (.pt/.pth) or an MLflow model URI "
-                "(models:/name@alias, models:/name/3, runs:/<run id>/model), or null")
-    if spec.startswith("models:/"):
-        if not re.fullmatch(r"[^/@\s]+(@[^/@\s]+|/[^/\s]+)?/?", spec.removeprefix("models:/")):
-            return f"{spec!r}: expected models:/<name>@<alias>, models:/<name>/<version> or models:/m-<model id>"
-        return None
-    if spec.startswith("runs:/"):
-        if not re.fullmatch(r"[^/\s]+/\S+", spec.removeprefix("runs:/")):
-            return f"{spec!r}: expected runs:/<run id>/<artifact path>, e.g. runs:/<run id>/model"
-        return None
-    if _URL.match(spec):
-        return (f"{spec!r}: URLs are not downloaded at run time; download the weights once and give the local file "
-                "(a .pt/.pth state dict), or an MLflow model URI (models:/..., runs:/...)")
-    return None
 
 
 @dataclass
@@ -96,8 +63,6 @@ class InitSource:
 
 def read_init_source(spec: str, *, key: str = "model.init") -> InitSource:
     """The weights named by `spec` (a checkpoint directory, a run folder, `PATH#role`, a state-dict file)."""
-    from ssl_core.checkpoint import latest_checkpoint_dir, load_training_state
-
     if is_mlflow_uri(spec):
         raise InitError(f"{key}: {spec} is an MLflow model URI: python -m workflows.train resolves it into a local "
                         "file before training; the Ray-free loop takes a checkpoint directory, a run folder or a "
@@ -142,8 +107,6 @@ def read_init_source(spec: str, *, key: str = "model.init") -> InitSource:
 
 
 def _from_training_state(state: Mapping[str, Any], role: str | None, spec: str, key: str) -> InitSource:
-    from ssl_core.checkpoint import deployed_weights
-
     role = role or "primary"
     if role not in state["models"]:
         raise InitError(f"{key}: {spec}: the checkpoint has no {role!r} model; it has {sorted(state['models'])}")

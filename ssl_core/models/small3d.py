@@ -38,7 +38,7 @@ class Small3D(nn.Module):
         # Global MAX pooling, not average: the synthetic actions are small objects on cluttered
         # backgrounds, and averaging drowns the few positions that see the object in background
         # activations. With average pooling this network stayed at chance after 1,500 CPU steps; with
-        # max pooling it reached 100% test top-1 with full labels in 1,000 steps (see DESIGN.md).
+        # max pooling it reached 100% test top-1 with full labels in 1,000 steps.
         self.pool = nn.AdaptiveMaxPool3d(1)
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(in_channels, num_classes)

@@ -24,6 +24,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    # here: the runner loads PyAV and the models; a config error is reported before that
     from ssl_core.pretrain.local import run_local_pretrain
 
     torch.set_num_threads(max(1, setup.base.scaling.torch_threads))

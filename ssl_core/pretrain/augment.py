@@ -3,7 +3,7 @@
 Each clip of a video gets its own random resized crop, optional horizontal flip, colour jitter (brightness,
 contrast, saturation, hue) and grayscale, one draw per clip applied to all its frames (a `tv_tensors.Video`),
 so two clips of a video share their motion but not their colours or framing: the per-video constants of a
-dataset (an actor's colour, the background, the drift) stop identifying the video (METHODS.md, "shortcuts").
+dataset (an actor's colour, the background, the drift) stop identifying the video (a shortcut otherwise).
 
 torchvision's v2 Grayscale / RandomGrayscale pass a Video through unchanged (their kernel takes images only),
 so the grayscale here is VideoGrayscale.

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ssl_core.config import Config, from_dict
-from ssl_core.typed_config import ConfigError, apply_override, build, read_config_file
+from ssl_core.typed_config import ConfigError, apply_override, build, read_config_file, require, setting
 
 OBJECTIVES = ("rho_moco", "simclr")
 PRETEXTS = ("none", "speed", "arrow")
@@ -37,69 +37,79 @@ AUTO_QUEUE_CAP = 4096
 
 @dataclass
 class PretrainConfig:
-    # rho_moco: momentum encoder + queue of negative keys, InfoNCE (rho-MoCo, Feichtenhofer et al. 2021);
-    # simclr: one encoder, the other clips of the batch are the negatives (cheaper, needs larger batches).
-    objective: str = "rho_moco"
-    # Clips per video; clips of the SAME video at independent random times are positives, which rewards
-    # features that persist over time (motion) rather than a frame's texture. rho 4 beat rho 2 by 3-4 points
-    # on Kinetics; each clip is one more forward pass.
-    rho: int = 2
-    # Negative keys kept (rho_moco). null: min(4096, half the train videos), because each pass over the data
-    # enqueues one key per video, and a video's own key from its previous visit must have left the queue by the
-    # time it comes back, or it is its own negative.
-    queue_size: int | None = None
-    # InfoNCE temperature (0.1 in rho-MoCo; 0.2 in MoCo v2).
-    temperature: float = 0.1
-    # Momentum encoder: theta_k <- m theta_k + (1 - m) theta_q. 0.99 suits short runs (the key encoder must
-    # follow a fast-changing query encoder); rho-MoCo's long runs use 0.994 annealed to 1 (momentum_anneal).
-    momentum: float = 0.99
-    # Cosine anneal of m from `momentum` to 1 over train.iterations (BYOL / rho-MoCo): keys change less and less.
-    momentum_anneal: bool = False
-    # Projection MLP on the backbone features (the features themselves are what is kept): hidden width, output
-    # width, number of Linear layers (rho-MoCo: 3; MoCo v2: 2), BatchNorm after each hidden layer (proj_bn, as
-    # SimCLR v2 / rho-MoCo: without it the embeddings of small3d start collapsed, ssl_core/pretrain/objectives.py).
-    hidden_dim: int = 512
-    proj_dim: int = 128
-    proj_layers: int = 3
-    proj_bn: bool = True
-    # MoCo's shuffling BN on one device: the query batch is run through the backbone in this many groups and the
-    # key batch in as many groups of a shuffled order, so the BN statistics a query and its positive key see
-    # differ (BN over the same clips leaks "same batch" and the loss drops without learning). 1: off.
-    bn_splits: int = 2
-    # Appearance augmentation drawn independently per clip (one set per clip, applied to all its frames): the
-    # videos' per-video constants (colour, background, drift) would otherwise match two clips of a video alone
-    # (METHODS.md, "shortcuts"). Crop area fraction [min_scale, max_scale] (rho-MoCo: 0.2-0.766), colour jitter
-    # strength for brightness / contrast / saturation and hue (0.6 / 0.15) applied with jitter_p, grayscale_p.
-    min_scale: float = 0.2
-    max_scale: float = 0.77
-    color_jitter: float = 0.6
-    hue: float = 0.15
-    jitter_p: float = 0.8
-    grayscale_p: float = 0.2
-    # Residual-frame positives (IIC, Tao et al. 2020): the last `residual_clips` of a video's rho clips are shown as
-    # temporal gradients (frame differences, model `+tg`'s view) to the same backbone. A scene's static look is
-    # absent from them, so matching an RGB clip to its video's residual clip needs what moves: the per-video
-    # background stops being a shortcut. 0: every clip RGB; at most rho - 1 (the backbone's own RGB view stays).
-    residual_clips: int = 0
-    # Background swap (FAME, ssl_core/pretrain/augment.py): the probability that a clip keeps only its moving
-    # foreground, pasted on another video's still frame, and the fraction of its pixels taken as foreground.
-    background_swap: float = 0.0
-    foreground_ratio: float = 0.15
-    # k-NN monitor (labels never reach a loss): every knn_every steps (0: only at the end), frozen, L2-normalised
-    # backbone features of the labeled split are the memory bank, the test split the queries; weighted vote of
-    # the knn_k nearest with weights exp(sim / knn_temperature) (InstDisc, DINO: k 20-200, T 0.07).
-    knn_every: int = 100
-    knn_k: int = 20
-    knn_temperature: float = 0.07
-    # Logistic-regression probe at the end on the same frozen features (labeled split -> test): full-batch LBFGS
-    # iterations (0: off) and its L2 weight decay.
-    probe_steps: int = 200
-    probe_weight_decay: float = 1e-4
-    # An extra pretext task on the same forward passes: speed (each clip at data.stride or 2x data.stride,
-    # predict which: SpeedNet / PRP) or arrow (each clip forwards or reversed in time: arrow of time); a linear
-    # head on the backbone features, cross-entropy weighted by pretext_weight. none: off.
-    pretext: str = "none"
-    pretext_weight: float = 0.5
+    objective: str = setting("rho_moco", "rho_moco: momentum encoder + queue of negative keys, InfoNCE (rho-MoCo, "
+                                         "Feichtenhofer et al. 2021); simclr: one encoder, the other clips of the "
+                                         "batch are the negatives (cheaper, needs larger batches)")
+    # rho 4 beat rho 2 by 3-4 points on Kinetics; each clip is one more forward pass.
+    rho: int = setting(2, "clips per video; clips of the same video at independent random times are positives, "
+                          "which rewards features that persist over time (motion) rather than a frame's texture")
+    # A video's own key from its previous visit must have left the queue by the time it comes back, or it is its
+    # own negative: each pass over the data enqueues one key per video.
+    queue_size: int | None = setting(None, "negative keys kept (rho_moco); null: min(4096, half the train videos)")
+    temperature: float = setting(0.1, "InfoNCE temperature (0.1 in rho-MoCo; 0.2 in MoCo v2)")
+    momentum: float = setting(0.99, "momentum encoder: theta_k <- m theta_k + (1 - m) theta_q; 0.99 suits short "
+                                    "runs (the key encoder must follow a fast-changing query encoder)")
+    momentum_anneal: bool = setting(False, "cosine anneal of m from `momentum` to 1 over train.iterations (BYOL / "
+                                           "rho-MoCo): keys change less and less")
+    hidden_dim: int = setting(512, "projection MLP on the backbone features (the features are what is kept): "
+                                   "hidden width")
+    proj_dim: int = setting(128, "projection MLP output width")
+    proj_layers: int = setting(3, "projection MLP Linear layers (rho-MoCo: 3; MoCo v2: 2)")
+    # Without it the embeddings of small3d start collapsed (ssl_core/pretrain/objectives.py).
+    proj_bn: bool = setting(True, "BatchNorm after each hidden projection layer (SimCLR v2 / rho-MoCo)")
+    # BN over the same clips leaks "same batch" and the loss drops without learning.
+    bn_splits: int = setting(2, "MoCo's shuffling BN on one device: the query batch runs through the backbone in "
+                                "this many groups, the key batch in as many groups of a shuffled order; 1: off")
+    # The videos' per-video constants (colour, background, drift) would otherwise match two clips of a video alone.
+    min_scale: float = setting(0.2, "per-clip appearance augmentation: smallest crop area fraction (rho-MoCo: 0.2)")
+    max_scale: float = setting(0.77, "per-clip appearance augmentation: largest crop area fraction (rho-MoCo: 0.766)")
+    color_jitter: float = setting(0.6, "colour jitter strength for brightness / contrast / saturation")
+    hue: float = setting(0.15, "colour jitter strength for hue")
+    jitter_p: float = setting(0.8, "probability of a clip's colour jitter")
+    grayscale_p: float = setting(0.2, "probability of a grayscale clip")
+    residual_clips: int = setting(0, "residual-frame positives (IIC): the last N of a video's rho clips are shown "
+                                     "as temporal gradients (frame differences), so matching them needs what moves; "
+                                     "0: every clip RGB; at most rho - 1")
+    background_swap: float = setting(0.0, "background swap (FAME, ssl_core/pretrain/augment.py): probability that a "
+                                          "clip keeps only its moving foreground, pasted on another video's still "
+                                          "frame")
+    foreground_ratio: float = setting(0.15, "fraction of a swapped clip's pixels taken as foreground")
+    knn_every: int = setting(100, "k-NN monitor every N steps (0: only at the end): frozen, L2-normalised backbone "
+                                  "features, labeled split as memory bank, test split as queries; labels never "
+                                  "reach a loss")
+    knn_k: int = setting(20, "neighbours in the k-NN vote (InstDisc, DINO: 20-200)")
+    knn_temperature: float = setting(0.07, "k-NN vote weights exp(sim / T)")
+    probe_steps: int = setting(200, "logistic-regression probe at the end on the same frozen features (labeled split "
+                                    "-> test): full-batch LBFGS iterations; 0: off")
+    probe_weight_decay: float = setting(1e-4, "the probe's L2 weight decay")
+    pretext: str = setting("none", "an extra pretext task on the same forward passes: speed (each clip at "
+                                   "data.stride or 2x, predict which), arrow (forwards or reversed in time), none")
+    pretext_weight: float = setting(0.5, "weight of the pretext head's cross-entropy")
+
+    def check(self) -> None:
+        require(self.objective in OBJECTIVES, "objective", f"must be one of {OBJECTIVES}, got {self.objective!r}")
+        require(self.rho >= 2, "rho", f"must be >= 2 (positives are other clips of the same video), got {self.rho}")
+        require(0 <= self.residual_clips < self.rho, "residual_clips",
+                f"must be in [0, pretrain.rho - 1 = {self.rho - 1}] (one clip per video stays RGB), got "
+                f"{self.residual_clips}")
+        require(self.queue_size is None or self.queue_size >= 1, "queue_size", "must be >= 1, or null (automatic)")
+        require(self.temperature > 0, "temperature", f"must be > 0, got {self.temperature}")
+        require(0 <= self.momentum < 1, "momentum", f"must be in [0, 1), got {self.momentum}")
+        for key in ("hidden_dim", "proj_dim", "proj_layers", "bn_splits", "knn_k"):
+            require(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
+        require(0 < self.min_scale <= self.max_scale <= 1, "min_scale",
+                f"need 0 < pretrain.min_scale <= pretrain.max_scale <= 1, got {self.min_scale} and {self.max_scale}")
+        require(self.color_jitter >= 0, "color_jitter", f"must be >= 0, got {self.color_jitter}")
+        require(0 <= self.hue <= 0.5, "hue", f"must be in [0, 0.5], got {self.hue}")
+        for key in ("jitter_p", "grayscale_p", "background_swap"):
+            require(0 <= getattr(self, key) <= 1, key, f"must be in [0, 1], got {getattr(self, key)}")
+        require(0 < self.foreground_ratio <= 1, "foreground_ratio", f"must be in (0, 1], got {self.foreground_ratio}")
+        require(self.knn_every >= 0, "knn_every", "must be >= 0 (0: k-NN at the end only)")
+        require(self.knn_temperature > 0, "knn_temperature", f"must be > 0, got {self.knn_temperature}")
+        require(self.probe_steps >= 0, "probe_steps", "must be >= 0 (0: no linear probe)")
+        require(self.probe_weight_decay >= 0, "probe_weight_decay", "must be >= 0")
+        require(self.pretext in PRETEXTS, "pretext", f"must be one of {PRETEXTS}, got {self.pretext!r}")
+        require(self.pretext_weight >= 0, "pretext_weight", "must be >= 0")
 
 
 @dataclass
@@ -154,7 +164,7 @@ def pretrain_from_dict(raw: dict[str, Any]) -> PretrainSetup:
     # The supervised algorithm: the base config validates without asking for anything an SSL method needs.
     base = from_dict({**raw, "algorithm": {"name": "supervised"}})
     setup = PretrainSetup(base, section)
-    validate_pretrain(setup)
+    check_across_sections(setup)
     return setup
 
 
@@ -163,30 +173,9 @@ def _check(ok: bool, path: str, message: str) -> None:
         raise ConfigError(f"{path}: {message}")
 
 
-def validate_pretrain(setup: PretrainSetup) -> None:
+def check_across_sections(setup: PretrainSetup) -> None:
+    """The checks between `pretrain` and the training sections (each section checks its own keys)."""
     p, cfg = setup.pretrain, setup.base
-    _check(p.objective in OBJECTIVES, "pretrain.objective", f"must be one of {OBJECTIVES}, got {p.objective!r}")
-    _check(p.rho >= 2, "pretrain.rho", f"must be >= 2 (positives are other clips of the same video), got {p.rho}")
-    _check(0 <= p.residual_clips < p.rho, "pretrain.residual_clips",
-           f"must be in [0, pretrain.rho - 1 = {p.rho - 1}] (one clip per video stays RGB), got {p.residual_clips}")
-    _check(p.queue_size is None or p.queue_size >= 1, "pretrain.queue_size", "must be >= 1, or null (automatic)")
-    _check(p.temperature > 0, "pretrain.temperature", f"must be > 0, got {p.temperature}")
-    _check(0 <= p.momentum < 1, "pretrain.momentum", f"must be in [0, 1), got {p.momentum}")
-    for key in ("hidden_dim", "proj_dim", "proj_layers", "bn_splits", "knn_k"):
-        _check(getattr(p, key) >= 1, f"pretrain.{key}", f"must be >= 1, got {getattr(p, key)}")
-    _check(0 < p.min_scale <= p.max_scale <= 1, "pretrain.min_scale",
-           f"need 0 < pretrain.min_scale <= pretrain.max_scale <= 1, got {p.min_scale} and {p.max_scale}")
-    _check(p.color_jitter >= 0, "pretrain.color_jitter", f"must be >= 0, got {p.color_jitter}")
-    _check(0 <= p.hue <= 0.5, "pretrain.hue", f"must be in [0, 0.5], got {p.hue}")
-    for key in ("jitter_p", "grayscale_p", "background_swap"):
-        _check(0 <= getattr(p, key) <= 1, f"pretrain.{key}", f"must be in [0, 1], got {getattr(p, key)}")
-    _check(0 < p.foreground_ratio <= 1, "pretrain.foreground_ratio", f"must be in (0, 1], got {p.foreground_ratio}")
-    _check(p.knn_every >= 0, "pretrain.knn_every", "must be >= 0 (0: k-NN at the end only)")
-    _check(p.knn_temperature > 0, "pretrain.knn_temperature", f"must be > 0, got {p.knn_temperature}")
-    _check(p.probe_steps >= 0, "pretrain.probe_steps", "must be >= 0 (0: no linear probe)")
-    _check(p.probe_weight_decay >= 0, "pretrain.probe_weight_decay", "must be >= 0")
-    _check(p.pretext in PRETEXTS, "pretrain.pretext", f"must be one of {PRETEXTS}, got {p.pretext!r}")
-    _check(p.pretext_weight >= 0, "pretrain.pretext_weight", "must be >= 0")
     clips = cfg.train.batch_size * p.rho
     _check(clips >= p.bn_splits, "pretrain.bn_splits",
            f"{p.bn_splits} groups need at least as many clips per step (train.batch_size x pretrain.rho = {clips})")

@@ -10,10 +10,7 @@ Writes `<output.storage>/<run name>/`: labeled_split.csv (the k-NN memory bank) 
 
 from __future__ import annotations
 
-import math
-import shutil
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -23,9 +20,14 @@ import torch
 from torch import Tensor, nn
 
 from ssl_core import allocator
-from ssl_core.data.clip_cache import ClipCache
-from ssl_core.data.decode import DecodeError
+from ssl_core.checkpoint import keep_newest_checkpoints, step_checkpoint_dir
+from ssl_core.data import decode as decode_module
+from ssl_core.data.clip_cache import ClipCache, cache_for_config
+from ssl_core.data.decode import decode_eval_clips
+from ssl_core.data.decode_base import DecodeError
 from ssl_core.data.manifest import VideoRecord
+from ssl_core.data.splits import prepare_data
+from ssl_core.engine import Hooks, Report, Schedule, run
 from ssl_core.loop import prefetched
 from ssl_core.pretrain.augment import pretrain_views
 from ssl_core.pretrain.config import PretrainSetup
@@ -33,13 +35,16 @@ from ssl_core.pretrain.data import decode_views
 from ssl_core.pretrain.knn import knn_accuracy, linear_probe, video_features
 from ssl_core.pretrain.step import Pretrainer, build_net, pretrain_optimize, save_pretrain_checkpoint
 from ssl_core.run_folder import claim_run_dir, stamped
+from ssl_core.schedule import build_scheduler
+from ssl_core.train_step import build_optimizer
 
 
 def view_batches(
     paths: Sequence[str], batch: int, setup: PretrainSetup, seed: int, pool: ThreadPoolExecutor, reader: Any,
+    skipped: dict[str, str] | None = None,
 ) -> Iterator[tuple[Tensor, Tensor]]:
     """Endless batches ((B, rho, T, H, W, 3) uint8 clips, (B, rho) pretext labels) over every path, reshuffled
-    each pass, decoded two batches ahead by `pool`. Unreadable videos are skipped."""
+    each pass, decoded two batches ahead by `pool`. Unreadable videos are skipped (path -> why into `skipped`)."""
     rng = np.random.default_rng(seed)
     d, p = setup.base.data, setup.pretrain
 
@@ -52,7 +57,9 @@ def view_batches(
         try:
             return decode_views(reader, path, row_seed, rho=p.rho, num_frames=d.num_frames, stride=d.stride,
                                 size=d.size, pretext=p.pretext)
-        except DecodeError:
+        except DecodeError as err:
+            if skipped is not None:
+                skipped.setdefault(path, str(err))
             return None
 
     for items in prefetched(pool, decode, tasks(), batch):
@@ -89,18 +96,12 @@ def record_features(
 
 
 def run_local_pretrain(setup: PretrainSetup, *, device: str = "cpu", decode_threads: int = 2,
-                       run_dir: Path | None = None) -> dict[str, Any]:
-    """Pretrain in this process; returns the k-NN history, the final k-NN / probe accuracy, speed, run folder."""
-    from ssl_core.data import decode as decode_module
-    from ssl_core.data.clip_cache import cache_for_config
-    from ssl_core.data.decode import decode_eval_clips
-    from ssl_core.data.splits import prepare_data
-    from ssl_core.loop import build_optimizer
-    from ssl_core.schedule import build_scheduler
-
+                       run_dir: Path | None = None, on_report: Callable[[Report], None] | None = None,
+                       ) -> dict[str, Any]:
+    """Pretrain in this process; returns the k-NN history, the final k-NN / probe accuracy, speed, run folder.
+    `on_report`: every report of the loop (the Ray worker's metric keys)."""
     cfg, p, t = setup.base, setup.pretrain, setup.base.train
     allocator.configure(cfg.scaling)
-    torch.manual_seed(t.seed)
     if run_dir is None:
         name = cfg.tracking.run_name or stamped(f"pretrain-{p.objective}-local")
         _, run_dir = claim_run_dir(cfg.output.storage, name)
@@ -110,71 +111,85 @@ def run_local_pretrain(setup: PretrainSetup, *, device: str = "cpu", decode_thre
     classes = list(data.manifest.classes)
     train_paths = [r.path for r in (*data.labeled, *data.unlabeled)]  # every train video, without its label
     dev = torch.device(device)
-    net, reports = build_net(setup, classes)
-    for report in reports:
-        print(report.line(), flush=True)
-    net = net.to(dev)
-    trainer = Pretrainer(net, p, iterations=t.iterations, queue_size=setup.queue_size(len(train_paths)),
-                         seed=t.seed)
-    optimizer = build_optimizer(cfg, {"net": net})
-    scheduler = build_scheduler(optimizer, warmup=t.warmup_iters, total=t.iterations)
     pool = ThreadPoolExecutor(max(1, decode_threads))
-    cache: ClipCache | None
-    cache, cache_report = cache_for_config(cfg, [r.path for r in (*data.labeled, *data.unlabeled, *data.test)],
-                                           workers=max(1, decode_threads))
-    print(cache_report.line(), flush=True)
-    reader: Any = cache if cache is not None else decode_module
-    read_eval = cache.decode_eval_clips if cache is not None else decode_eval_clips
-    batches = view_batches(train_paths, t.batch_size, setup, t.seed, pool, reader)
-
-    def monitor() -> dict[str, float]:
-        bank, bank_y = record_features(net.backbone, data.labeled, read_eval, setup, dev, pool)
-        queries, query_y = record_features(net.backbone, data.test, read_eval, setup, dev, pool)
-        return knn_accuracy(bank, bank_y, queries, query_y, len(classes), k=p.knn_k, temperature=p.knn_temperature)
-
     history: list[tuple[int, float]] = []
-    if p.knn_every:  # the curve's first point: the features before any step
-        history.append((0, monitor()["knn/top1"]))
-        print(f"step 0/{t.iterations}: k-NN top-1 {100 * history[0][1]:.1f} %", flush=True)
-    window: dict[str, list[float]] = {}
-    clips_seen, train_s = 0, 0.0
+    skipped: dict[str, str] = {}  # unreadable video -> why
     result: dict[str, Any] = {}
-    for step in range(t.iterations):
-        started = time.perf_counter()
-        clips, pretext = next(batches)
-        views = pretrain_views(clips.to(dev), cfg.augment, p)
-        metrics = pretrain_optimize(trainer, optimizer, scheduler, views, pretext if p.pretext != "none" else None,
-                                    grad_clip=t.grad_clip)
-        train_s += time.perf_counter() - started
-        clips_seen += clips.shape[0] * clips.shape[1]
-        for key, value in metrics.items():
-            if not math.isnan(value):
-                window.setdefault(key, []).append(value)
-        done = step + 1
-        last = done == t.iterations
-        if done % t.log_every == 0 or last:
-            means = {k: sum(v) / len(v) for k, v in window.items()}
-            window = {}
-            shown = " ".join(f"{k}={v:.3f}" for k, v in sorted(means.items()))
-            print(f"step {done}/{t.iterations}: {shown} it/s={done / max(train_s, 1e-9):.2f}", flush=True)
-        if (p.knn_every and done % p.knn_every == 0) or last:
-            knn = monitor()
+
+    def build() -> tuple[Hooks, int]:
+        net, reports = build_net(setup, classes)
+        for report in reports:
+            print(report.line(), flush=True)
+        net = net.to(dev)
+        trainer = Pretrainer(net, p, iterations=t.iterations, queue_size=setup.queue_size(len(train_paths)),
+                             seed=t.seed)
+        optimizer = build_optimizer(cfg, {"net": net})
+        scheduler = build_scheduler(optimizer, warmup=t.warmup_iters, total=t.iterations)
+        cache: ClipCache | None
+        cache, cache_report = cache_for_config(cfg, [r.path for r in (*data.labeled, *data.unlabeled, *data.test)],
+                                               workers=max(1, decode_threads))
+        print(cache_report.line(), flush=True)
+        reader: Any = cache if cache is not None else decode_module
+        read_eval = cache.decode_eval_clips if cache is not None else decode_eval_clips
+        batches = view_batches(train_paths, t.batch_size, setup, t.seed, pool, reader, skipped)
+
+        def features() -> tuple[Tensor, Tensor, Tensor, Tensor]:
+            bank, bank_y = record_features(net.backbone, data.labeled, read_eval, setup, dev, pool)
+            queries, query_y = record_features(net.backbone, data.test, read_eval, setup, dev, pool)
+            return bank, bank_y, queries, query_y
+
+        def knn_of(feats: tuple[Tensor, Tensor, Tensor, Tensor]) -> dict[str, float]:
+            return knn_accuracy(*feats, len(classes), k=p.knn_k, temperature=p.knn_temperature)
+
+        if p.knn_every:  # the curve's first point: the features before any step
+            history.append((0, knn_of(features())["knn/top1"]))
+            print(f"step 0/{t.iterations}: k-NN top-1 {100 * history[0][1]:.1f} %", flush=True)
+
+        def step(_: int) -> tuple[Mapping[str, Tensor], int]:
+            clips, pretext = next(batches)
+            views = pretrain_views(clips.to(dev), cfg.augment, p)
+            metrics = pretrain_optimize(trainer, optimizer, scheduler, views,
+                                        pretext if p.pretext != "none" else None, grad_clip=t.grad_clip)
+            return metrics, clips.shape[0] * clips.shape[1]
+
+        def monitor(done: int, last: bool) -> dict[str, float]:
+            feats = features()
+            knn = knn_of(feats)
             history.append((done, knn["knn/top1"]))
-            print(f"step {done}/{t.iterations}: k-NN top-1 {100 * knn['knn/top1']:.1f} % "
-                  f"top-5 {100 * knn['knn/top5']:.1f} % (chance {100 / len(classes):.1f} %)", flush=True)
+            if last and p.probe_steps:
+                knn.update(linear_probe(*feats, len(classes), steps=p.probe_steps, weight_decay=p.probe_weight_decay))
             result.update(knn)
-        if done % t.checkpoint_every == 0 or last:
-            save_pretrain_checkpoint(run_dir / f"checkpoint_{done:06d}", setup=setup, trainer=trainer,
-                                     optimizer=optimizer, scheduler=scheduler, step=done, classes=classes)
-            for old in sorted(run_dir.glob("checkpoint_*"))[: -t.keep_checkpoints]:
-                shutil.rmtree(old, ignore_errors=True)
-    if p.probe_steps:
-        bank, bank_y = record_features(net.backbone, data.labeled, read_eval, setup, dev, pool)
-        queries, query_y = record_features(net.backbone, data.test, read_eval, setup, dev, pool)
-        result.update(linear_probe(bank, bank_y, queries, query_y, len(classes), steps=p.probe_steps,
-                                   weight_decay=p.probe_weight_decay))
-    pool.shutdown()
-    result.update({"knn_history": history, "it_per_s": t.iterations / max(train_s, 1e-9),
-                   "clips_per_s": clips_seen / max(train_s, 1e-9), "train_seconds": train_s, "run_dir": str(run_dir),
-                   "chance": 1 / len(classes)})
+            return knn
+
+        train_s = 0.0
+
+        def show(report: Report) -> None:
+            nonlocal train_s
+            train_s += report.seconds
+            if report.due.log:
+                shown = " ".join(f"{k}={v:.3f}" for k, v in sorted(report.window.items()) if v == v)
+                print(f"step {report.step}/{t.iterations}: {shown} it/s={report.step / train_s:.2f}", flush=True)
+            if "knn/top1" in report.metrics:
+                m = report.metrics
+                print(f"step {report.step}/{t.iterations}: k-NN top-1 {100 * m['knn/top1']:.1f} % "
+                      f"top-5 {100 * m['knn/top5']:.1f} % (chance {100 / len(classes):.1f} %)", flush=True)
+            if on_report is not None:
+                on_report(report)
+
+        def checkpoint(report: Report) -> None:
+            save_pretrain_checkpoint(step_checkpoint_dir(run_dir, report.step), setup=setup, trainer=trainer,
+                                     optimizer=optimizer, scheduler=scheduler, step=report.step, classes=classes)
+            keep_newest_checkpoints(run_dir, t.keep_checkpoints)
+
+        return Hooks(step=step, report=show, evaluate=monitor, checkpoint=checkpoint, it_per_s=True,
+                     extras=lambda: {"lr": scheduler.get_last_lr()[0], "data/skipped_videos": float(len(skipped))}), 0
+
+    try:
+        finished = run(t.seed, build, Schedule(t.iterations, t.log_every, p.knn_every, t.checkpoint_every))
+    finally:
+        pool.shutdown()
+    train_s = max(finished.seconds, 1e-9)
+    result.update({"knn_history": history, "it_per_s": finished.steps / train_s,
+                   "clips_per_s": finished.clips / train_s, "train_seconds": finished.seconds,
+                   "run_dir": str(run_dir), "chance": 1 / len(classes)})
     return result

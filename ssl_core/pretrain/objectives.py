@@ -17,7 +17,6 @@ print(info_nce(q, q, torch.nn.functional.normalize(torch.randn(16, 8), dim=1), 0
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -157,7 +156,3 @@ def projection_mlp(
         dim = hidden_dim
     mods.append(nn.Linear(dim, out_dim))
     return nn.Sequential(*mods)
-
-
-def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
-    return {k: float(v.detach()) if isinstance(v, Tensor) else float(v) for k, v in metrics.items()}

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ssl_core.checkpoint import model_meta, save_training_state, unwrap
+from ssl_core.checkpoint import model_meta, save_training_state
 from ssl_core.models import build_model
 from ssl_core.models.init import InitReport, head_prefix
 from ssl_core.models.registry import temporal_gradient
@@ -36,8 +36,9 @@ from ssl_core.pretrain.objectives import (
     nt_xent,
     projection_mlp,
     rho_info_nce,
-    scalar_metrics,
 )
+from ssl_core.train_step import init_models
+from ssl_core.unwrap import unwrap
 
 STAGE = "pretrain"
 
@@ -113,9 +114,7 @@ def build_net(
 ) -> tuple[PretrainNet, list[InitReport]]:
     """The network for model.primary with len(classes) outputs (the head is never trained), started from
     model.init when set and `init` (a fresh start; `sources`: a local file replacing an MLflow URI, see
-    ssl_core.loop.init_models)."""
-    from ssl_core.loop import init_models
-
+    ssl_core.train_step.init_models)."""
     cfg = setup.base
     classifier = build_model(cfg.model.primary, num_classes=len(classes))
     reports = init_models(cfg, {"primary": classifier}, classes, sources) if cfg.model.init and init else []
@@ -224,9 +223,11 @@ def pretrain_optimize(
     pretext: Tensor | None,
     *,
     grad_clip: float,
-) -> dict[str, float]:
+) -> dict[str, Tensor]:
     """loss -> backward -> clip -> step -> LR (the momentum encoder moved inside the loss, MoCo's order);
-    returns the step's scalar metrics. The step count is the scheduler's (checkpointed, so it resumes)."""
+    returns the step's scalar metrics as detached 0-d tensors on the device, so nothing here waits for the
+    device (ssl_core.metrics.WindowMeans brings them over once per window). The step count is the scheduler's
+    (checkpointed, so it resumes)."""
     step = scheduler.last_epoch
     autocast = (torch.autocast(device_type="cuda", dtype=torch.bfloat16) if views.device.type == "cuda"
                 else contextlib.nullcontext())
@@ -237,8 +238,9 @@ def pretrain_optimize(
     grad_norm = torch.nn.utils.clip_grad_norm_(list(trainer.net.parameters()), grad_clip)
     optimizer.step()
     scheduler.step()
-    out = scalar_metrics(metrics)
-    out["grad_norm"] = float(grad_norm)
+    out = {k: v.detach() if isinstance(v, Tensor) else torch.tensor(float(v), device=views.device)
+           for k, v in metrics.items()}
+    out["grad_norm"] = grad_norm.detach()
     return out
 
 

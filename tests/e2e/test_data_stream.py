@@ -15,7 +15,7 @@ from ssl_core.config import with_overrides
 from ssl_core.data.manifest import VideoRecord, load_manifest
 from ssl_core.data.synthetic import generate
 from ssl_core.data.transforms import AugmentConfig
-from ssl_core.loop import stream_batches
+from ssl_core.train_step import stream_batches
 from workflows.runtime.streams import _augment, record_table, resolve_placement, rows_for_ids
 
 
@@ -99,7 +99,6 @@ def test_stream_batches_moves_views_made_by_the_data_workers_unchanged() -> None
     assert labeled["video"].shape == (2, 3, 4, 16, 16) and unlabeled is None
 
 
-@pytest.mark.e2e
 @pytest.mark.parametrize("placement", ["data", "device"])
 def test_streams_through_ray_data_in_either_placement(tmp_path: Path, ray_local: None, placement: str) -> None:
     from workflows.runtime.streams import SkipCounter, build_datasets

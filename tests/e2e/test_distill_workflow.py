@@ -7,6 +7,7 @@ registered in a SQLite MLflow store, then `workflows.distill.main` distilling it
 
 from __future__ import annotations
 
+import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +21,10 @@ from ssl_core.config import load_config
 from ssl_core.models import build_model
 from workflows import distill
 from workflows.runtime.inference import load_for_inference
-from workflows.train import RunState, run_training
+from workflows.runtime.run_state import RunState
+from workflows.runtime.training import run_training
 
-pytestmark = pytest.mark.e2e
-DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+DEMO = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 TEACHER = "dw-teacher"
 # Few views and timed passes: the protocol is what is under test here, not the numbers.
 FAST = ("--eval-clips", "2", "--bench-batch", "2", "--bench-repeats", "3")
@@ -40,7 +41,7 @@ class Teacher:
 
 @pytest.fixture(scope="module")
 def teacher(ray_local: None, synth_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Teacher:
-    """A small3d CMPL primary (the issue's teacher) trained for 6 iterations, registered @champion."""
+    """A small3d CMPL primary (the demo's teacher) trained for 6 iterations, registered @champion."""
     tmp = tmp_path_factory.mktemp("distill")
     uri = f"sqlite:///{tmp}/mlflow.db"
     cfg = load_config(DEMO, [
@@ -57,7 +58,7 @@ def teacher(ray_local: None, synth_dataset: Path, tmp_path_factory: pytest.TempP
 
 
 def test_distill_registers_a_smaller_student_with_lineage_and_tradeoff(
-    teacher: Teacher, capsys: pytest.CaptureFixture[str]
+    teacher: Teacher, synth_dataset: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     rc = distill.main(["--teacher", f"models:/{TEACHER}@champion", "--student", "small3d_w0.25",
                        "--tracking-uri", teacher.uri, "--mode", "soft", "--temperature", "2",
@@ -87,8 +88,12 @@ def test_distill_registers_a_smaller_student_with_lineage_and_tradeoff(
     assert {"eval/top1_primary", "eval/top1_teacher", "distill/agreement"} <= run.data.metrics.keys()
 
     m = run.data.metrics
+    test_videos = sum(r["split"] == "test" for r in csv.DictReader((synth_dataset / "manifest.csv").open()))
+    assert f"on the test split of {synth_dataset} ({test_videos} videos, 2 clips x 1 crop(s) per video)" in out
     for role in ("teacher", "student"):
-        assert 0.0 <= m[f"tradeoff/{role}_top1"] <= m[f"tradeoff/{role}_top5"] <= 1.0
+        right = m[f"tradeoff/{role}_top1"] * test_videos
+        assert right == pytest.approx(round(right), abs=1e-6)  # a whole number of the test videos
+        assert m[f"tradeoff/{role}_top5"] == 1.0  # 4 classes: always in the top 5
         assert m[f"tradeoff/{role}_clips_per_s"] > 0
     teacher_params = sum(p.numel() for p in load_for_inference(teacher.model_uri, teacher.uri).model.parameters())
     assert m["tradeoff/teacher_params"] == teacher_params

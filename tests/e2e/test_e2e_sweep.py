@@ -19,8 +19,7 @@ from ssl_core.data import synthetic
 from workflows.specs.sweep import load_sweep
 from workflows.sweep import SWEEP_FILE, SweepState, run_sweep
 
-pytestmark = pytest.mark.e2e
-DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+DEMO = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +83,12 @@ def test_parent_holds_csv_and_plots(sweep_run: dict) -> None:
     rows = list(csv.DictReader(io.StringIO(Path(local).read_text())))
     assert len(rows) == 4
     assert {r["algorithm.name"] for r in rows} == {"fixmatch", "cmpl"}
-    assert all(0.0 <= float(r["eval/top1_primary"]) <= 1.0 for r in rows)
+    children = {c.info.run_id: c for c in client.search_runs(
+        [client.get_run(state.parent_run_id).info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{state.parent_run_id}'")}
+    top1 = [float(r["eval/top1_primary"]) for r in rows]
+    assert top1 == [children[r["mlflow_run_id"]].data.metrics["eval/top1_primary"] for r in rows]  # each trial's own
+    assert top1 == sorted(top1, reverse=True)  # best first
 
 
 def test_champion_alias_points_at_the_best_finished_trial(sweep_run: dict) -> None:
@@ -122,13 +126,19 @@ def test_evaluate_and_predict_the_champion(sweep_run: dict) -> None:
                           "--crops", "3", "--tracking-uri", uri, "--experiment", "e2e-eval"]) == 0
     version = client.get_model_version_by_alias("e2e-sweep-primary", "champion")
     eval_run = client.get_run(version.tags["vidssl.evaluation_run"])
-    assert 0.0 <= eval_run.data.metrics["top1"] <= eval_run.data.metrics["top5"] <= 1.0
+    assert eval_run.data.metrics["top5"] == 1.0  # 3 classes: always in the top 5
     assert eval_run.data.tags["vidssl.model_version"] == str(version.version)
 
     out = tmp / "predictions.parquet"
-    assert predict.main(["--model", champion, "--videos", str(tmp / "synth"), "--out", str(out),
-                         "--top-k", "2", "--tracking-uri", uri]) == 0
+    assert predict.main(["--model", champion, "--videos", str(tmp / "synth"), "--out", str(out), "--clips", "2",
+                         "--crops", "3", "--top-k", "2", "--tracking-uri", uri]) == 0
     table = pd.read_parquet(out)
     assert len(table) == 18 and table["error"].isna().all()
     assert set(table["model_version"].astype(str)) == {str(version.version)}
     assert all(len(labels) == 2 for labels in table["top_labels"])
+    # The same views of the same videos: evaluate's top-1 is the share of test videos whose prediction is their class.
+    predicted = {Path(p).name: label for p, label in zip(table["path"], table["label"], strict=True)}
+    test = [r for r in csv.DictReader((tmp / "synth" / "manifest.csv").open()) if r["split"] == "test"]
+    right = sum(predicted[Path(r["path"]).name] == r["label"] for r in test)
+    assert eval_run.data.metrics["num_videos"] == len(test)
+    assert eval_run.data.metrics["top1"] == pytest.approx(right / len(test))

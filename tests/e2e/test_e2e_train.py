@@ -7,7 +7,9 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
@@ -16,11 +18,12 @@ from mlflow import MlflowClient
 
 from ssl_core.config import Config, load_config
 from ssl_core.data import synthetic
+from workflows.runtime.run_state import LOG_FILE, RUN_FILE, RunState, find_run
+from workflows.runtime.training import run_training
 from workflows.tracking.tracker import table_digest
-from workflows.train import LOG_FILE, RUN_FILE, RunState, find_run, main, run_training
+from workflows.train import main
 
-pytestmark = pytest.mark.e2e
-DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+DEMO = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +36,24 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
         label = next(csv.DictReader(manifest.open()))["label"]
         csv.writer(f).writerow(["broken.mp4", label, "train"])
     return root
+
+
+def _test_videos(dataset: Path) -> dict[str, int]:
+    """Test videos of each class in the dataset's manifest."""
+    rows = csv.DictReader((dataset / "manifest.csv").open())
+    return dict(Counter(r["label"] for r in rows if r["split"] == "test"))
+
+
+def _per_class_accuracy(client: MlflowClient, run_id: str) -> dict[str, dict[str, float]]:
+    """eval/per_class_accuracy.csv of a run: {role: {class: accuracy}}."""
+    text = Path(client.download_artifacts(run_id, "eval/per_class_accuracy.csv")).read_text()
+    rows = list(csv.DictReader(io.StringIO(text)))
+    return {role: {r["class"]: float(r[role]) for r in rows} for role in rows[0] if role != "class"}
+
+
+def _weighted_top1(accuracy: dict[str, float], videos: dict[str, int]) -> float:
+    assert accuracy.keys() == videos.keys()
+    return sum(accuracy[c] * n for c, n in videos.items()) / sum(videos.values())
 
 
 def tiny_overrides(dataset: Path, tmp: Path, *extra: str) -> list[str]:
@@ -89,9 +110,12 @@ def test_cmpl_two_workers_then_resume(
     assert run.data.params["scaling.num_workers"] == "2"
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss/total")]
     assert steps == [2, 3, 4, 6]  # every log_every, checkpoint_every and the last step
+    per_class = _per_class_accuracy(client, run.info.run_id)
     for role in ("primary", "auxiliary"):
         top1 = client.get_metric_history(run.info.run_id, f"eval/top1_{role}")
-        assert [m.step for m in top1] == [6] and 0.0 <= top1[0].value <= 1.0
+        assert [m.step for m in top1] == [6]
+        # every test video counted once: top-1 is the per-class accuracies weighted by the test videos of each class
+        assert top1[0].value == pytest.approx(_weighted_top1(per_class[role], _test_videos(dataset)), abs=1e-4)
         assert client.get_metric_history(run.info.run_id, f"pseudo/mask_rate_{role}")
         # tau = 0 keeps every pseudo-label, so the quality metric is defined
         assert client.get_metric_history(run.info.run_id, f"pseudo/accuracy_{role}")
@@ -191,6 +215,9 @@ def test_baseline_of_a_one_worker_run_trains_in_the_driver(
     assert baseline.data.params["algorithm.name"] == "supervised"
     assert baseline.data.params["data.labeled_split_file"] == str(run_dir / "labeled_split.csv")
     assert [m.step for m in client.get_metric_history(baseline.info.run_id, "loss/total")] == [2, 4]
-    assert 0.0 <= baseline.data.metrics["eval/top1_primary"] <= 1.0
+    top1 = baseline.data.metrics["eval/top1_primary"]
+    correct = top1 * sum(_test_videos(dataset).values())
+    assert correct == pytest.approx(round(correct), abs=1e-6)  # a whole number of test videos right, none counted twice
+    assert f"baseline: step 4/4  evaluation: primary top-1 {100 * top1:.1f} %" in printed
     assert run.data.metrics["baseline/top1_primary"] == baseline.data.metrics["eval/top1_primary"]
     assert client.search_model_versions("name='e2e-primary'")[0].run_id == run.info.run_id  # baseline unregistered

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import shutil
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import pytest
 import torch
 import yaml
 from mlflow import MlflowClient
+from mlflow.entities import Run
 
 from ssl_core.checkpoint import save_training_state
 from ssl_core.data import synthetic
@@ -28,7 +30,6 @@ from workflows.runtime.inference import InferenceError, load_for_inference
 from workflows.runtime.train_worker import load_teacher
 from workflows.tracking.tracker import Tracker
 
-pytestmark = pytest.mark.e2e
 MODEL = "inf-model"
 # Tiny clips keep the module fast on two cores.
 CLIPS = ("--clips", "2", "--crops", "3")
@@ -157,6 +158,20 @@ def _with_broken(dataset: Path, folder: Path) -> Path:
     return manifest
 
 
+def _check_against_per_class(run: Run, uri: str) -> dict[str, tuple[int, int]]:
+    """The run's headline metrics must be what its per_class_accuracy.csv counts give: top-1 over all videos,
+    mean class accuracy over the classes. Returns {class: (videos, correct)}."""
+    text = Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="per_class_accuracy.csv",
+                                                    tracking_uri=uri)).read_text()
+    per_class = {r["class"]: (int(r["videos"]), int(r["correct"])) for r in csv.DictReader(text.splitlines())}
+    videos = sum(v for v, _ in per_class.values())
+    m = run.data.metrics
+    assert m["num_videos"] == videos
+    assert m["top1"] == pytest.approx(sum(c for _, c in per_class.values()) / videos)
+    assert m["mean_class_accuracy"] == pytest.approx(np.mean([c / v for v, c in per_class.values() if v]))
+    return per_class
+
+
 def test_evaluate_registered_model(
     ray_local: None, dataset: Path, trained: Trained, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -171,8 +186,11 @@ def test_evaluate_registered_model(
     assert run.info.run_id in out and "top-1 %" in out
     assert run.info.status == "FINISHED"
     m = run.data.metrics
-    assert 0 <= m["top1"] <= 1 and 0 <= m["top5"] <= 1 and m["top5"] == 1.0  # 3 classes: always in the top 5
-    assert m["skipped_videos"] == 1 and m["num_videos"] >= 3
+    assert m["top5"] == 1.0  # 3 classes: always in the top 5
+    test_rows = [r for r in csv.DictReader((dataset / "manifest.csv").open()) if r["split"] == "test"]
+    assert m["skipped_videos"] == 1 and m["num_videos"] == len(test_rows)
+    per_class = _check_against_per_class(run, trained.uri)
+    assert {c: videos for c, (videos, _) in per_class.items()} == Counter(r["label"] for r in test_rows)
     tags = run.data.tags
     model_id = tags["vidssl.model_id"]
     assert tags["vidssl.evaluated_model"] == spec
@@ -195,7 +213,8 @@ def test_evaluate_checkpoint_on_a_folder(ray_local: None, dataset: Path, trained
     assert code == 0
     client = MlflowClient(trained.uri)
     (run,) = client.search_runs([client.get_experiment_by_name("evals-ckpt").experiment_id])
-    assert run.data.metrics["num_videos"] == 12 and 0 <= run.data.metrics["top1"] <= 1
+    assert run.data.metrics["num_videos"] == 12
+    _check_against_per_class(run, trained.uri)
     assert run.data.tags["vidssl.checkpoint"] == str(trained.checkpoint)
     assert "vidssl.model_id" not in run.data.tags
 

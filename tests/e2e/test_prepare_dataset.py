@@ -11,7 +11,8 @@ import av
 import numpy as np
 import pytest
 
-from ssl_core.data.decode import DecodeError, probe
+from ssl_core.data.decode import probe
+from ssl_core.data.decode_base import DecodeError
 from ssl_core.data.manifest import load_manifest
 from ssl_core.data.reencode import output_size, reencode
 from ssl_core.data.synthetic import generate
@@ -124,7 +125,6 @@ def write_config(path: Path, root: Path, out: Path) -> Path:
     return path
 
 
-@pytest.mark.e2e
 def test_prepare_workflow_through_ray(
     ray_local: None, raw_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

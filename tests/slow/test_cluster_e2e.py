@@ -25,15 +25,12 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 LOCAL_SH = REPO / "cluster" / "local.sh"
 VENV = REPO / ".venv" / "bin"
 
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.slow,
-    pytest.mark.skipif(os.environ.get("VIDSSL_CLUSTER_TESTS") != "1", reason="set VIDSSL_CLUSTER_TESTS=1 (minutes)"),
-]
+pytestmark = pytest.mark.skipif(os.environ.get("VIDSSL_CLUSTER_TESTS") != "1",
+                                reason="set VIDSSL_CLUSTER_TESTS=1 (minutes)")
 
 # Where each Ray Train worker of one job ran: {node id: workers}, plus the worker node's id. A subprocess, since
 # the state API needs the cluster's token (RAY_AUTH_*), which this process does not carry.

@@ -16,13 +16,13 @@ from torch import nn
 from ssl_core.algorithms import StepOutput, get_algorithm, list_algorithms
 from ssl_core.algorithms.components import (
     confidence_mask,
-    ema_update,
     kd_loss,
     masked_cross_entropy,
     mixup,
     pseudo_label,
     sharpen,
 )
+from ssl_core.algorithms.ema import ema_update
 from tests.unit.handmade import TableModel, ce, ids, softmax
 
 # ---------------------------------------------------------------- components

@@ -9,11 +9,20 @@ import pytest
 import torch
 
 from ssl_core.algorithms import get_algorithm, list_algorithms
-from ssl_core.checkpoint import STATE_FILE, load_training_state, restore_training_state, save_training_state
+from ssl_core.checkpoint import (
+    STATE_FILE,
+    keep_newest_checkpoints,
+    load_training_state,
+    newest_step_checkpoint,
+    restore_training_state,
+    save_training_state,
+    step_checkpoint_dir,
+    step_checkpoints,
+)
 from ssl_core.config import load_config
-from ssl_core.loop import build_optimizer, optimize
 from ssl_core.models import build_model
 from ssl_core.schedule import build_scheduler, warmup_cosine
+from ssl_core.train_step import build_optimizer, optimize
 
 CFG = load_config(None, ["train.warmup_iters=2", "train.iterations=10", "train.optimizer=adamw"])
 
@@ -85,6 +94,32 @@ def test_checkpoint_is_written_atomically_and_loaded_without_pickle(tmp_path: Pa
 def test_missing_checkpoint_names_the_directory(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=str(tmp_path)):
         load_training_state(tmp_path)
+
+
+def test_step_checkpoints_are_kept_newest_first_and_resume_latest_skips_other_stages(tmp_path: Path) -> None:
+    models, algorithm, optimizer, scheduler = make_run(0, "supervised")
+
+    def save(run: str, step: int, stage: str | None = None) -> Path:
+        return save_training_state(
+            step_checkpoint_dir(tmp_path / run, step), models=models, optimizer=optimizer, scheduler=scheduler,
+            step=step, algorithm_state={}, model_names={}, num_classes=3, meta={"stage": stage} if stage else {},
+        ).parent
+
+    for step in (2, 10, 4):
+        save("train", step)
+    (tmp_path / "train" / "checkpoint_2026-01-01_00-00-00").mkdir()  # Ray Train's names are not step checkpoints
+    assert [p.name for p in step_checkpoints(tmp_path / "train")] == [
+        "checkpoint_000002", "checkpoint_000004", "checkpoint_000010"]  # by step, not by name
+    keep_newest_checkpoints(tmp_path / "train", 2)
+    assert [p.name for p in step_checkpoints(tmp_path / "train")] == ["checkpoint_000004", "checkpoint_000010"]
+
+    newest_training = save("other", 1)
+    save("pretrain", 6, stage="pretrain")  # written last, but a pretraining checkpoint
+    directory, state = newest_step_checkpoint(tmp_path, stage=None)
+    assert directory == newest_training and state["step"] == 1
+    assert newest_step_checkpoint(tmp_path, stage="pretrain")[0].parent.name == "pretrain"
+    with pytest.raises(FileNotFoundError, match="no training checkpoint"):
+        newest_step_checkpoint(tmp_path / "train" / "checkpoint_000004", stage=None)
 
 
 def test_warmup_cosine_values() -> None:

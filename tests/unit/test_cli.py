@@ -33,7 +33,7 @@ def test_synth_writes_videos_and_manifest(tmp_path: Path) -> None:
 
 
 def test_workflow_subcommands_reach_their_modules(capsys: pytest.CaptureFixture[str]) -> None:
-    config = str(Path(__file__).resolve().parents[1] / "configs" / "noisy_student_demo.yaml")
+    config = str(Path(__file__).resolve().parents[2] / "configs" / "noisy_student_demo.yaml")
     assert main(["noisy-student", "--config", config, "--dry-run"]) == 0
     assert "round-2-student: noisy_student_offline small3d" in capsys.readouterr().out
     for command in ("distill", "label-queue", "sweep", "predict"):

@@ -24,7 +24,7 @@ import yaml
 
 from ssl_core.config import load_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CLUSTER = REPO / "cluster"
 LOCAL_SH = CLUSTER / "local.sh"
 RUNTIME_ENV = CLUSTER / "runtime_env.yaml"

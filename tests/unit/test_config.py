@@ -10,7 +10,7 @@ import pytest
 
 from ssl_core.config import ConfigError, load_config
 
-DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+DEMO = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 
 
 def test_demo_config_loads_with_algorithm_params() -> None:
@@ -54,6 +54,9 @@ def test_switching_algorithm_keeps_shared_keys_valid() -> None:
         ("data.cache=sometimes", "data.cache"),
         ("data.cache_budget_gb=0", "data.cache_budget_gb"),
         ("data.cache_dir=''", "data.cache_dir"),
+        ("data.synthetic.classes=1", "data.synthetic.classes"),
+        ("augment.placement=gpu", "augment.placement"),
+        ("algorithm.name=distill", "model.teacher"),  # a check across two sections
     ],
 )
 def test_bad_values_name_the_key(override: str, key: str) -> None:

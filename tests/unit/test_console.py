@@ -72,6 +72,7 @@ def test_sender_throttles_step_records() -> None:
 def test_quiet_session_sends_library_logs_and_worker_output_to_the_log_file(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    root_level = logging.getLogger().level
     with terminal.session(verbose=False), terminal.run_log(tmp_path / "driver.log") as log:
         logging.getLogger("vidssl.train").info("clip cache: on")
         logging.getLogger("vidssl.train").warning("skipped 1 unreadable videos")
@@ -80,7 +81,8 @@ def test_quiet_session_sends_library_logs_and_worker_output_to_the_log_file(
         logging.getLogger("ray").error("a real error")
         terminal._worker_output({"pid": 7, "actor_name": "RayTrainWorker", "is_err": False,
                                 "lines": ["step 6/6 | total 1.2"]})
-        assert log.handler is not None
+        assert log.handler in logging.getLogger().handlers  # the file hangs on the root logger while open
+    assert log.handler is None and logging.getLogger().level == root_level  # and comes off it after
     err = capsys.readouterr().err.splitlines()
     assert err == ["clip cache: on", "WARNING vidssl.train: skipped 1 unreadable videos", "ERROR ray: a real error"]
     text = (tmp_path / "driver.log").read_text()
@@ -135,7 +137,8 @@ def test_sweep_prints_one_line_per_trial_event(capsys: pytest.CaptureFixture[str
 
 
 def test_closing_table_with_the_supervised_baseline_and_the_gain() -> None:
-    from workflows.train import TrainOutcome, summary_table
+    from workflows.runtime.training import TrainOutcome
+    from workflows.train import summary_table
 
     def outcome(name: str, metrics: dict[str, float]) -> TrainOutcome:
         return TrainOutcome(Path("runs") / name, "id", "sqlite://", metrics, "models:/m/1", None)

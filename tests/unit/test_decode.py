@@ -8,7 +8,8 @@ import av
 import numpy as np
 import pytest
 
-from ssl_core.data.decode import DecodeError, decode_clip, decode_eval_clips, probe, spatial_crops
+from ssl_core.data.decode import decode_clip, decode_eval_clips, probe
+from ssl_core.data.decode_base import DecodeError, spatial_crops
 
 FPS = 16
 TOL = 3.0  # grey levels: lossless H.264 plus RGB <-> YUV rounding

@@ -10,15 +10,9 @@ import numpy as np
 import pytest
 
 from ssl_core.data import decode
-from ssl_core.data.decode import (
-    DecodeError,
-    DecodeTimeout,
-    decode_clip,
-    decode_eval_clips,
-    get_decoder,
-    probe,
-    quarter_turns,
-)
+from ssl_core.data.decode import decode_clip, decode_eval_clips, probe, quarter_turns
+from ssl_core.data.decode_base import DecodeError, DecodeTimeout
+from ssl_core.data.decoders import DecoderUnavailable, get_decoder
 
 FPS = 16
 
@@ -199,7 +193,7 @@ def test_missing_torchcodec_is_a_clear_error_not_a_skipped_video(monkeypatch: py
     monkeypatch.delitem(sys.modules, "ssl_core.data.decode_torchcodec", raising=False)
     for name in ("torchcodec", "torchcodec.decoders"):
         monkeypatch.setitem(sys.modules, name, None)  # None in sys.modules: `import` raises ImportError
-    with pytest.raises(decode.DecoderUnavailable, match=r"pip install 'vidssl\[torchcodec\]'.*libavcodec59") as err:
+    with pytest.raises(DecoderUnavailable, match=r"pip install 'vidssl\[torchcodec\]'.*libavcodec59") as err:
         get_decoder("torchcodec")
     assert not isinstance(err.value, DecodeError)  # data.py must fail loudly, not skip every video
     assert "torchcodec.decoders" in str(err.value)  # the cause, after the hint
@@ -219,5 +213,5 @@ def test_torchcodec_without_its_ffmpeg_libraries_is_unavailable(monkeypatch: pyt
         raise RuntimeError("Could not load libtorchcodec. Likely causes: FFmpeg is not installed")
 
     monkeypatch.setattr(utils, "load_core_libraries", no_ffmpeg)
-    with pytest.raises(decode.DecoderUnavailable, match=r"libavcodec59.*Could not load libtorchcodec"):
+    with pytest.raises(DecoderUnavailable, match=r"libavcodec59.*Could not load libtorchcodec"):
         get_decoder("torchcodec")

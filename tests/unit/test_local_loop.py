@@ -18,7 +18,7 @@ from ssl_core.config import Config, load_config
 from ssl_core.data.manifest import VideoRecord
 from ssl_core.loop import _clip_batches, run_local
 
-DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+DEMO = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 
 
 def small_config(root: Path, *overrides: str) -> Config:
@@ -89,3 +89,35 @@ def test_accuracy_local_runs_the_grid_and_prints_the_table(
     assert "2 of 2 runs" in out
     assert "| supervised | " in out and "| fixmatch | " in out
     assert (tmp_path / "out" / "results.json").exists()
+
+
+def test_the_runner_checkpoints_and_resume_latest_continues_the_step_and_the_optimizer(
+    synth_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ssl_core.checkpoint import load_training_state
+    from ssl_core.loop import main
+
+    sets = [f"data.root={synth_dataset}", "data.synthetic.enabled=false", "data.labeled_fraction=0.5",
+            "data.num_frames=4", "data.size=40", "data.eval_clips=1", "augment.crop_size=32", "data.cache=off",
+            "algorithm.name=supervised", "model.primary=small3d_w0.25", "train.batch_size=4", "train.log_every=1",
+            "train.warmup_iters=1", "train.eval_every=100", "train.checkpoint_every=1", "train.keep_checkpoints=1",
+            "tracking.run_name=local", f"output.storage={tmp_path}"]
+    args = ["--config", str(DEMO), "--device", "cpu", *(a for s in sets for a in ("--set", s))]
+    main([*args, "--set", "train.iterations=2"])
+    first = capsys.readouterr().out
+    run_dir = tmp_path / "local"
+    assert f"run folder: {run_dir}" in first and "step 2: " in first and "top1_primary: " in first
+    assert [p.name for p in run_dir.glob("checkpoint_*")] == ["checkpoint_000002"]  # keep_checkpoints = 1
+    at_2 = load_training_state(run_dir / "checkpoint_000002")
+    assert at_2["step"] == 2 and at_2["scheduler"]["last_epoch"] == 2
+
+    main([*args, "--set", "train.iterations=4", "--resume", "latest"])
+    second = capsys.readouterr().out
+    assert f"resumed from {run_dir / 'checkpoint_000002'} at step 2" in second
+    assert "step 3: " in second and "step 4: " in second and "step 1: " not in second and "step 2: " not in second
+    assert [p.name for p in run_dir.glob("checkpoint_*")] == ["checkpoint_000004"]
+    at_4 = load_training_state(run_dir / "checkpoint_000004")
+    assert at_4["step"] == 4 and at_4["scheduler"]["last_epoch"] == 4
+    # AdamW counts its steps per parameter: 4, not 2, only if the first run's optimizer state was restored
+    assert {float(s["step"]) for s in at_4["optimizer"]["state"].values()} == {4.0}
+    assert not torch.equal(at_4["models"]["primary"]["fc.weight"], at_2["models"]["primary"]["fc.weight"])

@@ -31,7 +31,7 @@ from tests.unit.handmade import TableModel, ce, ids, softmax
 from workflows.specs.noisy_student import load_noisy_student
 
 OFFLINE = get_algorithm("noisy_student_offline")
-DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+DEMO = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 # ids: 0 labeled (label 1); 1, 2 strong views of u0, u1
 STUDENT = [[0.2, 1.0, -0.5], [0.5, 1.5, 0.0], [1.0, -1.0, 2.0]]
 TARGET = torch.tensor([[0.1, 0.7, 0.2], [0.5, 0.3, 0.2]], dtype=torch.float64)
@@ -167,7 +167,7 @@ def test_spec_stages_and_per_round_students(tmp_path: Path) -> None:
      "round-0-teacher gives an invalid config: data.pseudo_labels"),
     ({"rounds": 0}, "noisy_student.rounds: must be an integer >= 1"),
     ({"pseudo_labels": {"min_confidence": 2}}, "min_confidence: must be in"),
-    ({"pseudo_labels": {"treshold": 0.5}}, "noisy_student.pseudo_labels: expected a mapping with keys"),
+    ({"pseudo_labels": {"treshold": 0.5}}, "noisy_student.pseudo_labels.treshold: unknown key"),
     ({"student": {"train.lr": -1}}, r"noisy_student.student\(s\): round-1-student gives an invalid config"),
     ({"epochs": 3}, "noisy_student.epochs: unknown key"),
 ])

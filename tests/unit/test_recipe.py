@@ -1,4 +1,4 @@
-"""The recipe options that make unlabeled clips pay (issue: unlabeled clips must pay): supervised warm-up and
+"""The recipe options that make unlabeled clips pay: supervised warm-up and
 ramp, EMA weights (evaluated, checkpointed, deployed, used as teacher), SoftMatch weights, distribution
 alignment's first-batch start, labeled MixUp / label smoothing, and the temporal-gradient model view.
 
@@ -13,16 +13,15 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
 from ssl_core.algorithms import get_algorithm
 from ssl_core.algorithms.components import labeled_loss, mix_labeled, unlabeled_ramp
 from ssl_core.algorithms.thresholds import PseudoLabeler
 from ssl_core.checkpoint import load_checkpoint_model, load_training_state, save_training_state
-from ssl_core.loop import optimize
 from ssl_core.models import build_model
 from ssl_core.models.registry import temporal_gradient
 from ssl_core.schedule import build_scheduler
+from ssl_core.train_step import optimize
 from tests.unit.handmade import TableModel, ce, ids, softmax
 from tests.unit.test_algorithms import FIXMATCH_ROWS, _fixmatch_batch
 
@@ -66,10 +65,13 @@ def test_label_smoothing_and_mixup_of_the_labeled_loss() -> None:
 
     torch.manual_seed(0)
     video = torch.arange(4, dtype=torch.float64).view(4, 1, 1, 1, 1)
-    batch = mix_labeled(video, torch.tensor([0, 1, 2, 0]), alpha=0.4)
-    assert 0.0 <= batch.lam <= 1.0 and batch.lam != 1.0
-    partner = (batch.video.flatten() - batch.lam * video.flatten()) / (1 - batch.lam)
-    assert sorted(partner.round().long().tolist()) == [0, 1, 2, 3]  # a permutation of the same batch
+    labels = torch.tensor([0, 1, 2, 0])
+    batch = mix_labeled(video, labels, alpha=0.4)
+    assert batch.lam != 1.0  # mixed
+    partner = ((batch.video.flatten() - batch.lam * video.flatten()) / (1 - batch.lam)).round().long()
+    assert sorted(partner.tolist()) == [0, 1, 2, 3]  # a permutation of the same batch
+    # each clip keeps its label at weight lam and takes its partner's at 1 - lam
+    assert batch.labels_a.tolist() == labels.tolist() and batch.labels_b.tolist() == labels[partner].tolist()
     assert batch.labels_b.tolist() == [[0, 1, 2, 0][int(i)] for i in partner.round().long()]
     rows = torch.tensor([[1.0, 0.0, 0.0]] * 4, dtype=torch.float64)
     mixed = labeled_loss(rows, batch)
@@ -187,7 +189,13 @@ def test_cmpl_accepts_a_temporal_gradient_auxiliary() -> None:
 
     cfg = load_config(None, ["model.auxiliary=small3d_w0.5+tg", "algorithm.name=cmpl"])
     assert cfg.model.auxiliary == "small3d_w0.5+tg"
-    assert isinstance(build_model(cfg.model.auxiliary, num_classes=3), nn.Module)
+    torch.manual_seed(0)
+    auxiliary = build_model(cfg.model.auxiliary, num_classes=3).eval()
+    torch.manual_seed(0)
+    plain = build_model("small3d_w0.5", num_classes=3).eval()
+    video = torch.rand(2, 3, 4, 16, 16)
+    with torch.no_grad():  # the configured auxiliary reads frame differences
+        assert torch.allclose(auxiliary(video), plain(temporal_gradient(video)))
 
 
 # ---------------------------------------------------------------- precise BN

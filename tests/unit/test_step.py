@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from ssl_core.algorithms import get_algorithm
-from ssl_core.algorithms.registry import StepOutput
+from ssl_core.algorithms.base import StepOutput
 from ssl_core.models import build_model
 from ssl_core.step import ssl_step
 

@@ -11,8 +11,8 @@ import torch
 
 from ssl_core.algorithms import get_algorithm
 from ssl_core.config import load_config
-from ssl_core.loop import build_models, build_optimizer, input_memory_format, make_batches, optimize, place_models
 from ssl_core.schedule import build_scheduler
+from ssl_core.train_step import build_models, build_optimizer, input_memory_format, make_batches, optimize, place_models
 from tests.unit.handmade import TableModel
 from tests.unit.test_algorithms import FIXMATCH_ROWS, _fixmatch_batch
 

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from ssl_core.config import ConfigError
 from workflows.specs.sweep import load_sweep, trial_config
 from workflows.sweep import main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def write(tmp_path: Path, sweep: dict, base: object = "configs/demo.yaml", sets: list[str] | None = None) -> Path:
@@ -65,6 +66,15 @@ def test_counts_for_grid_repeats_and_random(tmp_path: Path) -> None:
 def test_bad_sweep_files_name_the_key(tmp_path: Path, sweep: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
         load_sweep(write(tmp_path, sweep))
+
+
+def test_errors_in_the_sweep_file_name_it_and_its_sweep_section_is_required(tmp_path: Path) -> None:
+    path = write(tmp_path, {"space": {"algorithm.tau": [0.5]}, "mode": "best"})
+    with pytest.raises(ConfigError, match=re.escape(f"sweep.mode: must be max or min, got 'best' (in {path})")):
+        load_sweep(path)
+    path.write_text(yaml.safe_dump({"base": str(ROOT / "configs" / "demo.yaml")}))
+    with pytest.raises(ConfigError, match="^sweep: required"):
+        load_sweep(path)
 
 
 def test_bad_base_is_named(tmp_path: Path) -> None:

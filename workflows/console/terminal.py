@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from tqdm import tqdm
+
 LOG_FILE = "driver.log"
 # Libraries that attach their own console handlers; without --verbose their records go to the root logger's
 # handlers instead (the log file; the console only at ERROR and above). Their children propagate to them.
@@ -79,8 +81,6 @@ class _ConsoleHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            from tqdm import tqdm
-
             tqdm.write(self.format(record), file=sys.stderr)
         except Exception:  # never let the console break the run
             self.handleError(record)
@@ -129,6 +129,7 @@ def session(verbose: bool) -> Iterator[None]:
         yield
     finally:
         if _state.started_ray:
+            # here: Ray takes a second or more to load, and entry points that never start it import this module
             import ray
 
             ray.shutdown()
@@ -171,7 +172,7 @@ def _worker_output(data: Mapping[str, Any]) -> None:
     lines = data.get("lines", [])
     if data.get("pid") == "autoscaler":  # its whole status every few seconds: its events only, as Ray prints them
         try:
-            from ray._private.worker import filter_autoscaler_events
+            from ray._private.worker import filter_autoscaler_events  # here: Ray's private API, once Ray runs
 
             lines = list(filter_autoscaler_events(lines))
         except Exception:
@@ -187,6 +188,7 @@ def route_worker_output() -> None:
     if not _state.active:
         return
     try:
+        # here: Ray's private API, only once Ray runs; where it is missing the output stays as Ray prints it
         from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
     except ImportError:
         return
@@ -205,7 +207,7 @@ def _route_raylet_messages() -> None:
     """The raylet's messages to the driver (Ray prints them with print_to_stdstream from its error-listening
     thread): all to the log file, and to the console unless they are _RAYLET_NOTES."""
     try:
-        import ray._private.worker as ray_worker
+        import ray._private.worker as ray_worker  # here: as in route_worker_output
     except ImportError:
         return
     printer = getattr(ray_worker, "print_to_stdstream", None)
@@ -224,17 +226,19 @@ def _route_raylet_messages() -> None:
 
 def _restore_ray_console() -> None:
     try:
+        # here: as in route_worker_output
         from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
     except ImportError:
         return
     dispatcher.remove_handler(_DISPATCH_NAME)
     printer = _state.saved.pop("print_to_stdstream", None)
     if printer is not None:
-        import ray._private.worker as ray_worker
+        import ray._private.worker as ray_worker  # here: as in route_worker_output
 
         ray_worker.print_to_stdstream = printer
     print_logs = _state.saved.pop("ray_print_logs", None)
     if print_logs is not None and "ray_print_logs" not in [name for name, _ in dispatcher.handlers]:
+        # here: Ray takes a second or more to load, and entry points that never start it import this module
         import ray
 
         if ray.is_initialized():  # the Ray the session found (e.g. a test's) prints again
@@ -327,6 +331,7 @@ class _Channel:
 def progress_channel(**actor_options: Any) -> Any:
     """A Ray actor (no CPU) the rank-0 worker reports its progress to; pass it in the train loop config.
     `actor_options`: Ray actor options, e.g. workflows.runtime.ray_session.on_driver_node()."""
+    # here: Ray takes a second or more to load, and entry points that never start it import this module
     import ray
 
     return ray.remote(num_cpus=0)(_Channel).options(**actor_options).remote()
@@ -423,8 +428,6 @@ class TrainingProgress:
         self._thread: threading.Thread | None = None
         self.bar: Any = None
         if self.show_bar:
-            from tqdm import tqdm
-
             self.bar = tqdm(total=total, desc=desc, file=self.file, leave=True, **bar_size(self.file),
                             bar_format="{desc} {percentage:3.0f}%|{bar}| {n}/{total} [{elapsed}{postfix}]")
 
@@ -487,6 +490,7 @@ class TrainingProgress:
 
     # the polling thread
     def _poll_once(self, timeout_s: float = 10.0) -> None:
+        # here: Ray takes a second or more to load, and entry points that never start it import this module
         import ray
 
         try:

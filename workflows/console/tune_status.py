@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 from ray import tune
+from tqdm import tqdm
 
 
 def _pct(value: Any) -> str:
@@ -42,8 +43,6 @@ class TrialConsole(tune.Callback):
         return self.metric.split("/")[-1]
 
     def _write(self, text: str) -> None:
-        from tqdm import tqdm
-
         tqdm.write(text, file=sys.stdout)
 
     @staticmethod

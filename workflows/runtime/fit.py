@@ -13,6 +13,7 @@ from typing import Any
 
 from ssl_core.config import Config
 from workflows.console import terminal
+from workflows.runtime.worker_args import WorkerArgs
 
 log = logging.getLogger("vidssl.fit")
 
@@ -20,6 +21,7 @@ log = logging.getLogger("vidssl.fit")
 def driver_actors(progress: bool) -> tuple[Any, Any]:
     """The run's skip counter and, when the driver draws the progress bar, its progress channel (else None):
     both on the driver's node, so a lost worker node does not take them along."""
+    # here: Ray takes seconds to load; the entry points import this module only once a run starts, and not then
     from workflows.runtime.ray_session import on_driver_node
     from workflows.runtime.streams import SkipCounter
 
@@ -29,7 +31,7 @@ def driver_actors(progress: bool) -> tuple[Any, Any]:
 
 def fit(
     loop_per_worker: Callable[[dict[str, Any]], None],
-    loop_config: Mapping[str, Any],
+    args: WorkerArgs,
     cfg: Config,
     *,
     name: str,
@@ -45,6 +47,7 @@ def fit(
     the run's restarts, checkpoints and quiet logging; the MLflow run is marked FAILED if fitting raises. Then
     the skipped videos are logged and the final checkpoint's unsent metrics uploaded. Returns the Ray Train
     result and the final checkpoint's training state (ssl_core.checkpoint.load_training_state)."""
+    # here: as in driver_actors
     import ray
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -55,7 +58,7 @@ def fit(
     s = cfg.scaling
     trainer = TorchTrainer(
         loop_per_worker,
-        train_loop_config=dict(loop_config),
+        train_loop_config=args.loop_config(),
         scaling_config=ray.train.ScalingConfig(
             num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker={"CPU": s.cpus_per_worker},
             placement_strategy=s.placement_strategy,

@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import ray
 
-from ssl_core.data.decode import DecodeError, decode_eval_clips, spatial_crops
+from ssl_core.data.decode import decode_eval_clips
+from ssl_core.data.decode_base import DecodeError, spatial_crops
 
 if TYPE_CHECKING:  # the decode tasks import this module: keep torch and the model zoo out of them
     from torch import nn
@@ -89,6 +90,7 @@ def _registered_version(spec: str, model_id: str | None, client: Any) -> tuple[s
 
 
 def _load_mlflow(spec: str, tracking_uri: str) -> InferenceModel:
+    # here: MLflow takes seconds to load; neither a checkpoint folder nor the decode tasks need it
     import mlflow
     import mlflow.pytorch
     from mlflow import MlflowClient
@@ -119,6 +121,7 @@ def _checkpoint_role(spec: str) -> tuple[str, str]:
 
 
 def _load_checkpoint(spec: str) -> InferenceModel:
+    # here: the decode tasks import this module: keep torch and the model zoo out of them
     from ssl_core.checkpoint import latest_checkpoint_dir, load_training_state, model_from_state
 
     path, role = _checkpoint_role(spec)
@@ -151,7 +154,7 @@ def load_for_inference(spec: str, tracking_uri: str | None) -> InferenceModel:
 
     `tracking_uri` (None: $MLFLOW_TRACKING_URI or ./mlflow.db) serves models:/ and runs:/ specs."""
     if spec.startswith(("models:/", "runs:/")):
-        from workflows.tracking.tracker import resolve_uri
+        from workflows.tracking.tracker import resolve_uri  # here: as in _load_mlflow
 
         return _load_mlflow(spec, resolve_uri(tracking_uri))
     return _load_checkpoint(spec)
@@ -176,6 +179,7 @@ class _Scorer:
     """Actor-pool UDF: the model, loaded once per actor, scores batches of decoded videos."""
 
     def __init__(self, uri: str, tracking_uri: str | None) -> None:
+        # here: the decode tasks import this module: keep torch and the model zoo out of them
         import torch
 
         from ssl_core.data.transforms import AugmentConfig
@@ -188,6 +192,7 @@ class _Scorer:
         self.aug = AugmentConfig(crop_size=int(loaded.meta["crop_size"]))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        # here: the decode tasks import this module: keep torch and the model zoo out of them
         import torch
 
         from ssl_core.evaluate import video_probs

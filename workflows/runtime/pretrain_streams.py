@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import ray
 
-from ssl_core.data.decode import DecodeError
+from ssl_core.data.clip_cache import cache_for_config
+from ssl_core.data.decode_base import DecodeError
 from ssl_core.data.manifest import VideoRecord
 from ssl_core.pretrain.data import decode_views
 from workflows.runtime.streams import (
@@ -45,6 +46,7 @@ log = logging.getLogger("vidssl.data")
 def _augment_views(clips: np.ndarray, seeds: np.ndarray, augment: dict[str, Any], pretrain: dict[str, Any]
                    ) -> np.ndarray:
     """augment.placement = data: (n, rho, T, H, W, 3) uint8 -> (n, rho, 3, T, h, w) float32, one draw per clip."""
+    # here: the decode tasks import this module: torch only in the tasks that augment
     import torch
 
     from ssl_core.data.transforms import AugmentConfig
@@ -117,8 +119,6 @@ def build_pretrain_datasets(
     counter: Any,
 ) -> dict[str, ray.data.Dataset]:
     """The "train" stream (train.iterations batches of train.batch_size videos per worker) and the "knn" set."""
-    from ssl_core.data.clip_cache import cache_for_config
-
     cfg, p = setup.base, setup.pretrain
     d, t, workers = cfg.data, cfg.train, cfg.scaling.num_workers
     cache, cache_report = cache_for_config(cfg, [r.path for r in (*train, *test)])

@@ -1,4 +1,5 @@
-"""`pretrain_loop_per_worker`: what each Ray Train worker of workflows.pretrain runs.
+"""`pretrain_loop_per_worker`: what each Ray Train worker of workflows.pretrain runs, the Ray adapter of
+ssl_core.engine's step loop with the pretraining step and monitors:
 
   shard of rho-clip rows (no labels) -> per-clip augmentation -> objective (ssl_core.pretrain.step) -> step
   -> every train.log_every: metrics averaged over workers, reported to Ray Train and (rank 0) to MLflow
@@ -13,8 +14,6 @@ from __future__ import annotations
 import math
 import sys
 import tempfile
-import time
-from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,9 +25,9 @@ from torch import Tensor, nn
 from ssl_core import allocator
 from ssl_core.checkpoint import load_training_state
 from ssl_core.config import Config
-from ssl_core.loop import build_optimizer
+from ssl_core.engine import Hooks, Report, Schedule, run
 from ssl_core.pretrain.augment import pretrain_views
-from ssl_core.pretrain.config import pretrain_from_dict
+from ssl_core.pretrain.config import PretrainSetup, pretrain_from_dict
 from ssl_core.pretrain.knn import knn_accuracy, linear_probe, video_features
 from ssl_core.pretrain.step import (
     Pretrainer,
@@ -38,8 +37,10 @@ from ssl_core.pretrain.step import (
     save_pretrain_checkpoint,
 )
 from ssl_core.schedule import build_scheduler
+from ssl_core.train_step import build_optimizer
 from workflows.console.terminal import ProgressSender
 from workflows.runtime.train_worker import cycle, mean_across_workers, resume_tracking
+from workflows.runtime.worker_args import WorkerArgs
 from workflows.tracking.tracker import Tracker, read_unsent
 
 
@@ -72,23 +73,31 @@ def pretrain_line(metrics: Mapping[str, float], iterations: int) -> str:
 
 
 def pretrain_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    setup = pretrain_from_dict(loop_config["config"])
+    args = WorkerArgs.of(loop_config)
+    setup = pretrain_from_dict(args.config)
     cfg, p, t = setup.base, setup.pretrain, setup.base.train
-    classes: list[str] = loop_config["classes"]
-    ctx = ray.train.get_context()
-    rank = ctx.get_world_rank()
     torch.set_num_threads(cfg.scaling.torch_threads)
     allocator.configure(cfg.scaling)
-    device = ray.train.torch.get_device()
-    checkpoint = ray.train.get_checkpoint()
     # The same seed on every worker: identical initial weights, momentum encoder and queue (DDP also broadcasts
     # rank 0's weights, but the momentum encoder is copied before that and is not wrapped).
-    torch.manual_seed(t.seed)
-    net, _ = build_net(setup, classes, loop_config.get("init"), init=checkpoint is None)
+    run(t.seed, lambda: build_pretraining(args, setup),
+        Schedule(t.iterations, t.log_every, p.knn_every, t.checkpoint_every))
+
+
+def build_pretraining(args: WorkerArgs, setup: PretrainSetup) -> tuple[Hooks, int]:
+    """This worker's network, objective and stream, restored from Ray Train's checkpoint when there is one, and
+    the hooks that step them, run the k-NN monitor and the probe (rank 0), and report to Ray Train and MLflow."""
+    cfg, p, t = setup.base, setup.pretrain, setup.base.train
+    classes = args.classes
+    ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
+    device = ray.train.torch.get_device()
+    checkpoint = ray.train.get_checkpoint()
+    net, _ = build_net(setup, classes, args.init, init=checkpoint is None)
     net = net.to(device)
     optimizer = build_optimizer(cfg, {"net": net})
     scheduler = build_scheduler(optimizer, warmup=t.warmup_iters, total=t.iterations)
-    trainer = Pretrainer(net, p, iterations=t.iterations, queue_size=loop_config["queue_size"], seed=t.seed)
+    trainer = Pretrainer(net, p, iterations=t.iterations, queue_size=args.queue_size, seed=t.seed)
     start_step = 0
     unsent: list[dict[str, Any]] = []
     if checkpoint is not None:
@@ -103,72 +112,52 @@ def pretrain_loop_per_worker(loop_config: dict[str, Any]) -> None:
     tracker = None
     progress = None
     if rank == 0:
-        tracker = Tracker(loop_config["tracking_uri"], loop_config["mlflow_run_id"], buffer_metrics=True)
-        if loop_config.get("progress") is not None:
-            progress = ProgressSender(loop_config["progress"])
+        tracker = Tracker(args.tracking_uri, args.mlflow_run_id, buffer_metrics=True)
+        if args.progress is not None:
+            progress = ProgressSender(args.progress)
     logged_until = resume_tracking(tracker, checkpoint is not None, start_step, unsent)
+
     def knn_now() -> tuple[dict[str, float], tuple[Tensor, Tensor, Tensor, Tensor]]:
         features = knn_features(trainer.core.backbone, cfg, device)
         return knn_accuracy(*features, len(classes), k=p.knn_k, temperature=p.knn_temperature), features
 
-    if rank == 0 and start_step == 0 and p.knn_every:
+    if tracker is not None and start_step == 0 and p.knn_every:
         # The curve's first point: the features before any step (random, or model.init's), what pretraining must beat.
         knn, _ = knn_now()
         tracker.log_metrics(knn, step=0)
         if progress is not None:
-            progress.report({**knn, "step": 0, "eval/top1_knn": knn["knn/top1"], "eval/top5_knn": knn["knn/top5"]})
-    counter = loop_config["skip_counter"]
+            progress.report({**knn, "step": 0, **shown_as_eval(knn)})
     train_it = cycle(ray.train.get_dataset_shard("train"), t.batch_size)
-    sums: dict[str, float] = defaultdict(float)
-    counts: dict[str, int] = defaultdict(int)
-    window_start, window_clips = time.perf_counter(), 0
-    for step in range(start_step, t.iterations):
+
+    def step(_: int) -> tuple[Mapping[str, Tensor], int]:
         batch = next(train_it)
         views = (batch["views"].to(device) if "views" in batch
                  else pretrain_views(batch["clips"].to(device), cfg.augment, p))
         pretext = batch["pretext"] if p.pretext != "none" else None
-        step_metrics = pretrain_optimize(trainer, optimizer, scheduler, views, pretext, grad_clip=t.grad_clip)
-        window_clips += views.shape[0] * views.shape[1]
-        for key, value in step_metrics.items():
-            sums[key] += 0.0 if math.isnan(value) else value
-            counts[key] += 0 if math.isnan(value) else 1
+        metrics = pretrain_optimize(trainer, optimizer, scheduler, views, pretext, grad_clip=t.grad_clip)
+        return metrics, views.shape[0] * views.shape[1]
 
-        done = step + 1
-        if progress is not None:
-            progress.step(done)
-        last = done == t.iterations
-        knn_due = bool(p.knn_every and done % p.knn_every == 0) or last  # the same on every worker
-        if done % t.log_every and done % t.checkpoint_every and not knn_due:
-            continue
-        metrics = mean_across_workers(sums, counts)
-        sums.clear()
-        counts.clear()
-        elapsed = time.perf_counter() - window_start
-        metrics["perf/clips_per_s"] = window_clips * ctx.get_world_size() / max(elapsed, 1e-9)
-        metrics["perf/it_per_s"] = metrics["perf/clips_per_s"] / (t.batch_size * p.rho * ctx.get_world_size())
-        metrics["lr"] = scheduler.get_last_lr()[0]
-        metrics["data/skipped_videos"] = float(ray.get(counter.count.remote()))
-        shown: dict[str, float] = {}
-        if rank == 0 and knn_due:
-            knn, (bank, bank_y, queries, query_y) = knn_now()
-            metrics.update(knn)
-            shown = {"eval/top1_knn": knn["knn/top1"], "eval/top5_knn": knn["knn/top5"]}
-            if last and p.probe_steps:
-                probe = linear_probe(bank, bank_y, queries, query_y, len(classes), steps=p.probe_steps,
-                                     weight_decay=p.probe_weight_decay)
-                metrics.update(probe)
-                shown.update({"eval/top1_probe": probe["probe/top1"], "eval/top5_probe": probe["probe/top5"]})
-        metrics["step"] = done
+    def monitor(done: int, last: bool) -> dict[str, float]:
+        if rank != 0:
+            return {}
+        metrics, (bank, bank_y, queries, query_y) = knn_now()
+        if last and p.probe_steps:
+            metrics.update(linear_probe(bank, bank_y, queries, query_y, len(classes), steps=p.probe_steps,
+                                        weight_decay=p.probe_weight_decay))
+        return metrics
+
+    def publish(report: Report) -> None:
+        done, metrics = report.step, report.metrics
         if tracker is not None:
             sys.stdout.write(pretrain_line(metrics, t.iterations) + "\n")  # Ray's patched print() would echo twice
             sys.stdout.flush()
             if progress is not None:
-                progress.report({**metrics, **shown})
+                progress.report({**metrics, **shown_as_eval(metrics)})
             if done > logged_until:
                 tracker.log_metrics(metrics, step=done)
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None
-            if (done % t.checkpoint_every == 0 or last) and rank == 0:
+            if report.due.checkpoint and rank == 0:
                 save_pretrain_checkpoint(tmp, setup=setup, trainer=trainer, optimizer=optimizer, scheduler=scheduler,
                                          step=done, classes=classes)
                 if tracker is not None:
@@ -177,4 +166,22 @@ def pretrain_loop_per_worker(loop_config: dict[str, Any]) -> None:
             ray.train.report(metrics, checkpoint=ckpt)
             if ckpt is not None and progress is not None:
                 progress.checkpoint(done)
-        window_start, window_clips = time.perf_counter(), 0
+
+    def extras() -> dict[str, float]:
+        skipped = float(ray.get(args.skip_counter.count.remote()))
+        return {"lr": scheduler.get_last_lr()[0], "data/skipped_videos": skipped}
+
+    hooks = Hooks(step=step, report=publish, evaluate=monitor, extras=extras, reduce=mean_across_workers,
+                  after_step=progress.step if progress is not None else None, workers=ctx.get_world_size(),
+                  it_per_s=True)
+    return hooks, start_step
+
+
+def shown_as_eval(metrics: Mapping[str, float]) -> dict[str, float]:
+    """The k-NN and probe accuracies under the eval/ names the driver's progress lines show."""
+    shown = {}
+    for source in ("knn", "probe"):
+        for k in ("top1", "top5"):
+            if f"{source}/{k}" in metrics:
+                shown[f"eval/{k}_{source}"] = metrics[f"{source}/{k}"]
+    return shown

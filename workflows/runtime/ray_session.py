@@ -12,14 +12,16 @@ import math
 import os
 from typing import Any
 
+from workflows.console import terminal
+
 
 def init_ray(min_cpus: float = 0) -> None:
     """`min_cpus`: the logical CPUs an in-process Ray start declares at the least (more than this machine's
-    cores when a run needs them, see workflows.train.logical_cpus); ignored when joining a cluster."""
+    cores when a run needs them, see workflows.runtime.training.logical_cpus); ignored when joining a cluster."""
+    # here: Ray takes a second or more to load, and this module stays light (see above)
     import ray
     import ray.data  # configures its logger on import: before terminal.adopt_library_loggers
 
-    from workflows.console import terminal
     if not ray.is_initialized():
         kwargs = {}
         # RAY_ADDRESS (set by `ray job submit`) connects to the cluster; otherwise Ray starts in-process.
@@ -29,7 +31,7 @@ def init_ray(min_cpus: float = 0) -> None:
             # One node of fixed size, so Ray Data's cluster autoscaler has nothing to scale up; yet a busy
             # Dataset's scale-up request is served first from the node's CPUs, before the rest is shared among
             # the running Datasets, and can leave another training stream none (the starvation described in
-            # workflows.train.logical_cpus). Utilization thresholds above 100 % stop those requests; the
+            # workflows.runtime.training.logical_cpus). Utilization thresholds above 100 % stop those requests; the
             # workers Ray starts inherit them.
             for resource in ("CPU", "GPU", "MEMORY", "OBJECT_STORE_MEMORY"):
                 os.environ.setdefault(f"RAY_DATA_DEFAULT_CLUSTER_SCALING_UP_{resource}_UTIL_THRESHOLD", "2")
@@ -49,6 +51,7 @@ def init_ray(min_cpus: float = 0) -> None:
 def on_driver_node() -> dict[str, Any]:
     """Actor options that keep a driver-owned actor (skip counter, progress channel) on the driver's node, as
     Ray Train keeps its controller there: a lost worker node must not take the run's bookkeeping with it."""
+    # here: as in init_ray
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 

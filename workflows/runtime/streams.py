@@ -30,8 +30,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import ray
 
-from ssl_core.data.clip_cache import ClipCache, open_cache
-from ssl_core.data.decode import DecodeError, get_decoder
+from ssl_core.data.clip_cache import ClipCache, cache_for_config, open_cache
+from ssl_core.data.decode_base import DecodeError
+from ssl_core.data.decoders import get_decoder
 from ssl_core.data.manifest import VideoRecord
 from workflows.runtime.ray_session import on_driver_node
 
@@ -124,6 +125,7 @@ def _augment(clips: np.ndarray, seeds: np.ndarray, augment: dict[str, Any], view
              ) -> dict[str, np.ndarray]:
     """augment.placement = data: uint8 clips (B, T, H, W, 3) -> normalised float views (B, 3, T, h, w), each
     row's parameters drawn from its own seed (reproducible whichever task decodes it), applied batched."""
+    # here: the decode tasks import this module: torch only in the tasks that augment
     import torch
 
     from ssl_core.data.batched_augment import apply_view, draw_view_per_row
@@ -224,8 +226,6 @@ def build_datasets(
 
     Streams are lazy: row numbers -> rows -> decoded clips (-> augmented views), each step fused into one
     task, so Ray Data's backpressure bounds what is in flight however long the run or large the manifest."""
-    from ssl_core.data.clip_cache import cache_for_config
-
     d, t, workers = cfg.data, cfg.train, cfg.scaling.num_workers
     # data.cache: built (or reused) here, once, before any stream; the tasks open it by its folder. Every
     # split's videos go in, whatever the algorithm streams, so runs of one dataset share one cache.
@@ -285,6 +285,7 @@ def build_datasets(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    # here: the decode tasks import this module: keep torch (the config imports it) out of them
     from ssl_core.config import load_config
     from ssl_core.data.splits import prepare_data
 

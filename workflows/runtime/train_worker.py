@@ -1,4 +1,5 @@
-"""`train_loop_per_worker`: what each Ray Train worker runs. It only wires things together:
+"""`train_loop_per_worker`: what each Ray Train worker runs, the Ray adapter of ssl_core.engine's step loop.
+It only wires things together:
 
   shard of decoded uint8 clips -> augment (weak / strong) -> ssl_step -> backward, clip, step, LR
   -> every log_every: metrics averaged over workers, reported to Ray Train and (rank 0) to MLflow
@@ -13,7 +14,6 @@ from __future__ import annotations
 import math
 import sys
 import tempfile
-import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -30,11 +30,12 @@ from ssl_core.checkpoint import (
     model_meta,
     restore_training_state,
     save_training_state,
-    unwrap,
 )
 from ssl_core.config import Config, from_dict
+from ssl_core.engine import Hooks, Report, Schedule, run
 from ssl_core.evaluate import EvalCounts, PreciseBN, video_probs
-from ssl_core.loop import (
+from ssl_core.schedule import build_scheduler
+from ssl_core.train_step import (
     build_models,
     build_optimizer,
     freeze,
@@ -45,9 +46,9 @@ from ssl_core.loop import (
     place_models,
     stream_batches,
 )
-from ssl_core.metrics import WindowMeans
-from ssl_core.schedule import build_scheduler
+from ssl_core.unwrap import unwrap
 from workflows.console.terminal import ProgressSender
+from workflows.runtime.worker_args import WorkerArgs
 from workflows.tracking.plots import confusion_figure
 from workflows.tracking.tracker import Tracker, read_unsent
 
@@ -92,6 +93,7 @@ def evaluate(
 def load_teacher(spec: str, tracking_uri: str, classes: list[str]) -> nn.Module:
     """A frozen teacher from an MLflow model URI (models:/name@alias, runs:/...), a checkpoint directory or a
     run folder; it must know the run's classes in the run's order, or its pseudo-labels would name others."""
+    # here: loading MLflow models is heavy, and only a run with a frozen teacher needs it
     from workflows.runtime.inference import load_for_inference
 
     loaded = load_for_inference(spec, tracking_uri)
@@ -101,14 +103,22 @@ def load_teacher(spec: str, tracking_uri: str, classes: list[str]) -> nn.Module:
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    cfg = from_dict(loop_config["config"])
-    classes: list[str] = loop_config["classes"]
-    num_classes = len(classes)
-    ctx = ray.train.get_context()
-    rank = ctx.get_world_rank()
+    args = WorkerArgs.of(loop_config)
+    cfg = from_dict(args.config)
+    rank = ray.train.get_context().get_world_rank()
     torch.set_num_threads(cfg.scaling.torch_threads)
     allocator.configure(cfg.scaling)
-    torch.manual_seed(cfg.train.seed * 1000 + rank)
+    t = cfg.train
+    run(t.seed * 1000 + rank, lambda: build_training(args, cfg, rank),
+        Schedule(t.iterations, t.log_every, t.eval_every, t.checkpoint_every))
+
+
+def build_training(args: WorkerArgs, cfg: Config, rank: int) -> tuple[Hooks, int]:
+    """This worker's models, optimizer and streams, restored from Ray Train's checkpoint when there is one,
+    and the hooks that step them, evaluate (rank 0), and report to Ray Train and (rank 0) MLflow."""
+    classes = args.classes
+    num_classes = len(classes)
+    ctx = ray.train.get_context()
     device = ray.train.torch.get_device()
     names = model_names(cfg)
     models = place_models(build_models(cfg, num_classes), cfg, device)
@@ -131,10 +141,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     else:
         # A fresh start: model.init / model.auxiliary_init, from the local files the driver resolved MLflow URIs
         # into (it checked them and printed the reports; every worker loads the same weights).
-        init_models(cfg, models, classes, loop_config.get("init"))
+        init_models(cfg, models, classes, args.init)
     models = {role: ray.train.torch.prepare_model(m) for role, m in models.items()}
     for role in algorithm_cls.frozen_roles:
-        teacher = load_teacher(str(cfg.model.teacher), loop_config["tracking_uri"], classes)
+        teacher = load_teacher(str(cfg.model.teacher), args.tracking_uri, classes)
         models[role] = freeze(teacher).to(device)
     algorithm = algorithm_cls(models, cfg.algorithm.resolved_params())
     algorithm.configure_ema(cfg.train.ema_decay, cfg.train.ema_start)
@@ -145,11 +155,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     tracker = None
     progress = None  # rank 0's records for the driver's progress bar (workflows/console/terminal.py)
     if rank == 0:
-        tracker = Tracker(loop_config["tracking_uri"], loop_config["mlflow_run_id"], buffer_metrics=True)
-        if loop_config.get("progress") is not None:
-            progress = ProgressSender(loop_config["progress"])
+        tracker = Tracker(args.tracking_uri, args.mlflow_run_id, buffer_metrics=True)
+        if args.progress is not None:
+            progress = ProgressSender(args.progress)
     logged_until = resume_tracking(tracker, checkpoint is not None, start_step, unsent)
-    counter = loop_config["skip_counter"]
     t = cfg.train
     labeled_it = cycle(ray.train.get_dataset_shard("labeled"), t.batch_size)
     unlabeled_it = (
@@ -157,41 +166,35 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if algorithm_cls.needs_unlabeled
         else None
     )
-    window = WindowMeans()
-    window_start, window_clips = time.perf_counter(), 0
-
     precise_bn = PreciseBN(t.precise_bn_batches)
-    for step in range(start_step, t.iterations):
+    final_counts: dict[str, EvalCounts] = {}
+
+    def step(_: int) -> tuple[Mapping[str, Tensor], int]:
         lb = next(labeled_it)
         ub = next(unlabeled_it) if unlabeled_it is not None else None
         labeled, unlabeled = stream_batches(lb, ub, cfg.augment, device, input_memory_format(cfg))
         if rank == 0:
             precise_bn.remember(labeled, unlabeled)
-        _, step_metrics = optimize(algorithm, optimizer, scheduler, labeled, unlabeled, grad_clip=t.grad_clip)
-        window_clips += len(lb["label"]) + (0 if ub is None else len(ub["true_label"]))
-        window.add(step_metrics)
+        _, metrics = optimize(algorithm, optimizer, scheduler, labeled, unlabeled, grad_clip=t.grad_clip)
+        return metrics, len(lb["label"]) + (0 if ub is None else len(ub["true_label"]))
 
-        done = step + 1
-        if progress is not None:
-            progress.step(done)
-        last = done == t.iterations
-        if done % t.log_every and done % t.eval_every and done % t.checkpoint_every and not last:
-            continue
-        metrics = mean_across_workers(*window.totals())
-        elapsed = time.perf_counter() - window_start
-        metrics["perf/clips_per_s"] = window_clips * ctx.get_world_size() / max(elapsed, 1e-9)
-        metrics["lr"] = scheduler.get_last_lr()[0]
-        metrics["data/skipped_videos"] = float(ray.get(counter.count.remote()))
-        eval_counts = None
-        if rank == 0 and (done % t.eval_every == 0 or last):
-            precise_bn.apply({role: unwrap(m) for role, m in algorithm.deployed_models().items()}, device)
-            eval_counts = evaluate(algorithm.deployed_models(), cfg, num_classes, device)
-            for role, c in eval_counts.items():
-                for key, value in c.summary().items():
-                    metrics[f"eval/{key}_{role}"] = value
-                for name, value in zip(classes, c.per_class().tolist(), strict=True):
-                    metrics[f"eval_class/{name}_{role}"] = value
-        metrics["step"] = done
+    def test_split(done: int, last: bool) -> dict[str, float]:
+        if rank != 0:
+            return {}
+        precise_bn.apply({role: unwrap(m) for role, m in algorithm.deployed_models().items()}, device)
+        counts = evaluate(algorithm.deployed_models(), cfg, num_classes, device)
+        if last:
+            final_counts.update(counts)
+        metrics = {}
+        for role, c in counts.items():
+            for key, value in c.summary().items():
+                metrics[f"eval/{key}_{role}"] = value
+            for name, value in zip(classes, c.per_class().tolist(), strict=True):
+                metrics[f"eval_class/{name}_{role}"] = value
+        return metrics
+
+    def publish(report: Report) -> None:
+        done, metrics = report.step, report.metrics
         if tracker is not None:
             # Written to stdout directly: Ray Train's patched print() would echo the line twice.
             sys.stdout.write(progress_line(metrics, t.iterations) + "\n")
@@ -200,12 +203,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 progress.report(metrics)
             if done > logged_until:
                 tracker.log_metrics(metrics, step=done)
-            if last and eval_counts is not None:
-                log_final_evaluation(tracker, eval_counts, classes)
-        report_checkpoint = done % t.checkpoint_every == 0 or last
+            if final_counts:
+                log_final_evaluation(tracker, final_counts, classes)
+        # Ray Train takes the metrics and the checkpoint in one call, on every worker.
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None
-            if report_checkpoint and rank == 0:
+            if report.due.checkpoint and rank == 0:
                 save_training_state(
                     tmp, models=algorithm.trainable_models(), optimizer=optimizer, scheduler=scheduler, step=done,
                     algorithm_state=algorithm.state_dict(), model_names=names, num_classes=num_classes,
@@ -217,7 +220,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             ray.train.report(metrics, checkpoint=ckpt)
             if ckpt is not None and progress is not None:
                 progress.checkpoint(done)
-        window_start, window_clips = time.perf_counter(), 0
+
+    def extras() -> dict[str, float]:
+        skipped = float(ray.get(args.skip_counter.count.remote()))
+        return {"lr": scheduler.get_last_lr()[0], "data/skipped_videos": skipped}
+
+    hooks = Hooks(step=step, report=publish, evaluate=test_split, extras=extras, reduce=mean_across_workers,
+                  after_step=progress.step if progress is not None else None, workers=ctx.get_world_size())
+    return hooks, start_step
 
 
 def resume_tracking(tracker: Tracker | None, restored: bool, start_step: int, unsent: list[dict[str, Any]]) -> int:

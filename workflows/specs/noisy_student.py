@@ -13,8 +13,9 @@
       allow_smaller_student: false   # the paper's student is equal-or-larger than its teacher
       pseudo_labels: {soft: false, min_confidence: 0.3, top_k_per_class: null, clips: 2, crops: 1}
 
-No Ray here: parsing, validation (every stage's training config is built and checked, the student sizes
-compared) and the stage list are plain Python, so `--dry-run` answers without starting anything.
+No Ray here: parsing (ssl_core.typed_config.load_file, with each section's check() beside its fields), the checks
+across the stages (_check_stages: every stage's training config is built and checked, the student sizes compared) and
+the stage list are plain Python, so `--dry-run` answers without starting anything.
 """
 
 from __future__ import annotations
@@ -27,20 +28,67 @@ from typing import Any
 import yaml
 
 from ssl_core.config import Config, ConfigError, with_overrides
-from workflows.specs.sweep import check_name, load_base, trial_config
+from ssl_core.models import build_model
+from ssl_core.typed_config import load_file, require, setting
+from workflows.specs.sweep import BASE_DOC, SET_DOC, check_name, is_plain_name, load_base, trial_config
 
 STUDENT_ALGORITHM = "noisy_student_offline"
-SPEC_KEYS = {"name", "rounds", "teacher", "student", "students", "allow_smaller_student", "pseudo_labels"}
-LABEL_KEYS = {"soft", "min_confidence", "top_k_per_class", "clips", "crops"}
 
 
 @dataclass(frozen=True)
 class LabelSpec:
-    soft: bool = False  # store and learn full distributions (paper: soft slightly better out of domain)
-    min_confidence: float = 0.3  # the paper's ImageNet filter; the student's noise tolerates wrong labels
-    top_k_per_class: int | None = None  # class balancing: keep the K most confident per predicted class
-    clips: int = 2  # views per video the teacher averages (uniformly spaced clips x centre crops)
-    crops: int = 1
+    soft: bool = setting(False, "store and learn full distributions instead of hard labels (paper: soft slightly "
+                                "better out of domain)")
+    min_confidence: float = setting(0.3, "keep a video when the teacher's max probability reaches this (the paper's "
+                                         "ImageNet filter; the student's noise tolerates wrong labels)")
+    top_k_per_class: int | None = setting(None, "class balancing: keep the K most confident per predicted class; "
+                                                "null: all")
+    clips: int = setting(2, "uniformly spaced clips per video the teacher averages")
+    crops: int = setting(1, "centre crops per clip the teacher averages")
+
+    def check(self) -> None:
+        require(0 <= self.min_confidence <= 1, "min_confidence", "must be in [0, 1]")
+        require(self.top_k_per_class is None or self.top_k_per_class >= 1, "top_k_per_class", "must be null or >= 1")
+        require(self.clips >= 1, "clips", "must be >= 1")
+        require(self.crops >= 1, "crops", "must be >= 1")
+
+
+@dataclass
+class NoisyStudentSection:
+    """The `noisy_student:` section of a workflow file, as written."""
+
+    name: str | None = setting(None, "folder <output.storage>/<name> and MLflow parent run name; null: the file's "
+                                     "name")
+    rounds: int = setting(2, "R: the teacher, then R x (label the unlabeled set, train a student)")
+    teacher: dict[str, Any] = setting(doc="config key -> value for round 0's teacher (the paper's: labeled clips only)",
+                                      factory=dict)
+    student: dict[str, Any] = setting(doc="config key -> value for every student (the noise: model.dropout, "
+                                          "model.stochastic_depth); algorithm.name is fixed to "
+                                          "noisy_student_offline", factory=dict)
+    students: list[dict[str, Any]] = setting(doc="per-round extras on top of `student`: round r uses entry r-1, the "
+                                                 "last repeats", factory=list)
+    allow_smaller_student: bool = setting(False, "allow a student smaller than its teacher (the paper's student is "
+                                                 "equal-or-larger)")
+    pseudo_labels: LabelSpec = setting(doc="how the teacher labels the unlabeled set", factory=LabelSpec)
+
+    def check(self) -> None:
+        require(self.rounds >= 1, "rounds", f"must be an integer >= 1, got {self.rounds!r}")
+        require(self.name is None or is_plain_name(self.name), "name",
+                f"must be a plain folder name, got {self.name!r}")
+        fixed = f"algorithm.name is fixed to {STUDENT_ALGORITHM} (students learn the stored pseudo-labeled set)"
+        require("algorithm.name" not in self.student, "student", fixed)
+        for i, extra in enumerate(self.students):
+            require("algorithm.name" not in extra, f"students[{i}]", fixed)
+
+
+@dataclass(kw_only=True)
+class NoisyStudentFile:
+    """A Noisy Student workflow file (configs/noisy_student_demo.yaml)."""
+
+    base: str | dict[str, Any] = setting(doc=BASE_DOC, factory=dict)
+    set: list[str] = setting(doc=SET_DOC, factory=list)
+    noisy_student: NoisyStudentSection = setting(doc="required: the teacher, the students and how the sets are "
+                                                     "labeled")
 
 
 @dataclass(frozen=True)
@@ -102,75 +150,24 @@ def _placeholder_paths(stage: Stage) -> tuple[str, ...]:
     return ("data.pseudo_labels=pseudo_labels.parquet",) if stage.kind == "student" else ()
 
 
-def _overrides(raw: Any, where: str) -> dict[str, Any]:
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a mapping of config keys to values")
-    return {str(k): v for k, v in raw.items()}
-
-
 def _num_params(model_name: str, num_classes: int) -> int:
-    from ssl_core.models import build_model
-
     return sum(p.numel() for p in build_model(model_name, num_classes=num_classes).parameters())
 
 
 def load_noisy_student(path: str | Path, overrides: list[str] | None = None) -> NoisyStudentSpec:
     """Parse and validate a workflow file; `overrides` (KEY=VALUE) apply to the base after its `set` list."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError as err:
-        raise ConfigError(f"workflow file not found: {path}") from err
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: top level must be a mapping")
-    unknown = set(raw) - {"base", "set", "noisy_student"}
-    if unknown:
-        raise ConfigError(f"{sorted(unknown)[0]}: unknown key in {path} (expected base, set, noisy_student)")
-    sets = raw.get("set") or []
-    if not isinstance(sets, list):
-        raise ConfigError("set: expected a list of KEY=VALUE")
-    base = with_overrides(load_base(raw.get("base") or {}, path), [*map(str, sets), *(overrides or [])]).to_dict()
-    s = raw.get("noisy_student")
-    if not isinstance(s, dict):
-        raise ConfigError("noisy_student: missing or not a mapping")
-    unknown = set(s) - SPEC_KEYS
-    if unknown:
-        raise ConfigError(f"noisy_student.{sorted(unknown)[0]}: unknown key; known: {sorted(SPEC_KEYS)}")
-    rounds = s.get("rounds", 2)
-    if not isinstance(rounds, int) or rounds < 1:
-        raise ConfigError(f"noisy_student.rounds: must be an integer >= 1, got {rounds!r}")
-    labels_raw = s.get("pseudo_labels") or {}
-    if not isinstance(labels_raw, dict) or set(labels_raw) - LABEL_KEYS:
-        raise ConfigError(f"noisy_student.pseudo_labels: expected a mapping with keys {sorted(LABEL_KEYS)}")
-    labels = LabelSpec(**labels_raw)
-    if not 0 <= labels.min_confidence <= 1:
-        raise ConfigError("noisy_student.pseudo_labels.min_confidence: must be in [0, 1]")
-    if labels.top_k_per_class is not None and labels.top_k_per_class < 1:
-        raise ConfigError("noisy_student.pseudo_labels.top_k_per_class: must be null or >= 1")
-    if labels.clips < 1 or labels.crops < 1:
-        raise ConfigError("noisy_student.pseudo_labels: clips and crops must be >= 1")
-    students = s.get("students") or []
-    if not isinstance(students, list):
-        raise ConfigError("noisy_student.students: expected a list of mappings (one per round)")
-    spec = NoisyStudentSpec(
-        base=base,
-        name=check_name(str(s.get("name") or path.stem)),
-        rounds=rounds,
-        teacher=_overrides(s.get("teacher"), "noisy_student.teacher"),
-        student=_overrides(s.get("student"), "noisy_student.student"),
-        students=[_overrides(x, f"noisy_student.students[{i}]") for i, x in enumerate(students)],
-        labels=labels,
-    )
-    if "algorithm.name" in spec.student or any("algorithm.name" in x for x in spec.students):
-        raise ConfigError(f"noisy_student.student: algorithm.name is fixed to {STUDENT_ALGORITHM} (students learn "
-                          "the stored pseudo-labeled set)")
-    _check_stages(spec, allow_smaller=bool(s.get("allow_smaller_student", False)))
+    file: NoisyStudentFile = load_file(NoisyStudentFile, path)
+    base = with_overrides(load_base(file.base, path), [*file.set, *(overrides or [])]).to_dict()
+    s = file.noisy_student
+    spec = NoisyStudentSpec(base=base, name=check_name(s.name or path.stem), rounds=s.rounds, teacher=s.teacher,
+                            student=s.student, students=s.students, labels=s.pseudo_labels)
+    _check_stages(spec, allow_smaller=s.allow_smaller_student)
     return spec
 
 
 def _check_stages(spec: NoisyStudentSpec, *, allow_smaller: bool) -> None:
+    """The checks across the stages: each one's training config is valid, no student is smaller than its teacher."""
     previous: Config | None = None
     num_classes = spec.base["data"]["synthetic"]["classes"]  # only the size ratio matters for the check
     for stage in spec.stages():

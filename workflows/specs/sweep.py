@@ -16,8 +16,9 @@
       asha: {enabled: true, grace_period: null, reduction_factor: 2}
       max_concurrent_trials: null  # null: as many as the cluster's free CPUs / GPUs fit
 
-No Ray here: parsing, validation (every key checked against the training config, errors name the key)
-and the trial count are plain Python, so `--dry-run` answers without starting anything.
+No Ray here: parsing (ssl_core.typed_config.load_file, with each section's check() beside its fields), the checks
+against the base config (check_against_base; errors name the key) and the trial count are plain Python, so
+`--dry-run` answers without starting anything.
 """
 
 from __future__ import annotations
@@ -31,11 +32,13 @@ from typing import Any
 import yaml
 
 from ssl_core.config import Config, ConfigError, with_overrides
+from ssl_core.typed_config import FieldError, load_file, require, setting
 
 SEARCHES = ("grid", "random", "optuna")
 DISTRIBUTIONS = ("uniform", "loguniform", "randint")
-SWEEP_KEYS = {"name", "search", "num_samples", "space", "metric", "mode", "asha", "max_concurrent_trials"}
-ASHA_KEYS = {"enabled", "grace_period", "reduction_factor"}
+BASE_DOC = ("the training config: a file (relative to this file or the working directory) or an inline mapping of "
+            "its sections")
+SET_DOC = "overrides on the base, KEY=VALUE (like --set); the command line's --set apply after them"
 
 
 @dataclass
@@ -62,9 +65,56 @@ class Dimension:
 
 @dataclass
 class AshaSpec:
-    enabled: bool = True
-    grace_period: int | None = None  # steps; None: the first evaluation (train.eval_every)
-    reduction_factor: int = 2
+    enabled: bool = setting(True, "ASHA early stopping on the training step (false: every trial runs to the end)")
+    grace_period: int | None = setting(None, "steps before a trial can be stopped; null: the first evaluation "
+                                             "(train.eval_every)")
+    reduction_factor: int = setting(2, "ASHA keeps 1 / reduction_factor of the trials at each rung")
+
+    def check(self) -> None:
+        require(self.reduction_factor >= 2, "reduction_factor", "must be >= 2")
+        require(self.grace_period is None or self.grace_period >= 1, "grace_period", "must be >= 1 step")
+
+
+@dataclass
+class SweepSection:
+    """The `sweep:` section of a sweep file, as written."""
+
+    name: str | None = setting(None, "folder <output.storage>/<name> and MLflow parent run name; null: the file's "
+                                     "name")
+    search: str = setting("grid", "grid | random | optuna")
+    num_samples: int = setting(1, "grid: repeats of the whole grid; random / optuna: number of trials")
+    space: dict[str, Any] = setting(doc="training config key -> a list (grid values; a choice for random / optuna) "
+                                        "or a distribution {uniform|loguniform|randint: [low, high]}", factory=dict)
+    metric: str = setting("eval/top1_primary", "the evaluation metric (eval/...) trials are ranked by")
+    mode: str = setting("max", "max or min of the metric")
+    asha: AshaSpec = setting(doc="early stopping of the weaker trials", factory=AshaSpec)
+    max_concurrent_trials: int | None = setting(None, "trials at a time; null: as many as the cluster's free CPUs / "
+                                                      "GPUs fit")
+
+    def check(self) -> None:
+        require(self.search in SEARCHES, "search", f"must be one of {SEARCHES}, got {self.search!r}")
+        require(bool(self.space), "space", "expected a mapping of config keys to values or distributions")
+        self.dimensions()  # each dimension checks its list or distribution
+        require(self.num_samples >= 1, "num_samples", f"must be an integer >= 1, got {self.num_samples!r}")
+        require(self.mode in ("max", "min"), "mode", f"must be max or min, got {self.mode!r}")
+        require(self.metric.startswith("eval/"), "metric",
+                f"must be an evaluation metric (eval/...), got {self.metric!r}")
+        require(self.max_concurrent_trials is None or self.max_concurrent_trials >= 1, "max_concurrent_trials",
+                "must be null or an integer >= 1")
+        require(self.name is None or is_plain_name(self.name), "name",
+                f"must be a plain folder name, got {self.name!r}")
+
+    def dimensions(self) -> list[Dimension]:
+        return [_dimension(key, raw, self.search) for key, raw in self.space.items()]
+
+
+@dataclass(kw_only=True)
+class SweepFile:
+    """A sweep file (configs/sweep_demo.yaml)."""
+
+    base: str | dict[str, Any] = setting(doc=BASE_DOC, factory=dict)
+    set: list[str] = setting(doc=SET_DOC, factory=list)
+    sweep: SweepSection = setting(doc="required: the search space over the base's keys and how Tune searches it")
 
 
 @dataclass
@@ -110,107 +160,70 @@ class SweepSpec:
 
 
 def _dimension(key: str, raw: Any, search: str) -> Dimension:
-    where = f"sweep.space.{key}"
+    where = f"space.{key}"  # relative to the sweep section: its check() reports it
     if isinstance(raw, list):
-        if not raw:
-            raise ConfigError(f"{where}: empty list")
+        require(bool(raw), where, "empty list")
         return Dimension(key, values=list(raw))
     if isinstance(raw, dict) and len(raw) == 1:
         (dist, bounds), = raw.items()
-        if dist not in DISTRIBUTIONS:
-            raise ConfigError(f"{where}: unknown distribution {dist!r}; use a list or one of {DISTRIBUTIONS}")
-        if search == "grid":
-            raise ConfigError(f"{where}: a grid search needs a list of values, not {dist}")
-        if not (isinstance(bounds, list) and len(bounds) == 2 and all(isinstance(b, int | float) for b in bounds)):
-            raise ConfigError(f"{where}.{dist}: expected [low, high]")
+        require(dist in DISTRIBUTIONS, where, f"unknown distribution {dist!r}; use a list or one of {DISTRIBUTIONS}")
+        require(search != "grid", where, f"a grid search needs a list of values, not {dist}")
+        require(isinstance(bounds, list) and len(bounds) == 2 and all(isinstance(b, int | float) for b in bounds),
+                f"{where}.{dist}", "expected [low, high]")
         low, high = float(bounds[0]), float(bounds[1])
-        if not low < high or (dist == "loguniform" and low <= 0):
-            raise ConfigError(f"{where}.{dist}: need 0 < low < high for loguniform, low < high otherwise")
+        require(low < high and (dist != "loguniform" or low > 0), f"{where}.{dist}",
+                "need 0 < low < high for loguniform, low < high otherwise")
         return Dimension(key, distribution=dist, bounds=(low, high))
-    raise ConfigError(f"{where}: expected a list of values or one of {{uniform|loguniform|randint: [low, high]}}")
+    raise FieldError(where, "expected a list of values or one of {uniform|loguniform|randint: [low, high]}")
 
 
-def load_base(raw: Any, sweep_file: Path) -> dict[str, Any]:
+def load_base(raw: str | dict[str, Any], spec_file: Path) -> dict[str, Any]:
+    """The base training config's raw mapping: inline, or read from a file (relative to `spec_file` or the cwd)."""
     if isinstance(raw, dict):
         return raw
-    if isinstance(raw, str):
-        path = Path(raw)
-        if not path.exists() and (sweep_file.parent / raw).exists():
-            path = sweep_file.parent / raw
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except FileNotFoundError as err:
-            raise ConfigError(f"base: config file not found: {raw}") from err
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"base: {raw} must hold a mapping of sections")
-        return loaded
-    raise ConfigError("base: expected a training config file path or a mapping of its sections")
+    path = Path(raw)
+    if not path.exists() and (spec_file.parent / raw).exists():
+        path = spec_file.parent / raw
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError as err:
+        raise ConfigError(f"base: config file not found: {raw}") from err
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"base: {raw} must hold a mapping of sections")
+    return loaded
 
 
 def load_sweep(path: str | Path, overrides: list[str] | None = None) -> SweepSpec:
     """Parse and validate a sweep file; `overrides` (KEY=VALUE) apply to the base after its `set` list."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError as err:
-        raise ConfigError(f"sweep file not found: {path}") from err
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: top level must be a mapping")
-    unknown = set(raw) - {"base", "set", "sweep"}
-    if unknown:
-        raise ConfigError(f"{sorted(unknown)[0]}: unknown key in {path} (expected base, set, sweep)")
-    sets = raw.get("set") or []
-    if not isinstance(sets, list):
-        raise ConfigError("set: expected a list of KEY=VALUE")
-    base_cfg = with_overrides(load_base(raw.get("base") or {}, path), [*map(str, sets), *(overrides or [])])
-    s = raw.get("sweep")
-    if not isinstance(s, dict):
-        raise ConfigError("sweep: missing or not a mapping")
-    unknown = set(s) - SWEEP_KEYS
-    if unknown:
-        raise ConfigError(f"sweep.{sorted(unknown)[0]}: unknown key; known: {sorted(SWEEP_KEYS)}")
-    search = s.get("search", "grid")
-    if search not in SEARCHES:
-        raise ConfigError(f"sweep.search: must be one of {SEARCHES}, got {search!r}")
-    space_raw = s.get("space")
-    if not isinstance(space_raw, dict) or not space_raw:
-        raise ConfigError("sweep.space: expected a mapping of config keys to values or distributions")
-    space = [_dimension(str(k), v, search) for k, v in space_raw.items()]
-    base = base_cfg.to_dict()
-    for dim in space:
+    file: SweepFile = load_file(SweepFile, path)
+    base_cfg = with_overrides(load_base(file.base, path), [*file.set, *(overrides or [])])
+    s = file.sweep
+    spec = SweepSpec(base_cfg.to_dict(), check_name(s.name or path.stem), s.search, s.num_samples, s.dimensions(),
+                     s.metric, s.mode, s.asha, s.max_concurrent_trials)
+    check_against_base(spec, base_cfg)
+    return spec
+
+
+def check_against_base(spec: SweepSpec, base_cfg: Config) -> None:
+    """The checks between the sweep section and its base config: every swept value gives a valid training config,
+    and the champion has a registry name."""
+    for dim in spec.space:
         for value in dim.samples():
             try:
-                trial_config(base, {dim.key: value})
+                trial_config(spec.base, {dim.key: value})
             except ConfigError as err:
                 raise ConfigError(f"sweep.space.{dim.key}: value {value!r} gives an invalid config: {err}") from err
-    num_samples = s.get("num_samples", 1)
-    if not isinstance(num_samples, int) or num_samples < 1:
-        raise ConfigError(f"sweep.num_samples: must be an integer >= 1, got {num_samples!r}")
-    mode = s.get("mode", "max")
-    if mode not in ("max", "min"):
-        raise ConfigError(f"sweep.mode: must be max or min, got {mode!r}")
-    metric = s.get("metric", "eval/top1_primary")
-    if not isinstance(metric, str) or not metric.startswith("eval/"):
-        raise ConfigError(f"sweep.metric: must be an evaluation metric (eval/...), got {metric!r}")
-    asha_raw = s.get("asha") or {}
-    if not isinstance(asha_raw, dict) or set(asha_raw) - ASHA_KEYS:
-        raise ConfigError(f"sweep.asha: expected a mapping with keys {sorted(ASHA_KEYS)}")
-    asha = AshaSpec(**asha_raw)
-    if asha.reduction_factor < 2:
-        raise ConfigError("sweep.asha.reduction_factor: must be >= 2")
-    if asha.grace_period is not None and asha.grace_period < 1:
-        raise ConfigError("sweep.asha.grace_period: must be >= 1 step")
-    concurrency = s.get("max_concurrent_trials")
-    if concurrency is not None and (not isinstance(concurrency, int) or concurrency < 1):
-        raise ConfigError("sweep.max_concurrent_trials: must be null or an integer >= 1")
-    name = check_name(str(s.get("name") or path.stem))
     if base_cfg.tracking.registered_model is None:
         raise ConfigError("tracking.registered_model: a sweep registers its champion, so it needs a name")
-    return SweepSpec(base, name, search, num_samples, space, metric, mode, asha, concurrency)
+
+
+def is_plain_name(name: str) -> bool:
+    return bool(name) and "/" not in name and not name.startswith(".")
 
 
 def check_name(name: str) -> str:
-    if not name or "/" in name or name.startswith("."):
+    if not is_plain_name(name):
         raise ConfigError(f"sweep.name: must be a plain folder name, got {name!r}")
     return name
 

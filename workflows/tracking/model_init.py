@@ -7,7 +7,7 @@ need MLflow to start from it, and a moving alias cannot change the weights of a 
 sources are passed on as absolute paths (on a multi-node cluster they must be on storage every node sees).
 
 On a fresh start the driver builds the models once and loads the weights the way the workers will
-(ssl_core.loop.init_models): another architecture stops the run with one line before Ray starts, and the
+(ssl_core.train_step.init_models): another architecture stops the run with one line before Ray starts, and the
 report lines (`init primary from ...: 120/122 keys matched, head re-initialised (400 -> 8 classes), 0 unexpected`)
 are printed and logged: tag `init.<role>` (the line), params `init.<role>.*` (counts), and lineage tags
 `vidssl.init_source` / `vidssl.auxiliary_init_source` (+ `_version`, `_run` for MLflow sources; `_run` also for a
@@ -17,14 +17,19 @@ on the registered model version.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ssl_core.config import Config, ConfigError
-from ssl_core.models.init import InitReport, is_mlflow_uri, split_role
+from ssl_core.models.init import InitReport
+from ssl_core.models.init_spec import is_mlflow_uri, split_role
+from ssl_core.train_step import build_models, init_models
 
 INIT_DIR = "init"
 INIT_CONFIG_KEYS = ("init", "auxiliary_init")
@@ -74,8 +79,6 @@ def resolve_sources(cfg: Config, run_dir: Path, tracking_uri: str) -> tuple[dict
 
 def _local_run_id(path: Path) -> str | None:
     """The MLflow run id recorded in the vidssl run folder `path` is, or holds the checkpoint `path`; else None."""
-    import json
-
     for folder in (path, path.parent):
         run_file = folder / "vidssl_run.json"  # workflows.train.RUN_FILE (workflows.pretrain writes the same)
         if run_file.is_file():
@@ -87,8 +90,7 @@ def _local_run_id(path: Path) -> str | None:
 
 
 def _resolve_uri(key: str, spec: str, tracking_uri: str, dest: Path) -> dict[str, str]:
-    import torch
-
+    # here: only an MLflow model.init needs the inference loader (Ray and MLflow with it)
     from workflows.runtime.inference import InferenceError, load_for_inference
 
     try:
@@ -118,8 +120,6 @@ def prepare_init(
 ) -> PreparedInit:
     """Resolve the sources; on a fresh start also load them into models built like the workers' (the check and
     the reports). A resumed run gets the sources only: its workers load them only if no checkpoint was saved."""
-    from ssl_core.loop import build_models, init_models
-
     sources, lineage = resolve_sources(cfg, run_dir, tracking_uri)
     reports: list[InitReport] = []
     if fresh and sources:

@@ -23,14 +23,18 @@ import sys
 import time
 import warnings
 from collections.abc import Iterator, Mapping
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import mlflow
+import mlflow.data
+import mlflow.pytorch
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param
+from mlflow.entities import DatasetInput, InputTag, Metric, Param
 
 from ssl_core.config import Config, ConfigError
+from workflows.console import terminal
 
 DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlartifacts"
@@ -146,7 +150,6 @@ class _LinesToLog:
 def registry_notes_to_log() -> Iterator[None]:
     """MLflow prints its registry notes ("Successfully registered model ...", "Created version ...") to stderr
     itself, not through logging; without --verbose they go to the logger `mlflow` (the run's log file)."""
-    from workflows.console import terminal
     if terminal.verbose():
         yield
         return
@@ -177,10 +180,6 @@ def ui_command(uri: str) -> str:
 def model_requirements() -> list[str]:
     """What loading a logged model needs: torch and cloudpickle (MLflow's defaults) and pytorchvideo, whose
     classes the r3d models pickle. The pickled models also reference ssl_core: install vidssl to load them."""
-    from importlib.metadata import version
-
-    import mlflow.pytorch
-
     return [*mlflow.pytorch.get_default_pip_requirements(), f"pytorchvideo=={version('pytorchvideo')}"]
 
 
@@ -298,9 +297,6 @@ class Tracker:
         """Record a dataset this run made or consumed (MLflow's Datasets panel, `digest` as its version; by
         default table_digest(table)). `table`: a pandas DataFrame whose schema and row count are recorded, not
         its rows."""
-        import mlflow.data
-        from mlflow.entities import DatasetInput, InputTag
-
         digest = digest or table_digest(table)
         with warnings.catch_warnings():
             # A local path matches two equivalent MLflow source types; it warns and picks one, which is fine.

@@ -1,0 +1,47 @@
+"""The form of a `model.init` / `model.auxiliary_init` source (a path, `PATH#role`, an MLflow model URI), checked
+without reading anything: config validation takes these, ssl_core/models/init.py reads the weights.
+
+Try it:
+    python -c "from ssl_core.models.init_spec import init_spec_problem; print(init_spec_problem('https://x/w.pth'))"
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+MLFLOW_SCHEMES = ("models:/", "runs:/")
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def is_mlflow_uri(spec: str) -> bool:
+    return spec.startswith(MLFLOW_SCHEMES)
+
+
+def split_role(spec: str) -> tuple[str, str | None]:
+    """`PATH#role` -> (PATH, role) for a vidssl checkpoint's other model (e.g. CMPL's `#auxiliary`); a path that
+    exists as written (a '#' in a file name) or has no `#role` -> (spec, None)."""
+    path, sep, role = spec.rpartition("#")
+    if not sep or not path or not role or Path(spec).expanduser().exists():
+        return spec, None
+    return path, role
+
+
+def init_spec_problem(spec: str) -> str | None:
+    """Why `spec` cannot be a model.init source (config validation: the form only, not whether it exists, since
+    a resumed run or a worker validates the config again after the source may have moved), or None."""
+    if not spec.strip():
+        return ("must be a checkpoint directory, a run folder, a state-dict file (.pt/.pth) or an MLflow model URI "
+                "(models:/name@alias, models:/name/3, runs:/<run id>/model), or null")
+    if spec.startswith("models:/"):
+        if not re.fullmatch(r"[^/@\s]+(@[^/@\s]+|/[^/\s]+)?/?", spec.removeprefix("models:/")):
+            return f"{spec!r}: expected models:/<name>@<alias>, models:/<name>/<version> or models:/m-<model id>"
+        return None
+    if spec.startswith("runs:/"):
+        if not re.fullmatch(r"[^/\s]+/\S+", spec.removeprefix("runs:/")):
+            return f"{spec!r}: expected runs:/<run id>/<artifact path>, e.g. runs:/<run id>/model"
+        return None
+    if _URL.match(spec):
+        return (f"{spec!r}: URLs are not downloaded at run time; download the weights once and give the local file "
+                "(a .pt/.pth state dict), or an MLflow model URI (models:/..., runs:/...)")
+    return None

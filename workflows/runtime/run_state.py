@@ -1,0 +1,56 @@
+"""A run folder's record (`vidssl_run.json`): the Ray Train name, MLflow run and resolved config that
+`--resume` needs; shared by training (workflows.train) and pretraining (workflows.pretrain).
+
+    python -m workflows.train --config configs/demo.yaml --resume latest     # find_run + RunState.load
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ssl_core.config import ConfigError
+from workflows.console import terminal
+
+RUN_FILE = "vidssl_run.json"
+LOG_FILE = terminal.LOG_FILE  # in the run folder: this process's logs and Ray's workers' output, see terminal.py
+
+
+@dataclass
+class RunState:
+    """What a run needs to be resumed: its Ray Train name, its MLflow run, its resolved config."""
+
+    name: str
+    run_dir: Path
+    mlflow_run_id: str
+    tracking_uri: str
+    config: dict[str, Any]
+
+    def save(self) -> None:
+        payload = {"name": self.name, "mlflow_run_id": self.mlflow_run_id, "tracking_uri": self.tracking_uri,
+                   "config": self.config}
+        tmp = self.run_dir / (RUN_FILE + ".tmp")
+        tmp.write_text(json.dumps(payload, indent=2))
+        os.replace(tmp, self.run_dir / RUN_FILE)
+
+    @classmethod
+    def load(cls, run_dir: Path) -> RunState:
+        payload = json.loads((run_dir / RUN_FILE).read_text())
+        return cls(payload["name"], run_dir, payload["mlflow_run_id"], payload["tracking_uri"], payload["config"])
+
+
+
+def find_run(storage: Path, which: str) -> Path:
+    """`latest` -> the most recently started run under storage; otherwise a run name."""
+    if which != "latest":
+        run_dir = storage / which
+        if not (run_dir / RUN_FILE).exists():
+            raise ConfigError(f"--resume: no run named {which!r} under {storage}")
+        return run_dir
+    runs = sorted(storage.glob(f"*/{RUN_FILE}"), key=lambda p: p.stat().st_mtime)
+    if not runs:
+        raise ConfigError(f"--resume latest: no run to resume under {storage}")
+    return runs[-1].parent
