@@ -12,8 +12,6 @@ ssl_core.engine's step loop with the pretraining step and monitors:
 from __future__ import annotations
 
 import math
-import sys
-import tempfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -38,10 +36,8 @@ from ssl_core.pretrain.step import (
 )
 from ssl_core.schedule import build_scheduler
 from ssl_core.train_step import build_optimizer
-from workflows.console.terminal import ProgressSender
-from workflows.runtime.train_worker import cycle, mean_across_workers, resume_tracking
 from workflows.runtime.worker_args import WorkerArgs
-from workflows.tracking.tracker import Tracker, read_unsent
+from workflows.runtime.worker_shared import RankZero, cycle, data_extras, mean_across_workers, restored_checkpoint
 
 
 def knn_features(backbone: nn.Module, cfg: Config, device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -92,30 +88,20 @@ def build_pretraining(args: WorkerArgs, setup: PretrainSetup) -> tuple[Hooks, in
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
     device = ray.train.torch.get_device()
-    checkpoint = ray.train.get_checkpoint()
-    net, _ = build_net(setup, classes, args.init, init=checkpoint is None)
+    state, unsent = restored_checkpoint(load_training_state)
+    net, _ = build_net(setup, classes, args.init, init=state is None)
     net = net.to(device)
     optimizer = build_optimizer(cfg, {"net": net})
     scheduler = build_scheduler(optimizer, warmup=t.warmup_iters, total=t.iterations)
     trainer = Pretrainer(net, p, iterations=t.iterations, queue_size=args.queue_size, seed=t.seed)
     start_step = 0
-    unsent: list[dict[str, Any]] = []
-    if checkpoint is not None:
-        with checkpoint.as_directory() as ckpt_dir:
-            state = load_training_state(ckpt_dir)
-            unsent = read_unsent(ckpt_dir)
+    if state is not None:
         start_step = restore_pretrain_state(state, trainer=trainer, optimizer=optimizer, scheduler=scheduler)
     trainer.net = ray.train.torch.prepare_model(net)
     # Distinct augmentation and BN-shuffle draws per worker, and after a restore.
     torch.manual_seed(t.seed * 1000 + rank + start_step)
-
-    tracker = None
-    progress = None
-    if rank == 0:
-        tracker = Tracker(args.tracking_uri, args.mlflow_run_id, buffer_metrics=True)
-        if args.progress is not None:
-            progress = ProgressSender(args.progress)
-    logged_until = resume_tracking(tracker, checkpoint is not None, start_step, unsent)
+    rank_zero = RankZero.open(args, rank, start_step, unsent if state is not None else None)
+    tracker, progress = rank_zero.tracker, rank_zero.progress
 
     def knn_now() -> tuple[dict[str, float], tuple[Tensor, Tensor, Tensor, Tensor]]:
         features = knn_features(trainer.core.backbone, cfg, device)
@@ -147,32 +133,17 @@ def build_pretraining(args: WorkerArgs, setup: PretrainSetup) -> tuple[Hooks, in
         return metrics
 
     def publish(report: Report) -> None:
-        done, metrics = report.step, report.metrics
-        if tracker is not None:
-            sys.stdout.write(pretrain_line(metrics, t.iterations) + "\n")  # Ray's patched print() would echo twice
-            sys.stdout.flush()
-            if progress is not None:
-                progress.report({**metrics, **shown_as_eval(metrics)})
-            if done > logged_until:
-                tracker.log_metrics(metrics, step=done)
-        with tempfile.TemporaryDirectory() as tmp:
-            ckpt = None
-            if report.due.checkpoint and rank == 0:
-                save_pretrain_checkpoint(tmp, setup=setup, trainer=trainer, optimizer=optimizer, scheduler=scheduler,
-                                         step=done, classes=classes)
-                if tracker is not None:
-                    tracker.write_unsent(tmp)
-                ckpt = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(metrics, checkpoint=ckpt)
-            if ckpt is not None and progress is not None:
-                progress.checkpoint(done)
+        metrics = report.metrics
+        rank_zero.log(pretrain_line(metrics, t.iterations), metrics, report.step, shown_as_eval(metrics))
 
-    def extras() -> dict[str, float]:
-        skipped = float(ray.get(args.skip_counter.count.remote()))
-        return {"lr": scheduler.get_last_lr()[0], "data/skipped_videos": skipped}
+        def save(directory: str) -> None:
+            save_pretrain_checkpoint(directory, setup=setup, trainer=trainer, optimizer=optimizer,
+                                     scheduler=scheduler, step=report.step, classes=classes)
 
-    hooks = Hooks(step=step, report=publish, evaluate=monitor, extras=extras, reduce=mean_across_workers,
-                  after_step=progress.step if progress is not None else None, workers=ctx.get_world_size(),
+        rank_zero.report_to_ray(metrics, report.step, save if report.due.checkpoint and rank == 0 else None)
+
+    hooks = Hooks(step=step, report=publish, evaluate=monitor, extras=data_extras(args, scheduler),
+                  reduce=mean_across_workers, after_step=rank_zero.after_step(), workers=ctx.get_world_size(),
                   it_per_s=True)
     return hooks, start_step
 

@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import math
 import sys
-import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import ray.train
 import ray.train.torch
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 
 from ssl_core import allocator
@@ -47,30 +45,10 @@ from ssl_core.train_step import (
     stream_batches,
 )
 from ssl_core.unwrap import unwrap
-from workflows.console.terminal import ProgressSender
 from workflows.runtime.worker_args import WorkerArgs
+from workflows.runtime.worker_shared import RankZero, cycle, data_extras, mean_across_workers, restored_checkpoint
 from workflows.tracking.plots import confusion_figure
-from workflows.tracking.tracker import Tracker, read_unsent
-
-
-def cycle(shard: Any, batch_size: int) -> Iterator[dict[str, Tensor]]:
-    """Batches from a dataset shard forever; a new pass re-executes the stream (fresh random clips)."""
-    while True:
-        empty = True
-        for batch in shard.iter_torch_batches(batch_size=batch_size, drop_last=True):
-            empty = False
-            yield batch
-        if empty:
-            raise RuntimeError("a training stream produced no full batch: too few readable videos per worker")
-
-
-def mean_across_workers(sums: Mapping[str, float], counts: Mapping[str, int]) -> dict[str, float]:
-    """Mean of each metric over the log window and over all workers (nan-free values only)."""
-    keys = sorted(sums)
-    local = torch.tensor([[sums[k], counts[k]] for k in keys], dtype=torch.float64).reshape(-1, 2)
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(local)
-    return {k: (s / c if c else math.nan) for k, (s, c) in zip(keys, local.tolist(), strict=True)}
+from workflows.tracking.tracker import Tracker
 
 
 def evaluate(
@@ -127,15 +105,9 @@ def build_training(args: WorkerArgs, cfg: Config, rank: int) -> tuple[Hooks, int
     algorithm_cls = get_algorithm(cfg.algorithm.name)
 
     start_step = 0
-    algorithm_state: dict[str, Any] = {}  # EMA teacher, step counters, class-wise threshold statistics
-    unsent: list[dict[str, Any]] = []  # metrics the previous attempt could not deliver to MLflow
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as ckpt_dir:
-            state = load_training_state(ckpt_dir)
-            unsent = read_unsent(ckpt_dir)
+    state, unsent = restored_checkpoint(load_training_state)
+    if state is not None:
         start_step = restore_training_state(state, models=models, optimizer=optimizer, scheduler=scheduler)
-        algorithm_state = state["algorithm"]
         # Keep the workers' augmentation streams distinct after a restore.
         torch.manual_seed(cfg.train.seed * 1000 + rank + start_step)
     else:
@@ -148,17 +120,11 @@ def build_training(args: WorkerArgs, cfg: Config, rank: int) -> tuple[Hooks, int
         models[role] = freeze(teacher).to(device)
     algorithm = algorithm_cls(models, cfg.algorithm.resolved_params())
     algorithm.configure_ema(cfg.train.ema_decay, cfg.train.ema_start)
-    if checkpoint is not None:
-        algorithm.load_state_dict(algorithm_state)
+    if state is not None:
+        algorithm.load_state_dict(state["algorithm"])  # EMA teacher, step counters, class-wise thresholds
         algorithm.load_ema_state_dict(state.get("ema", {}))
 
-    tracker = None
-    progress = None  # rank 0's records for the driver's progress bar (workflows/console/terminal.py)
-    if rank == 0:
-        tracker = Tracker(args.tracking_uri, args.mlflow_run_id, buffer_metrics=True)
-        if args.progress is not None:
-            progress = ProgressSender(args.progress)
-    logged_until = resume_tracking(tracker, checkpoint is not None, start_step, unsent)
+    rank_zero = RankZero.open(args, rank, start_step, unsent if state is not None else None)
     t = cfg.train
     labeled_it = cycle(ray.train.get_dataset_shard("labeled"), t.batch_size)
     unlabeled_it = (
@@ -194,56 +160,22 @@ def build_training(args: WorkerArgs, cfg: Config, rank: int) -> tuple[Hooks, int
         return metrics
 
     def publish(report: Report) -> None:
-        done, metrics = report.step, report.metrics
-        if tracker is not None:
-            # Written to stdout directly: Ray Train's patched print() would echo the line twice.
-            sys.stdout.write(progress_line(metrics, t.iterations) + "\n")
-            sys.stdout.flush()
-            if progress is not None:
-                progress.report(metrics)
-            if done > logged_until:
-                tracker.log_metrics(metrics, step=done)
-            if final_counts:
-                log_final_evaluation(tracker, final_counts, classes)
-        # Ray Train takes the metrics and the checkpoint in one call, on every worker.
-        with tempfile.TemporaryDirectory() as tmp:
-            ckpt = None
-            if report.due.checkpoint and rank == 0:
-                save_training_state(
-                    tmp, models=algorithm.trainable_models(), optimizer=optimizer, scheduler=scheduler, step=done,
-                    algorithm_state=algorithm.state_dict(), model_names=names, num_classes=num_classes,
-                    meta=model_meta(cfg, classes), ema=algorithm.ema_state_dict(),
-                )
-                if tracker is not None:
-                    tracker.write_unsent(tmp)
-                ckpt = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(metrics, checkpoint=ckpt)
-            if ckpt is not None and progress is not None:
-                progress.checkpoint(done)
+        rank_zero.log(progress_line(report.metrics, t.iterations), report.metrics, report.step)
+        if rank_zero.tracker is not None and final_counts:
+            log_final_evaluation(rank_zero.tracker, final_counts, classes)
 
-    def extras() -> dict[str, float]:
-        skipped = float(ray.get(args.skip_counter.count.remote()))
-        return {"lr": scheduler.get_last_lr()[0], "data/skipped_videos": skipped}
+        def save(directory: str) -> None:
+            save_training_state(
+                directory, models=algorithm.trainable_models(), optimizer=optimizer, scheduler=scheduler,
+                step=report.step, algorithm_state=algorithm.state_dict(), model_names=names, num_classes=num_classes,
+                meta=model_meta(cfg, classes), ema=algorithm.ema_state_dict(),
+            )
 
-    hooks = Hooks(step=step, report=publish, evaluate=test_split, extras=extras, reduce=mean_across_workers,
-                  after_step=progress.step if progress is not None else None, workers=ctx.get_world_size())
+        rank_zero.report_to_ray(report.metrics, report.step, save if report.due.checkpoint and rank == 0 else None)
+
+    hooks = Hooks(step=step, report=publish, evaluate=test_split, extras=data_extras(args, scheduler),
+                  reduce=mean_across_workers, after_step=rank_zero.after_step(), workers=ctx.get_world_size())
     return hooks, start_step
-
-
-def resume_tracking(tracker: Tracker | None, restored: bool, start_step: int, unsent: list[dict[str, Any]]) -> int:
-    """The last step this run's MLflow history holds (0 off rank 0). After a worker-group restart the steps
-    between the checkpoint and the failure are trained again, but MLflow already has them: logging them again
-    would put two values at one step. `step` is the last key of each logged batch, so a logged `step` means
-    the whole batch arrived. The checkpoint's undelivered metrics are queued again unless the failed attempt
-    delivered them later (it sends oldest first, so all at or below the last logged step arrived). A restore
-    is recorded as `train/restored_from_step`."""
-    if tracker is None:
-        return 0
-    logged = tracker.last_logged_step()
-    tracker.requeue([m for m in unsent if m["step"] > logged])
-    if restored:
-        tracker.log_metrics({"train/restored_from_step": float(start_step)}, step=start_step)
-    return logged
 
 
 def progress_line(metrics: Mapping[str, float], iterations: int) -> str:
