@@ -63,14 +63,16 @@ def find_pretrain_run(storage: Path, which: str) -> Path:
     otherwise a run name."""
     if which != "latest":
         run_dir = storage / which
+        if (run_dir / RUN_FILE).exists():
+            RunState.load(run_dir)  # a damaged record: its own error (ConfigError naming it), not "no run named"
         if not is_pretrain_run(run_dir):
             raise ConfigError(f"--resume: no pretraining run named {which!r} under {storage}")
         return run_dir
-    runs = [p.parent for p in sorted(storage.glob(f"*/{RUN_FILE}"), key=lambda p: p.stat().st_mtime)]
-    runs = [r for r in runs if is_pretrain_run(r)]
-    if not runs:
-        raise ConfigError(f"--resume latest: no pretraining run to resume under {storage}")
-    return runs[-1]
+    for record in sorted(storage.glob(f"*/{RUN_FILE}"), key=lambda p: p.stat().st_mtime, reverse=True):
+        # Newest first; a damaged record newer than the pretraining run found may be the one meant: its error.
+        if "pretrain" in RunState.load(record.parent).config:
+            return record.parent
+    raise ConfigError(f"--resume latest: no pretraining run to resume under {storage}")
 
 
 def new_run_dir(setup: PretrainSetup) -> tuple[str, Path]:

@@ -8,6 +8,8 @@ answer one line (exit 2) instead of a traceback.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -63,8 +65,6 @@ def run_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def run(run_folder: Path, tmp_path: Path) -> Path:
-    import shutil  # here: a fixture's copy, the only use
-
     copy = tmp_path / "storage" / "run"
     shutil.copytree(run_folder, copy)
     return copy
@@ -212,3 +212,21 @@ def test_evaluate_and_predict_fall_back_in_a_run_folder_and_refuse_a_bad_checkpo
     code = evaluate(["--model", str(bad.parent), "--data", str(videos), "--tracking-uri", f"sqlite:///{tmp_path}/m.db"])
     err = capsys.readouterr().err
     assert code == 2 and f"error: {bad} does not load" in err and "Traceback" not in err
+
+
+def test_pretrain_resume_names_a_damaged_run_record_instead_of_resuming_an_older_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from workflows.pretrain import main
+
+    older = tmp_path / "older"
+    older.mkdir()
+    RunState("older", older, "id", "sqlite:///x.db", {"pretrain": {}}).save()
+    os.utime(older / RUN_FILE, (1, 1))
+    (tmp_path / "newer").mkdir()
+    (tmp_path / "newer" / RUN_FILE).write_text('{"name": "newer", "con')
+    config = Path(__file__).resolve().parents[2] / "configs" / "pretrain_demo.yaml"
+    for which in ("latest", "newer"):
+        assert main(["--config", str(config), "--set", f"output.storage={tmp_path}", "--resume", which]) == 2
+        err = capsys.readouterr().err
+        assert f"error: {tmp_path / 'newer' / RUN_FILE} is not valid JSON" in err and "Traceback" not in err
