@@ -7,8 +7,11 @@ so loading never unpickles arbitrary objects.
 from __future__ import annotations
 
 import os
+import pickle
+import re
 import shutil
-from collections.abc import Mapping, Sequence
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +25,13 @@ if TYPE_CHECKING:
     from ssl_core.config import Config
 
 STATE_FILE = "state.pt"
+
+class CheckpointError(ValueError):
+    """A checkpoint's state file does not load, or a run folder holds no checkpoint that does."""
+
+
+def _warn(line: str) -> None:
+    print(f"warning: {line}", file=sys.stderr, flush=True)
 
 
 def save_training_state(
@@ -67,10 +77,64 @@ def model_meta(cfg: Config, classes: Sequence[str]) -> dict[str, Any]:
 
 
 def load_training_state(directory: str | Path) -> dict[str, Any]:
+    """The training state of a checkpoint directory; CheckpointError (naming the file) when it does not load."""
     path = Path(directory) / STATE_FILE
     if not path.exists():
         raise FileNotFoundError(f"no {STATE_FILE} in checkpoint directory {directory}")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        # torch's message spans many lines (with terminal escapes); what follows "WeightsUnpickler error:" says why.
+        found = re.search(r"WeightsUnpickler error:[ \t]*([^\n]*)", str(err))
+        why = found.group(1).strip() if found and found.group(1).strip() else type(err).__name__
+        raise CheckpointError(f"{path} does not load (weights_only loading refuses it: {why}); it is not a vidssl "
+                              "checkpoint") from err
+    except Exception as err:  # bytes torch.save did not write (cut short, zero, other) raise anything
+        text = str(err).strip()
+        reason = text.splitlines()[0].split(". ")[0] if text else ""
+        reason = f"{type(err).__name__}: {reason}" if reason else type(err).__name__
+        raise CheckpointError(f"{path} does not load ({path.stat().st_size} bytes: {reason}); it is truncated or "
+                              "not a checkpoint") from err
+    if not isinstance(state, dict) or "models" not in state or "step" not in state:
+        raise CheckpointError(f"{path} loads but holds no training state (no models and step)")
+    return state
+
+
+def first_intact(
+    candidates: Sequence[Path], warn: Callable[[str], None] = _warn
+) -> tuple[Path, dict[str, Any]] | None:
+    """The first of `candidates` (checkpoint directories, most preferred first) whose state loads, and that state;
+    each one that does not is skipped with a warning naming it. None when none loads."""
+    for directory in candidates:
+        try:
+            return directory, load_training_state(directory)
+        except CheckpointError as err:
+            warn(f"skipping checkpoint {directory}: {err}")
+    return None
+
+
+def run_checkpoints(run_dir: str | Path) -> list[Path]:
+    """A run folder's checkpoint directories holding a state file, newest first: Ray Train names them with a
+    sortable timestamp, the Ray-free runners with a zero-padded step (step_checkpoint_dir)."""
+    return sorted((p.parent for p in Path(run_dir).glob(f"checkpoint_*/{STATE_FILE}")), reverse=True)
+
+
+def latest_intact_checkpoint(
+    path: str | Path, warn: Callable[[str], None] = _warn
+) -> tuple[Path, dict[str, Any]]:
+    """`path` and its state if it is a checkpoint directory (CheckpointError if it does not load), else the newest
+    checkpoint of run folder `path` that loads, older ones standing in for unreadable ones (with a warning)."""
+    path = Path(path)
+    if (path / STATE_FILE).exists():
+        return path, load_training_state(path)
+    candidates = run_checkpoints(path)
+    if not candidates:
+        raise FileNotFoundError(f"{path} is neither a checkpoint directory nor a run folder holding one")
+    found = first_intact(candidates, warn)
+    if found is None:
+        raise CheckpointError(f"run folder {path}: none of its {len(candidates)} checkpoints loads (see the warnings "
+                              "above); it cannot be resumed or evaluated")
+    return found
 
 
 def restore_training_state(
@@ -92,16 +156,10 @@ def restore_training_state(
     return int(state["step"])
 
 
-def latest_checkpoint_dir(path: str | Path) -> Path:
-    """`path` if it is a checkpoint directory, else the newest `checkpoint_*` directory of a run folder."""
-    path = Path(path)
-    if (path / STATE_FILE).exists():
-        return path
-    # Ray Train names checkpoint folders with a sortable timestamp.
-    found = sorted(p.parent for p in path.glob(f"checkpoint_*/{STATE_FILE}"))
-    if not found:
-        raise FileNotFoundError(f"{path} is neither a checkpoint directory nor a run folder holding one")
-    return found[-1]
+def latest_checkpoint_dir(path: str | Path, warn: Callable[[str], None] = _warn) -> Path:
+    """`path` if it is a checkpoint directory, else the newest `checkpoint_*` directory of a run folder whose
+    state loads (latest_intact_checkpoint)."""
+    return latest_intact_checkpoint(path, warn)[0]
 
 
 def deployed_weights(state: Mapping[str, Any], role: str) -> Mapping[str, Any]:
@@ -120,9 +178,9 @@ def model_from_state(state: Mapping[str, Any], role: str, where: str | Path) -> 
 
 
 def load_checkpoint_model(path: str | Path, role: str = "primary") -> nn.Module:
-    """The `role` model of a checkpoint directory (or of a run folder's latest checkpoint)."""
-    directory = latest_checkpoint_dir(path)
-    return model_from_state(load_training_state(directory), role, directory)
+    """The `role` model of a checkpoint directory (or of a run folder's latest intact checkpoint)."""
+    directory, state = latest_intact_checkpoint(path)
+    return model_from_state(state, role, directory)
 
 
 def step_checkpoint_dir(run_dir: str | Path, step: int) -> Path:
@@ -143,13 +201,26 @@ def keep_newest_checkpoints(run_dir: str | Path, keep: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def newest_step_checkpoint(storage: str | Path, *, stage: str | None) -> tuple[Path, dict[str, Any]]:
+def newest_step_checkpoint(
+    storage: str | Path, *, stage: str | None, warn: Callable[[str], None] = _warn
+) -> tuple[Path, dict[str, Any]]:
     """The most recently written step checkpoint under any run folder of `storage` whose meta names `stage`
-    (None: a training checkpoint), and its loaded state: what `--resume latest` of a Ray-free runner continues."""
+    (None: a training checkpoint) and whose state loads, and that state: what `--resume latest` of a Ray-free
+    runner continues. An unreadable one is skipped with a warning; CheckpointError when only those are left."""
     candidates = [d for run in Path(storage).glob("*/") for d in step_checkpoints(run)]
+    unreadable: list[Path] = []
     for directory in sorted(candidates, key=lambda d: (d / STATE_FILE).stat().st_mtime, reverse=True):
-        state = load_training_state(directory)
+        try:
+            state = load_training_state(directory)
+        except CheckpointError as err:
+            warn(f"skipping checkpoint {directory}: {err}")
+            unreadable.append(directory)
+            continue
         if (state.get("meta") or {}).get("stage") == stage:
             return directory, state
     kind = "training" if stage is None else stage
+    if unreadable:
+        runs = sorted({str(d.parent) for d in unreadable})
+        raise CheckpointError(f"no intact {kind} checkpoint under {storage}: the newest ones (run folder "
+                              f"{', '.join(runs)}) do not load (see the warnings above)")
     raise FileNotFoundError(f"no {kind} checkpoint_<step> folder under any run folder of {storage}")

@@ -13,6 +13,7 @@ Checkpoints go to `<output.storage>/<run name>/checkpoint_<step>/` in ssl_core.c
 from __future__ import annotations
 
 import argparse
+import sys
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -26,6 +27,7 @@ from torch import Tensor
 from ssl_core import allocator
 from ssl_core.algorithms import get_algorithm
 from ssl_core.checkpoint import (
+    CheckpointError,
     keep_newest_checkpoints,
     latest_checkpoint_dir,
     load_checkpoint_model,
@@ -259,7 +261,8 @@ def run_local(
 
 def resume_point(storage: str | Path, which: str) -> Path:
     """--resume: `latest` -> the newest training checkpoint_<step> under storage's run folders; else a checkpoint
-    directory or a run folder (its newest checkpoint)."""
+    directory or a run folder (its newest checkpoint). Only a checkpoint whose state loads is chosen: an unreadable
+    newer one is skipped with a warning (CheckpointError when none is left)."""
     if which == "latest":
         return newest_step_checkpoint(storage, stage=None)[0]
     return latest_checkpoint_dir(which)
@@ -276,7 +279,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     cfg = load_config(args.config, args.set)
     torch.set_num_threads(max(1, cfg.scaling.torch_threads))
     if args.resume is not None:
-        resume_from: Path | None = resume_point(cfg.output.storage, args.resume)
+        try:
+            resume_from: Path | None = resume_point(cfg.output.storage, args.resume)
+        except (CheckpointError, FileNotFoundError) as err:
+            print(f"error: --resume {args.resume}: {err}", file=sys.stderr)
+            sys.exit(2)
+        assert resume_from is not None
         run_dir = resume_from.parent
     else:
         resume_from = None

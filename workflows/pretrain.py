@@ -25,12 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ssl_core.checkpoint import CheckpointError
 from ssl_core.config import ConfigError
 from ssl_core.data.manifest import ManifestError
 from ssl_core.pretrain.config import PretrainSetup, load_pretrain_config, pretrain_with_overrides
 from ssl_core.run_folder import claim_run_dir, stamped
 from workflows.console import terminal
 from workflows.runtime.ray_session import init_ray
+from workflows.runtime.resume import RunFinished, choose_checkpoint, hand_over
 from workflows.runtime.run_state import LOG_FILE, RUN_FILE, RunState
 from workflows.runtime.worker_args import WorkerArgs
 
@@ -61,14 +63,16 @@ def find_pretrain_run(storage: Path, which: str) -> Path:
     otherwise a run name."""
     if which != "latest":
         run_dir = storage / which
+        if (run_dir / RUN_FILE).exists():
+            RunState.load(run_dir)  # a damaged record: its own error (ConfigError naming it), not "no run named"
         if not is_pretrain_run(run_dir):
             raise ConfigError(f"--resume: no pretraining run named {which!r} under {storage}")
         return run_dir
-    runs = [p.parent for p in sorted(storage.glob(f"*/{RUN_FILE}"), key=lambda p: p.stat().st_mtime)]
-    runs = [r for r in runs if is_pretrain_run(r)]
-    if not runs:
-        raise ConfigError(f"--resume latest: no pretraining run to resume under {storage}")
-    return runs[-1]
+    for record in sorted(storage.glob(f"*/{RUN_FILE}"), key=lambda p: p.stat().st_mtime, reverse=True):
+        # Newest first; a damaged record newer than the pretraining run found may be the one meant: its error.
+        if "pretrain" in RunState.load(record.parent).config:
+            return record.parent
+    raise ConfigError(f"--resume latest: no pretraining run to resume under {storage}")
 
 
 def new_run_dir(setup: PretrainSetup) -> tuple[str, Path]:
@@ -99,9 +103,11 @@ def run_pretraining(
     overrides: Sequence[str] = (),
     extra_tags: Mapping[str, str] = {},
     progress: bool = True,
+    stop_when_finished: bool = False,
 ) -> PretrainOutcome:
-    """Pretrain one run, or continue run `resume` (its stored config plus `overrides`), register the backbone,
-    and return where it lives and its last metrics."""
+    """Pretrain one run, or continue run `resume` (its stored config plus `overrides`) from its newest checkpoint
+    that loads, register the backbone, and return where it lives and its last metrics. `stop_when_finished`: as
+    workflows.runtime.training.run_training's."""
     # here: Ray, torch and MLflow take seconds to load; --help and a config error answer before them
     import ray
     import ray.data
@@ -117,15 +123,22 @@ def run_pretraining(
     from workflows.tracking.plots import metric_curve_figure
     from workflows.tracking.tracker import Tracker, check_reachable, resolve_uri
 
+    resume_from = None
     if resume is not None:
         run_dir = find_pretrain_run(Path(setup.base.output.storage).resolve(), resume)
         state = RunState.load(run_dir)
         check_reachable(state.tracking_uri)
         setup = pretrain_with_overrides(state.config, overrides)
+        # Before the run is marked RUNNING: a run with no loadable checkpoint stays as it was.
+        point = choose_checkpoint(run_dir)
+        tracker = Tracker(state.tracking_uri, state.mlflow_run_id)
+        if stop_when_finished and point is not None and point.step >= setup.base.train.iterations \
+                and tracker.status() == "FINISHED":
+            raise RunFinished(run_dir, point.step)
         state.config = setup.to_dict()
         state.save()
-        tracker = Tracker(state.tracking_uri, state.mlflow_run_id)
         tracker.client.update_run(state.mlflow_run_id, status="RUNNING")
+        resume_from = hand_over(run_dir, point) if point is not None else None
         data = prepare_data(setup.base, run_dir)
         sources, _ = resolve_sources(setup.base, run_dir, state.tracking_uri)
     else:
@@ -170,7 +183,8 @@ def run_pretraining(
     counter, channel = driver_actors(progress)
     datasets = build_pretrain_datasets(setup, train_records, data.labeled, data.test, counter)
     args = WorkerArgs(setup.to_dict(), list(data.manifest.classes), state.tracking_uri, state.mlflow_run_id, counter,
-                      progress=channel, init=sources, queue_size=setup.queue_size(len(train_records)))
+                      progress=channel, init=sources, queue_size=setup.queue_size(len(train_records)),
+                      resume_from=resume_from)
     # The k-NN set goes whole to rank 0.
     result, final = fit(pretrain_loop_per_worker, args, cfg, name=state.name, run_dir=run_dir, tracker=tracker,
                         counter=counter, channel=channel, datasets=datasets, split=["train"])
@@ -229,8 +243,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     with terminal.session(args.verbose):
         try:
             setup = load_pretrain_config(args.config, [*args.set, *(SMOKE_TEST if args.smoke_test else ())])
-            outcome = run_pretraining(setup, resume=args.resume, overrides=args.set)
-        except (ConfigError, ManifestError, FileExistsError) as err:
+            outcome = run_pretraining(setup, resume=args.resume, overrides=args.set, stop_when_finished=True)
+        except RunFinished as done:
+            print(done, flush=True)
+            return 0
+        except (ConfigError, ManifestError, FileExistsError, CheckpointError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
         # here: MLflow's client takes seconds to load; a config error answers before it

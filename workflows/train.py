@@ -22,10 +22,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ssl_core.algorithms import get_algorithm
+from ssl_core.checkpoint import CheckpointError
 from ssl_core.config import ConfigError, from_dict, load_config
 from ssl_core.data.manifest import ManifestError
 from workflows.baseline import run_baseline
 from workflows.console import terminal
+from workflows.runtime.resume import RunFinished
 from workflows.runtime.run_state import LOG_FILE, RunState
 from workflows.runtime.training import TrainOutcome, run_training
 from workflows.tracking.tracker import ui_command
@@ -71,11 +73,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     with terminal.session(args.verbose):
         try:
             cfg = load_config(args.config, [*args.set, *(SMOKE_TEST if args.smoke_test else ())])
-            outcome = run_training(cfg, resume=args.resume, overrides=args.set)
+            outcome = run_training(cfg, resume=args.resume, overrides=args.set, stop_when_finished=True)
             baseline = None
             if args.baseline:
                 baseline = run_baseline(args.config, [*args.set, *(SMOKE_TEST if args.smoke_test else ())], outcome)
-        except (ConfigError, ManifestError, FileExistsError) as err:
+        except RunFinished as done:
+            print(done, flush=True)
+            return 0
+        except (ConfigError, ManifestError, FileExistsError, CheckpointError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
         cfg = from_dict(RunState.load(outcome.run_dir).config)

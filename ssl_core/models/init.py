@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ssl_core.checkpoint import deployed_weights, latest_checkpoint_dir, load_training_state
+from ssl_core.checkpoint import CheckpointError, deployed_weights, latest_intact_checkpoint
 from ssl_core.models.init_spec import is_mlflow_uri, split_role
 from ssl_core.typed_config import ConfigError
 
@@ -71,10 +71,10 @@ def read_init_source(spec: str, *, key: str = "model.init") -> InitSource:
     path = Path(path_text).expanduser()
     if path.is_dir():
         try:
-            directory = latest_checkpoint_dir(path)
-        except FileNotFoundError as err:
+            _, state = latest_intact_checkpoint(path)
+        except (FileNotFoundError, CheckpointError) as err:
             raise InitError(f"{key}: {err}") from err
-        return _from_training_state(load_training_state(directory), role, spec, key)
+        return _from_training_state(state, role, spec, key)
     if not path.is_file():
         raise InitError(f"{key}: no such file or directory: {path_text} (expected a vidssl checkpoint directory, a "
                         "run folder, a state-dict file .pt/.pth, or an MLflow model URI models:/..., runs:/...)")

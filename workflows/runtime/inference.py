@@ -122,17 +122,19 @@ def _checkpoint_role(spec: str) -> tuple[str, str]:
 
 def _load_checkpoint(spec: str) -> InferenceModel:
     # here: the decode tasks import this module: keep torch and the model zoo out of them
-    from ssl_core.checkpoint import latest_checkpoint_dir, load_training_state, model_from_state
+    from ssl_core.checkpoint import CheckpointError, latest_intact_checkpoint, model_from_state
 
     path, role = _checkpoint_role(spec)
     try:
-        # Absolute: Ray workers reload it from their own working directory.
-        directory = latest_checkpoint_dir(Path(path).expanduser().resolve())
+        # Absolute: Ray workers reload it from their own working directory. A run folder's unreadable newest
+        # checkpoint is skipped with a warning; a named checkpoint directory that does not load is an error.
+        directory, state = latest_intact_checkpoint(Path(path).expanduser().resolve())
     except FileNotFoundError as err:
         raise InferenceError(
             f"{spec}: not an MLflow model URI (models:/..., runs:/...) nor a checkpoint directory or run folder"
         ) from err
-    state = load_training_state(directory)
+    except CheckpointError as err:
+        raise InferenceError(str(err)) from err
     meta = _check_meta(spec, state.get("meta"), f"checkpoint {directory}")
     if len(meta["classes"]) != state["num_classes"]:
         raise InferenceError(f"{spec}: checkpoint {directory} names {len(meta['classes'])} classes but its models "

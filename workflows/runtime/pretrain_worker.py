@@ -88,7 +88,7 @@ def build_pretraining(args: WorkerArgs, setup: PretrainSetup) -> tuple[Hooks, in
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
     device = ray.train.torch.get_device()
-    state, unsent = restored_checkpoint(load_training_state)
+    state, unsent = restored_checkpoint(load_training_state, args.resume_from)
     net, _ = build_net(setup, classes, args.init, init=state is None)
     net = net.to(device)
     optimizer = build_optimizer(cfg, {"net": net})

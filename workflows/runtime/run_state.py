@@ -38,7 +38,21 @@ class RunState:
 
     @classmethod
     def load(cls, run_dir: Path) -> RunState:
-        payload = json.loads((run_dir / RUN_FILE).read_text())
+        """The record of `run_dir`; ConfigError naming the file when it is cut short, not JSON or lacks a key."""
+        path = run_dir / RUN_FILE
+        fix = ("restore it (e.g. from a backup), or start a new run without --resume; its checkpoints are in "
+               f"{run_dir}")
+        try:
+            payload = json.loads(path.read_text())
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"{path} is not text ({err.reason}): {fix}") from err
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{path} is not valid JSON (line {err.lineno} column {err.colno}: {err.msg}; "
+                              f"cut short?): {fix}") from err
+        keys = ("name", "mlflow_run_id", "tracking_uri", "config")
+        missing = [k for k in keys if k not in payload] if isinstance(payload, dict) else list(keys)
+        if missing:
+            raise ConfigError(f"{path} lacks {', '.join(missing)}: {fix}")
         return cls(payload["name"], run_dir, payload["mlflow_run_id"], payload["tracking_uri"], payload["config"])
 
 

@@ -105,7 +105,7 @@ def build_training(args: WorkerArgs, cfg: Config, rank: int) -> tuple[Hooks, int
     algorithm_cls = get_algorithm(cfg.algorithm.name)
 
     start_step = 0
-    state, unsent = restored_checkpoint(load_training_state)
+    state, unsent = restored_checkpoint(load_training_state, args.resume_from)
     if state is not None:
         start_step = restore_training_state(state, models=models, optimizer=optimizer, scheduler=scheduler)
         # Keep the workers' augmentation streams distinct after a restore.

@@ -18,6 +18,7 @@ from ssl_core.data.manifest import Manifest
 from ssl_core.run_folder import claim_run_dir, stamped
 from workflows.console import terminal
 from workflows.runtime.ray_session import init_ray
+from workflows.runtime.resume import RunFinished, choose_checkpoint, hand_over
 from workflows.runtime.run_state import LOG_FILE, RunState, find_run
 from workflows.runtime.worker_args import WorkerArgs
 
@@ -89,12 +90,16 @@ def run_training(
     extra_tags: Mapping[str, str] = {},
     callbacks: Sequence[Any] = (),
     progress: bool = True,
+    stop_when_finished: bool = False,
 ) -> TrainOutcome:
-    """Fit one run, or continue run `resume` (its stored config plus `overrides`, e.g. more iterations),
-    and return where it lives and its last metrics. `extra_tags` go on a new MLflow run (e.g. a parent);
-    `callbacks` are Ray Train callbacks (a Tune sweep passes the one that reports to Tune). `progress`: the
-    driver draws the run's progress bar (a sweep's trials do not). The run folder's LOG_FILE receives the logs
-    of this process and the output of Ray's workers while the run lasts."""
+    """Fit one run, or continue run `resume` (its stored config plus `overrides`, e.g. more iterations) from its
+    newest checkpoint that loads (workflows.runtime.resume), and return where it lives and its last metrics.
+    `extra_tags` go on a new MLflow run (e.g. a parent); `callbacks` are Ray Train callbacks (a Tune sweep passes
+    the one that reports to Tune). `progress`: the driver draws the run's progress bar (a sweep's trials do not).
+    `stop_when_finished`: a resumed run that already reached train.iterations and whose MLflow run is FINISHED
+    raises RunFinished before anything is touched (workflows.train); otherwise it is fitted again (no step left
+    to train) and its model logged, which workflows that resume a stage rely on. The run folder's LOG_FILE
+    receives the logs of this process and the output of Ray's workers while the run lasts."""
     # here: Ray, torch and MLflow take seconds to load; --help and a config error answer before them
     import ray
     import ray.data
@@ -110,15 +115,22 @@ def run_training(
     from workflows.tracking.model_init import prepare_init, tag_registered_version
     from workflows.tracking.tracker import Tracker, check_reachable, resolve_uri, run_tags
 
+    resume_from = None
     if resume is not None:
         run_dir = find_run(Path(cfg.output.storage).resolve(), resume)
         state = RunState.load(run_dir)
         check_reachable(state.tracking_uri)
         cfg = with_overrides(state.config, overrides)
+        # Before the run is marked RUNNING: a run with no loadable checkpoint stays as it was.
+        point = choose_checkpoint(run_dir)
+        tracker = Tracker(state.tracking_uri, state.mlflow_run_id)
+        if stop_when_finished and point is not None and point.step >= cfg.train.iterations \
+                and tracker.status() == "FINISHED":
+            raise RunFinished(run_dir, point.step)
         state.config = cfg.to_dict()
         state.save()
-        tracker = Tracker(state.tracking_uri, state.mlflow_run_id)
         tracker.client.update_run(state.mlflow_run_id, status="RUNNING")
+        resume_from = hand_over(run_dir, point) if point is not None else None
         data = prepare_data(cfg, run_dir)
         # Workers use model.init only if the run never saved a checkpoint; a URI resolved at the start is reused.
         init = prepare_init(cfg, run_dir, state.tracking_uri, data.manifest.classes, fresh=False)
@@ -152,7 +164,7 @@ def run_training(
     datasets = build_datasets(cfg, data.labeled, data.unlabeled, data.test, counter,
                               with_unlabeled=algorithm_cls.needs_unlabeled, targets=data.targets)
     args = WorkerArgs(cfg.to_dict(), list(data.manifest.classes), state.tracking_uri, state.mlflow_run_id, counter,
-                      progress=channel, init=init.sources)
+                      progress=channel, init=init.sources, resume_from=resume_from)
     # The test split is evaluated whole on rank 0; the training streams are split across workers.
     result, final = fit(train_loop_per_worker, args, cfg, name=state.name, run_dir=run_dir, tracker=tracker,
                         counter=counter, channel=channel, datasets=datasets,

@@ -25,6 +25,8 @@ class WorkerArgs:
     progress: Any = None  # the driver's progress channel (workflows.console.terminal), None: no progress bar
     init: Mapping[str, str] | None = None  # model.init key -> the local file the driver resolved an MLflow URI into
     queue_size: int = 0  # pretraining's negative keys (PretrainSetup.queue_size of the train videos)
+    # --resume: the checkpoint to load when Ray Train has none of its own (its latest did not load; resume.py)
+    resume_from: str | None = None
 
     def loop_config(self) -> dict[str, WorkerArgs]:
         return {KEY: self}

@@ -46,12 +46,17 @@ def mean_across_workers(sums: Mapping[str, float], counts: Mapping[str, int]) ->
     return {k: (s / c if c else math.nan) for k, (s, c) in zip(keys, local.tolist(), strict=True)}
 
 
-def restored_checkpoint(load: Callable[[str], dict[str, Any]]) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
-    """Ray Train's checkpoint of this run, read with `load(directory)`, and the metrics the failed attempt could
-    not deliver to MLflow; (None, []) on a fresh start."""
+def restored_checkpoint(
+    load: Callable[[str], dict[str, Any]], handed: str | None = None
+) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """Ray Train's checkpoint of this run (else `handed`, the one the driver chose on --resume: WorkerArgs.resume_from),
+    read with `load(directory)`, and the metrics the failed attempt could not deliver to MLflow; (None, []) on a
+    fresh start."""
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
-        return None, []
+        if handed is None:
+            return None, []
+        return load(handed), read_unsent(handed)
     with checkpoint.as_directory() as ckpt_dir:
         return load(ckpt_dir), read_unsent(ckpt_dir)
 

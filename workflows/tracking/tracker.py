@@ -309,6 +309,10 @@ class Tracker:
     def finish(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)
 
+    def status(self) -> str:
+        """The run's MLflow status: RUNNING, FINISHED, FAILED, KILLED or SCHEDULED."""
+        return str(self.client.get_run(self.run_id).info.status)
+
     def last_logged_step(self, key: str = "step") -> int:
         """The highest step at which `key` was logged (0 if never): MLflow keeps a metric's latest value by
         step, and the `step` metric's value is its step."""
