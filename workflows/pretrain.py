@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ssl_core.config import ConfigError
+from ssl_core.data.cache_errors import CacheError
 from ssl_core.data.manifest import ManifestError
 from ssl_core.pretrain.config import PretrainSetup, load_pretrain_config, pretrain_with_overrides
 from ssl_core.run_folder import claim_run_dir, stamped
@@ -230,7 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             setup = load_pretrain_config(args.config, [*args.set, *(SMOKE_TEST if args.smoke_test else ())])
             outcome = run_pretraining(setup, resume=args.resume, overrides=args.set)
-        except (ConfigError, ManifestError, FileExistsError) as err:
+        except (ConfigError, ManifestError, FileExistsError, CacheError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
         # here: MLflow's client takes seconds to load; a config error answers before it

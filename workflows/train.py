@@ -23,6 +23,7 @@ from typing import Any
 
 from ssl_core.algorithms import get_algorithm
 from ssl_core.config import ConfigError, from_dict, load_config
+from ssl_core.data.cache_errors import CacheError
 from ssl_core.data.manifest import ManifestError
 from workflows.baseline import run_baseline
 from workflows.console import terminal
@@ -75,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             baseline = None
             if args.baseline:
                 baseline = run_baseline(args.config, [*args.set, *(SMOKE_TEST if args.smoke_test else ())], outcome)
-        except (ConfigError, ManifestError, FileExistsError) as err:
+        except (ConfigError, ManifestError, FileExistsError, CacheError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
         cfg = from_dict(RunState.load(outcome.run_dir).config)
