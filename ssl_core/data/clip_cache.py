@@ -15,12 +15,12 @@ Layout, under a root folder (data.cache_dir, default <output.storage>/.clip_cach
 The key hashes (format version, PyAV version, size, every path with its file size and mtime): a changed
 dataset gets a new cache, an unchanged one is opened, not rebuilt. A cache is built in a temporary folder and
 renamed into place, so a crash or a concurrent builder never leaves a half cache under <key>; a temporary
-folder whose builder is gone (killed) is removed by the next build or run.
+folder whose builder is gone (killed) is removed by the next build, open or run.
 
-Opening checks the files against index.json (sizes, then every block's crc32; ~0.4 s per GB on 2 cores): a
-truncated, zero-filled or overwritten file, or an invalid index, is a CacheDamaged error naming the file. With
-data.cache = auto a damaged cache, or a build that fails to write (a full disk), makes the run decode the
-videos instead (the report line says why); with `on` it stops with that one line.
+Opening checks the files against index.json (sizes, then every block's crc32: ~0.5 s per GB, measured in
+docs/reliability.md): a truncated, zero-filled or overwritten file, or an invalid index, is a CacheDamaged error
+naming the file. With data.cache = auto a damaged cache, or a build that fails to write (a full disk), makes the
+run decode the videos instead (the report line says why); with `on` it stops with that one line.
 
 Try it (builds data/synth's cache at 72 px into /tmp/clip_cache, then reads a clip from it):
     python -m ssl_core.data.clip_cache data/synth --size 72 --cache-dir /tmp/clip_cache
@@ -79,7 +79,7 @@ RAW_TIMES = "times.f64"  # appended while building, saved as times.npy at the en
 GB = 1e9  # data.cache_budget_gb counts decimal gigabytes
 # Checksums per block: a mismatch names its bytes, and the blocks are checked by several threads at once
 # (zlib.crc32 releases the GIL). crc32, not a cryptographic digest: it guards against damage, not an attacker,
-# and is 2-3x faster here than blake2b or sha256, so opening a cache stays well under a second per GB.
+# and is 2-5x faster here than sha256 or blake2b, so opening a cache stays well under a second per GB.
 BLOCK_BYTES = 16 << 20
 CHECKSUM = "crc32"
 
