@@ -39,6 +39,7 @@ from ssl_core.checkpoint import (
     step_checkpoint_dir,
 )
 from ssl_core.config import Config, dump_yaml, load_config
+from ssl_core.data.cache_errors import CacheError
 from ssl_core.engine import Hooks, Report, Schedule, run
 from ssl_core.evaluate import EvalCounts, PreciseBN, video_probs
 from ssl_core.run_folder import claim_run_dir, stamped
@@ -291,8 +292,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         _, run_dir = claim_run_dir(cfg.output.storage, cfg.tracking.run_name or stamped(f"{cfg.algorithm.name}-local"))
         (run_dir / "config.yaml").write_text(dump_yaml(cfg))
     print(f"run folder: {run_dir}", flush=True)
-    result = run_local(cfg, device=args.device, decode_threads=args.decode_threads, run_dir=run_dir,
-                       resume_from=resume_from)
+    try:
+        result = run_local(cfg, device=args.device, decode_threads=args.decode_threads, run_dir=run_dir,
+                           resume_from=resume_from)
+    except CacheError as err:  # data.cache=on with a damaged cache or a failed build: its one line, no traceback
+        raise SystemExit(f"error: {err}") from None
     for key, value in result.items():
         print(f"{key}: {value:.4f}")
 

@@ -27,6 +27,7 @@ from typing import Any
 
 from ssl_core.checkpoint import CheckpointError
 from ssl_core.config import ConfigError
+from ssl_core.data.cache_errors import CacheError
 from ssl_core.data.manifest import ManifestError
 from ssl_core.pretrain.config import PretrainSetup, load_pretrain_config, pretrain_with_overrides
 from ssl_core.run_folder import claim_run_dir, stamped
@@ -247,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except RunFinished as done:
             print(done, flush=True)
             return 0
-        except (ConfigError, ManifestError, FileExistsError, CheckpointError) as err:
+        except (ConfigError, ManifestError, FileExistsError, CheckpointError, CacheError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
         # here: MLflow's client takes seconds to load; a config error answers before it

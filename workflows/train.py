@@ -24,6 +24,7 @@ from typing import Any
 from ssl_core.algorithms import get_algorithm
 from ssl_core.checkpoint import CheckpointError
 from ssl_core.config import ConfigError, from_dict, load_config
+from ssl_core.data.cache_errors import CacheError
 from ssl_core.data.manifest import ManifestError
 from workflows.baseline import run_baseline
 from workflows.console import terminal
@@ -80,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except RunFinished as done:
             print(done, flush=True)
             return 0
-        except (ConfigError, ManifestError, FileExistsError, CheckpointError) as err:
+        except (ConfigError, ManifestError, FileExistsError, CheckpointError, CacheError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
         cfg = from_dict(RunState.load(outcome.run_dir).config)

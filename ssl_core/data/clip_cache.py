@@ -10,10 +10,17 @@ timestamps stored at build time). It is a drop-in decode backend: `get_decoder(.
 Layout, under a root folder (data.cache_dir, default <output.storage>/.clip_cache):
     <root>/<key>/frames.u8    uint8 (total_frames, size, size, 3), videos one after another
     <root>/<key>/times.npy    float64 (total_frames,): each frame's timestamp (s from the first frame)
-    <root>/<key>/index.json   path -> offset, frame count, rate, metadata frame count; unreadable path -> reason
+    <root>/<key>/index.json   path -> offset, frame count, rate, metadata frame count; unreadable path -> reason;
+                              the byte size and a crc32 per 16 MiB block of frames.u8 and times.npy
 The key hashes (format version, PyAV version, size, every path with its file size and mtime): a changed
 dataset gets a new cache, an unchanged one is opened, not rebuilt. A cache is built in a temporary folder and
-renamed into place, so a crash or a concurrent builder never leaves a half cache under <key>.
+renamed into place, so a crash or a concurrent builder never leaves a half cache under <key>; a temporary
+folder whose builder is gone (killed) is removed by the next build, open or run.
+
+Opening checks the files against index.json (sizes, then every block's crc32: ~0.5 s per GB, measured in
+docs/reliability.md): a truncated, zero-filled or overwritten file, or an invalid index, is a CacheDamaged error
+naming the file. With data.cache = auto a damaged cache, or a build that fails to write (a full disk), makes the
+run decode the videos instead (the report line says why); with `on` it stops with that one line.
 
 Try it (builds data/synth's cache at 72 px into /tmp/clip_cache, then reads a clip from it):
     python -m ssl_core.data.clip_cache data/synth --size 72 --cache-dir /tmp/clip_cache
@@ -32,6 +39,7 @@ import os
 import shutil
 import tempfile
 import time
+import zlib
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -44,6 +52,7 @@ import av
 import numpy as np
 
 from ssl_core.data import decode
+from ssl_core.data.cache_errors import CacheBuildFailed, CacheDamaged, CacheError, CacheOutdated, CacheTooLarge
 from ssl_core.data.decode_base import (
     Deadline,
     DecodeError,
@@ -68,10 +77,11 @@ FORMAT_VERSION = 1
 FRAMES_FILE, TIMES_FILE, INDEX_FILE = "frames.u8", "times.npy", "index.json"
 RAW_TIMES = "times.f64"  # appended while building, saved as times.npy at the end
 GB = 1e9  # data.cache_budget_gb counts decimal gigabytes
-
-
-class CacheTooLarge(ValueError):
-    """data.cache = on, but the cache would not fit data.cache_budget_gb (or the free disk space)."""
+# Checksums per block: a mismatch names its bytes, and the blocks are checked by several threads at once
+# (zlib.crc32 releases the GIL). crc32, not a cryptographic digest: it guards against damage, not an attacker,
+# and is 2-5x faster here than sha256 or blake2b, so opening a cache stays well under a second per GB.
+BLOCK_BYTES = 16 << 20
+CHECKSUM = "crc32"
 
 
 # --- key and estimate ------------------------------------------------------------------------------
@@ -191,30 +201,56 @@ class ClipCache:
 
     Reading is a few fancy-indexed rows of a read-only memory map (the OS page cache holds the file once
     per machine, shared by every process that opens it). Videos not in the cache, another `size` and
-    keep_aspect=True go to the `fallback` decoder ("pyav" | "torchcodec"), so any call still works."""
+    keep_aspect=True go to the `fallback` decoder ("pyav" | "torchcodec"), so any call still works.
 
-    def __init__(self, directory: str | Path, *, fallback: str = "pyav") -> None:
+    Opening checks the files against index.json: CacheDamaged (one line naming the file) for an invalid index,
+    a file of another size, or (check_sums) a block whose crc32 differs; CacheOutdated for a cache of an
+    older vidssl, whose index has no checksums."""
+
+    def __init__(self, directory: str | Path, *, fallback: str = "pyav", check_sums: bool = True) -> None:
         self.directory = Path(directory)
-        index = json.loads((self.directory / INDEX_FILE).read_text())
-        if index.get("version") != FORMAT_VERSION:
-            raise ValueError(f"{self.directory}: cache format {index.get('version')}, expected {FORMAT_VERSION}")
-        self.size: int = int(index["size"])
-        self.total_frames: int = int(index["total_frames"])
-        self.build_s: float = float(index.get("build_s", 0.0))
-        self.videos: dict[str, _Video] = {
-            p: _Video(v["offset"], v["count"], VideoInfo(**v["info"]), v["monotonic"])
-            for p, v in index["videos"].items()
-        }
-        self.unreadable: dict[str, dict[str, str]] = index["unreadable"]
+        index = _read_index(self.directory)
+        try:
+            self.size: int = int(index["size"])
+            self.total_frames: int = int(index["total_frames"])
+            self.build_s: float = float(index.get("build_s", 0.0))
+            self.videos: dict[str, _Video] = {
+                p: _Video(v["offset"], v["count"], VideoInfo(**v["info"]), v["monotonic"])
+                for p, v in index["videos"].items()
+            }
+            self.unreadable: dict[str, dict[str, str]] = index["unreadable"]
+            files = {name: (int(index["files"][name]["bytes"]), [int(c) for c in index["files"][name]["sums"]])
+                     for name in (FRAMES_FILE, TIMES_FILE)}
+            block = int(index["checksum"]["block_bytes"])
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise CacheDamaged(_damaged(self.directory / INDEX_FILE,
+                                        f"an invalid entry ({type(e).__name__}: {e})")) from None
+        outside = [p for p, v in self.videos.items() if v.offset < 0 or v.count < 1
+                   or v.offset + v.count > self.total_frames]
+        if outside:
+            raise CacheDamaged(_damaged(self.directory / INDEX_FILE, f"frames of {outside[0]} outside the "
+                                        f"{self.total_frames} frames (inconsistent)"))
+        if files[FRAMES_FILE][0] != self.nbytes:
+            raise CacheDamaged(_damaged(self.directory / INDEX_FILE, f"{self.total_frames} frames of {self.size} px "
+                                        f"but {files[FRAMES_FILE][0]} bytes of {FRAMES_FILE} (inconsistent)"))
+        for name, (nbytes, sums) in files.items():
+            _check_file(self.directory / name, nbytes, sums if check_sums else None, block)
         shape = (self.total_frames, self.size, self.size, 3)
         if self.total_frames == 0:  # every video unreadable: np.memmap cannot map an empty file
             self.frames: np.ndarray = np.empty(shape, dtype=np.uint8)
             self.times: np.ndarray = np.empty(0)
         else:
             self.frames = np.memmap(self.directory / FRAMES_FILE, dtype=np.uint8, mode="r", shape=shape)
-            self.times = np.load(self.directory / TIMES_FILE, mmap_mode="r")
+            try:
+                self.times = np.load(self.directory / TIMES_FILE, mmap_mode="r")
+            except ValueError as e:  # a header the checksums did not cover (check_sums=False)
+                raise CacheDamaged(_damaged(self.directory / TIMES_FILE, f"unreadable ({e})")) from None
+            if self.times.shape != (self.total_frames,):
+                raise CacheDamaged(_damaged(self.directory / TIMES_FILE, f"{self.times.shape} timestamps, "
+                                            f"expected ({self.total_frames},)"))
         self.fallback_name = fallback
         self.built = False  # set by build_cache when this call decoded the videos
+        self.rebuilt: str | None = None  # set by build_cache: why it replaced an existing cache
 
     @property
     def nbytes(self) -> int:
@@ -302,6 +338,58 @@ class ClipCache:
         return np.asarray(self.times[video.offset : video.offset + video.count])
 
 
+def _damaged(path: Path, what: str) -> str:
+    return f"clip cache file {path}: {what}; delete {path.parent} to rebuild the cache, or set data.cache=off"
+
+
+def _read_index(directory: Path) -> dict[str, Any]:
+    """index.json, checked to be this format's and to carry checksums."""
+    path = directory / INDEX_FILE
+    try:
+        index = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CacheDamaged(_damaged(path, f"not valid JSON ({e.msg} at character {e.pos}: truncated?)")) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise CacheDamaged(_damaged(path, f"unreadable ({e})")) from None
+    if not isinstance(index, dict):
+        raise CacheDamaged(_damaged(path, f"not a cache index (a JSON {type(index).__name__})"))
+    if index.get("version") != FORMAT_VERSION:
+        raise CacheDamaged(_damaged(path, f"cache format {index.get('version')!r}, expected {FORMAT_VERSION}"))
+    if "files" not in index or "checksum" not in index:
+        raise CacheOutdated(f"clip cache {directory} was built by an older vidssl: its {INDEX_FILE} has no "
+                            "checksums to check the frames against")
+    checksum = index["checksum"]
+    if not isinstance(checksum, dict) or checksum.get("algorithm") != CHECKSUM:
+        raise CacheDamaged(_damaged(path, f"checksum {checksum!r}, expected {CHECKSUM}"))
+    return index
+
+
+def _check_file(path: Path, nbytes: int, sums: list[int] | None, block: int) -> None:
+    """The file has `nbytes` bytes and (unless sums is None) each `block` bytes' crc32 in `sums`; the blocks are
+    read through a memory map by a few threads (it also brings the file into the page cache the run reads)."""
+    try:
+        have = path.stat().st_size
+    except OSError as e:
+        raise CacheDamaged(_damaged(path, f"unreadable ({e.strerror or e})")) from None
+    if have != nbytes:
+        raise CacheDamaged(_damaged(path, f"{have} bytes, {INDEX_FILE} records {nbytes} (truncated or replaced)"))
+    if sums is None:
+        return
+    starts = range(0, nbytes, block)
+    if len(starts) != len(sums) or block < 1:
+        raise CacheDamaged(_damaged(path.parent / INDEX_FILE, f"{len(sums)} checksums for {len(starts)} blocks of "
+                                    f"{path.name} (inconsistent)"))
+    if nbytes == 0:
+        return
+    data = np.memmap(path, dtype=np.uint8, mode="r")
+    with ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool:
+        got = list(pool.map(lambda a: zlib.crc32(data[a : a + block]), starts))
+    bad = [a for a, g, want in zip(starts, got, sums, strict=True) if g != want]
+    if bad:
+        raise CacheDamaged(_damaged(path, f"{len(bad)} of {len(sums)} blocks of {block} bytes do not match their "
+                                    f"checksums (the first at byte {bad[0]}: overwritten or damaged)"))
+
+
 def _check_limits(path: str, timeout_s: float | None, threads: int) -> None:
     """The decoder's argument checks (a cached read takes microseconds, so neither limit applies to it)."""
     Deadline(path, timeout_s)
@@ -315,7 +403,10 @@ _OPENED: dict[tuple[str, str], ClipCache] = {}
 
 def open_cache(directory: str | Path, *, fallback: str = "pyav") -> ClipCache:
     """The cache in `directory`, opened once per process. A directory this machine cannot see is an error
-    (not a skipped video): on a multi-node cluster data.cache_dir must be shared storage."""
+    (not a skipped video): on a multi-node cluster data.cache_dir must be shared storage.
+
+    Used by the decode tasks of a run whose driver has just opened the cache with its checksums checked
+    (cache_for_config): here the index and the file sizes are checked, not every block again in every process."""
     key = (str(directory), fallback)
     if key not in _OPENED:
         if not (Path(directory) / INDEX_FILE).is_file():
@@ -324,7 +415,7 @@ def open_cache(directory: str | Path, *, fallback: str = "pyav") -> ClipCache:
                 "cluster data.cache_dir must be storage shared by every node at the same path")
         if len(_OPENED) >= 4:  # a long-lived worker process of several runs: keep only recent caches open
             _OPENED.clear()
-        _OPENED[key] = ClipCache(directory, fallback=fallback)
+        _OPENED[key] = ClipCache(directory, fallback=fallback, check_sums=False)
     return _OPENED[key]
 
 
@@ -388,6 +479,41 @@ def _lock(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+TMP_MARK = ".tmp-"  # a build's temporary folder: .<key>.tmp-<random>
+
+
+def _tmp_folders(root: Path, key: str = "*") -> list[Path]:
+    return [p for p in root.glob(f".{key}{TMP_MARK}*") if p.is_dir()]
+
+
+def remove_stale_builds(root: Path) -> list[Path]:
+    """Remove the temporary folders of builds that stopped (killed, a crashed machine): a builder holds its key's
+    lock while its temporary folder exists, so a folder whose lock can be taken at once has no builder left.
+    Returns the folders removed. (Across machines flock may not hold, see _lock: there a live builder's folder
+    could go, and that build then fails to rename and is reported, not half used.)"""
+    removed = []
+    for tmp in _tmp_folders(root):
+        key = tmp.name[1:].split(TMP_MARK, 1)[0]
+        try:
+            f = (root / f".{key}.lock").open("a")
+        except OSError:  # a root this process cannot write: not its folders to clean
+            continue
+        with f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # building now
+            try:
+                if tmp.is_dir():  # still there: not renamed into place by a builder that finished meanwhile
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    removed.append(tmp)
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+    for tmp in removed:
+        log.warning("clip cache: removed %s, the temporary folder of a build that stopped", tmp)
+    return removed
+
+
 def build_cache(
     paths: Sequence[str],
     size: int,
@@ -401,33 +527,74 @@ def build_cache(
 
     Videos are decoded by `workers` threads (PyAV releases the GIL) and appended in path order, at most
     2 x workers decoded videos held in memory at a time. An unreadable video (DecodeError, or a full decode
-    longer than timeout_s) is recorded with its reason, not fatal."""
+    longer than timeout_s) is recorded with its reason, not fatal.
+
+    A damaged cache raises CacheDamaged (it is not rebuilt over: the message says how); a cache of an older
+    vidssl (no checksums) is rebuilt, its reason in `.rebuilt`. An OSError while writing (a full disk) raises
+    CacheBuildFailed naming the folder, with the temporary folder removed."""
     root = Path(root).expanduser().resolve()
-    root.mkdir(parents=True, exist_ok=True)
     paths = sorted(set(map(str, paths)))
-    key = cache_key(paths, size)
-    final = root / key
-    if complete(final):
-        return ClipCache(final, fallback=fallback)
-    with _lock(root / f".{key}.lock"):
-        if complete(final):  # another builder finished while this one waited
+    final = root / cache_key(paths, size)
+    if root.is_dir():
+        remove_stale_builds(root)
+    with contextlib.suppress(CacheOutdated):  # rebuilt below, under the lock
+        if complete(final):
             return ClipCache(final, fallback=fallback)
-        start = time.perf_counter()
-        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.tmp-", dir=root))
-        tmp.chmod(0o755)  # mkdtemp makes it private: other users / service accounts read a shared cache too
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with _lock(root / f".{final.name}.lock"):
+            return _build_locked(final, paths, size, workers=_workers(workers), timeout_s=timeout_s,
+                                 fallback=fallback)
+    except CacheError:
+        raise
+    except OSError as e:
+        raise CacheBuildFailed(_build_failed(final, e)) from e
+
+
+def _build_locked(final: Path, paths: Sequence[str], size: int, *, workers: int, timeout_s: float | None,
+                  fallback: str) -> ClipCache:
+    for stale in _tmp_folders(final.parent, final.name):  # a builder of this key stopped while this one waited
+        shutil.rmtree(stale, ignore_errors=True)
+    rebuilt = None
+    if complete(final):  # another builder finished while this one waited, or an outdated cache
         try:
-            _write_cache(tmp, paths, size, workers=_workers(workers), timeout_s=timeout_s, start=start)
-            try:
-                os.rename(tmp, final)
-            except OSError:
-                if not complete(final):
-                    raise
-                # Another machine's builder renamed its (equal) cache first: use that one.
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    cache = ClipCache(final, fallback=fallback)
+            return ClipCache(final, fallback=fallback)
+        except CacheOutdated as e:
+            rebuilt = str(e)
+            log.warning("%s; rebuilding it", e)
+            _discard(final)
+    start = time.perf_counter()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}{TMP_MARK}", dir=final.parent))
+    try:
+        tmp.chmod(0o755)  # mkdtemp makes it private: other users / service accounts read a shared cache too
+        _write_cache(tmp, paths, size, workers=workers, timeout_s=timeout_s, start=start)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not complete(final):
+                raise
+            # Another machine's builder renamed its (equal) cache first: use that one.
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    # Its checksums were just computed from the bytes written: the sizes are checked, not every block again.
+    cache = ClipCache(final, fallback=fallback, check_sums=False)
     cache.built = True
+    cache.rebuilt = rebuilt
     return cache
+
+
+def _build_failed(final: Path, e: OSError) -> str:
+    where = f" ({e.filename})" if e.filename else ""
+    return (f"clip cache {final}: building it failed: {e.strerror or e}{where}; free disk space in {final.parent} "
+            "(or point data.cache_dir elsewhere), or set data.cache=off")
+
+
+def _discard(directory: Path) -> None:
+    """Remove a cache folder: renamed to a temporary name first, so that a removal cut short leaves a stale
+    temporary folder (removed later), never a half cache under its key."""
+    gone = directory.with_name(f".{directory.name}{TMP_MARK}old-{os.getpid()}-{time.time_ns()}")
+    os.rename(directory, gone)
+    shutil.rmtree(gone, ignore_errors=True)
 
 
 def _write_cache(tmp: Path, paths: Sequence[str], size: int, *, workers: int, timeout_s: float | None,
@@ -435,6 +602,7 @@ def _write_cache(tmp: Path, paths: Sequence[str], size: int, *, workers: int, ti
     videos: dict[str, Any] = {}
     unreadable: dict[str, dict[str, str]] = {}
     offset = 0
+    frame_sums = _BlockSums(BLOCK_BYTES)
     with (tmp / FRAMES_FILE).open("wb") as frames_out, (tmp / RAW_TIMES).open("wb") as times_out, \
             ThreadPoolExecutor(workers) as pool:
         ahead: deque[tuple[str, Future[_Decoded]]] = deque()
@@ -455,7 +623,9 @@ def _write_cache(tmp: Path, paths: Sequence[str], size: int, *, workers: int, ti
                 unreadable[path] = {"error": type(err).__name__, "message": str(err)}
                 log.warning("clip cache: skipping unreadable video %s: %s", path, err)
                 continue
-            frames_out.write(np.ascontiguousarray(got.frames).tobytes())
+            data = np.ascontiguousarray(got.frames).reshape(-1)
+            frames_out.write(data)
+            frame_sums.update(data)
             times_out.write(got.times.tobytes())
             videos[path] = {
                 "offset": offset, "count": len(got.frames), "info": dataclasses.asdict(got.info),
@@ -464,10 +634,35 @@ def _write_cache(tmp: Path, paths: Sequence[str], size: int, *, workers: int, ti
             offset += len(got.frames)
     np.save(tmp / TIMES_FILE, np.fromfile(tmp / RAW_TIMES, dtype=np.float64))
     (tmp / RAW_TIMES).unlink()
+    times_sums = _BlockSums(BLOCK_BYTES)
+    times_sums.update((tmp / TIMES_FILE).read_bytes())
     index = {"version": FORMAT_VERSION, "size": size, "total_frames": offset, "videos": videos,
-             "unreadable": unreadable, "build_s": time.perf_counter() - start}
+             "unreadable": unreadable, "build_s": time.perf_counter() - start,
+             "checksum": {"algorithm": CHECKSUM, "block_bytes": BLOCK_BYTES},
+             "files": {FRAMES_FILE: frame_sums.result(), TIMES_FILE: times_sums.result()}}
     # Written last: with the rename, a complete index is what marks a complete cache.
     (tmp / INDEX_FILE).write_text(json.dumps(index))
+
+
+class _BlockSums:
+    """crc32 of each `block` bytes of a byte stream written in pieces, and its length."""
+
+    def __init__(self, block: int) -> None:
+        self.block, self.nbytes, self.filled, self.crc = block, 0, 0, 0
+        self.sums: list[int] = []
+
+    def update(self, data: Any) -> None:
+        view = memoryview(data).cast("B")
+        while len(view):
+            take = min(self.block - self.filled, len(view))
+            self.crc = zlib.crc32(view[:take], self.crc)
+            self.filled, self.nbytes, view = self.filled + take, self.nbytes + take, view[take:]
+            if self.filled == self.block:
+                self.sums.append(self.crc)
+                self.filled, self.crc = 0, 0
+
+    def result(self) -> dict[str, Any]:
+        return {"bytes": self.nbytes, "sums": [*self.sums, self.crc] if self.filled else self.sums}
 
 
 # --- from the config -------------------------------------------------------------------------------
@@ -478,11 +673,12 @@ class CacheReport:
     """What the run does about the cache, for its one log line."""
 
     enabled: bool
-    why: str  # built | reused | the reason it is off
+    why: str  # built | rebuilt (reason) | reused | the reason it is off
     directory: str | None = None
     nbytes: int = 0
     build_s: float = 0.0
     skipped: int = 0
+    warning: bool = False  # data.cache=auto fell back to decoding: a damaged cache or a failed build
 
     def line(self) -> str:
         if not self.enabled:
@@ -500,7 +696,9 @@ def cache_root(cfg: Config) -> Path:
 def cache_for_config(cfg: Config, paths: Sequence[str], *, workers: int | None = None
                      ) -> tuple[ClipCache | None, CacheReport]:
     """The run's cache as data.cache says: off; auto (on when the estimate fits data.cache_budget_gb and
-    the free disk); on (CacheTooLarge when it does not fit). Builds it when missing."""
+    the free disk); on (CacheTooLarge when it does not fit). Builds it when missing, rebuilds one of an older
+    vidssl. A damaged cache (CacheDamaged) or a failed build (CacheBuildFailed): with auto the run decodes
+    instead (report.warning, the reason in its line), with on the error is raised."""
     d = cfg.data
     if d.cache == "off":
         return None, CacheReport(False, "data.cache=off")
@@ -508,14 +706,25 @@ def cache_for_config(cfg: Config, paths: Sequence[str], *, workers: int | None =
     root = cache_root(cfg)
     unique = sorted(set(map(str, paths)))
     existing = root / cache_key(unique, d.size)
+    cache = None
+    if root.is_dir():  # the next build does it too; a run reusing a cache cleans up as well
+        remove_stale_builds(root)
     if complete(existing):
-        cache = ClipCache(existing, fallback=d.decoder)
+        try:
+            cache = ClipCache(existing, fallback=d.decoder)
+        except CacheOutdated:
+            pass  # build_cache rebuilds it
+        except CacheDamaged as err:
+            return _unusable(d.cache, err)
+    if cache is not None:
         need, free = cache.nbytes, None
     else:
-        cache = None
         need = estimate_bytes(unique, d.size, workers=workers, timeout_s=d.decode_timeout_s, stop_above=budget)
-        root.mkdir(parents=True, exist_ok=True)
-        free = shutil.disk_usage(root).free
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            free = shutil.disk_usage(root).free
+        except OSError as e:
+            return _unusable(d.cache, CacheBuildFailed(_build_failed(existing, e)))
     problem = None
     if need > budget:
         problem = (f"{len(unique)} videos at {d.size} px need over {need / GB:.2f} GB, more than "
@@ -528,11 +737,22 @@ def cache_for_config(cfg: Config, paths: Sequence[str], *, workers: int | None =
                                 "(data.cache_dir) or set data.cache=auto / off")
         return None, CacheReport(False, problem)
     if cache is None:
-        cache = build_cache(unique, d.size, root, workers=workers, timeout_s=d.decode_timeout_s,
-                            fallback=d.decoder)
-    report = CacheReport(True, "built" if cache.built else "reused", str(cache.directory), cache.nbytes,
-                         cache.build_s if cache.built else 0.0, len(cache.unreadable))
+        try:
+            cache = build_cache(unique, d.size, root, workers=workers, timeout_s=d.decode_timeout_s,
+                                fallback=d.decoder)
+        except (CacheDamaged, CacheBuildFailed) as err:
+            return _unusable(d.cache, err)
+    why = "reused" if not cache.built else f"rebuilt ({cache.rebuilt})" if cache.rebuilt else "built"
+    report = CacheReport(True, why, str(cache.directory), cache.nbytes, cache.build_s if cache.built else 0.0,
+                         len(cache.unreadable))
     return cache, report
+
+
+def _unusable(mode: str, err: CacheError) -> tuple[None, CacheReport]:
+    """data.cache=on: raise the error; auto: no cache, the run decodes, the report line says why."""
+    if mode == "on":
+        raise err
+    return None, CacheReport(False, f"{err}; data.cache=auto: decoding the videos instead", warning=True)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -546,8 +766,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     cache_dir = args.cache_dir or str(Path(args.root).resolve().parent / ".clip_cache")
     print(f"estimate: {estimate_bytes(paths, args.size, workers=args.workers) / 1e6:.1f} MB for {len(paths)} videos")
     start = time.perf_counter()
-    cache = build_cache(paths, args.size, cache_dir, workers=args.workers)
-    print(f"{'built' if cache.built else 'opened'} {cache.directory} in {time.perf_counter() - start:.1f} s: "
+    try:
+        cache = build_cache(paths, args.size, cache_dir, workers=args.workers)
+    except CacheError as e:
+        raise SystemExit(f"error: {e}") from None
+    print(f"{'built' if cache.built else 'opened and checked'} {cache.directory} in "
+          f"{time.perf_counter() - start:.2f} s: "
           f"{cache.nbytes / 1e6:.1f} MB, {len(cache.videos)} videos, {len(cache.unreadable)} unreadable")
     clip = cache.decode_clip(paths[0], num_frames=8, stride=2, size=args.size, rng=np.random.default_rng(0))
     print(f"clip of {paths[0]}: {clip.shape} {clip.dtype}")

@@ -122,7 +122,7 @@ def build_pretrain_datasets(
     cfg, p = setup.base, setup.pretrain
     d, t, workers = cfg.data, cfg.train, cfg.scaling.num_workers
     cache, cache_report = cache_for_config(cfg, [r.path for r in (*train, *test)])
-    log.info(cache_report.line())
+    log.log(logging.WARNING if cache_report.warning else logging.INFO, cache_report.line())
     decode_cfg = {"num_frames": d.num_frames, "stride": d.stride, "size": d.size, "decoder": d.decoder,
                   "timeout_s": d.decode_timeout_s, "threads": max(1, int(d.decode_cpus)),
                   "cache_dir": str(cache.directory) if cache is not None else None}

@@ -230,7 +230,7 @@ def build_datasets(
     # data.cache: built (or reused) here, once, before any stream; the tasks open it by its folder. Every
     # split's videos go in, whatever the algorithm streams, so runs of one dataset share one cache.
     cache, cache_report = cache_for_config(cfg, [r.path for r in (*labeled, *unlabeled, *test)])
-    log.info(cache_report.line())
+    log.log(logging.WARNING if cache_report.warning else logging.INFO, cache_report.line())
     clip_cfg = {"num_frames": d.num_frames, "stride": d.stride, "size": d.size}
     # Each decode task has its share of a core: FFmpeg's own threads would only oversubscribe it.
     decode_cfg = {**clip_cfg, "decoder": d.decoder, "timeout_s": d.decode_timeout_s,
