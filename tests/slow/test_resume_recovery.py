@@ -3,7 +3,7 @@ is cut short: the run continues from the older intact checkpoint and ends FINISH
 run changes nothing (no training, no new model version, status FINISHED); with no intact checkpoint left, one line
 and exit 2, the run still FINISHED.
 
-    .venv/bin/python -m pytest -q tests/e2e/test_resume_recovery.py
+    .venv/bin/python -m pytest -q tests/slow/test_resume_recovery.py
 """
 
 from __future__ import annotations
