@@ -140,6 +140,9 @@ default_permission = READ
 database_uri = sqlite:///$db
 admin_username = admin
 authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+# Without it every request checks the password hash again: 2 to 5 s per request on this machine under load, which
+# made a job's first MLflow call time out. One server worker (--workers 1), so the cache is never stale.
+auth_cache_ttl_seconds = 600
 EOF
 }
 
@@ -170,6 +173,12 @@ EOF
 
 two_nodes_alive() { [[ "$(nodes_py count 2>/dev/null)" == "2" ]]; }
 mlflow_healthy() { curl -fsS "http://$(client_host):$MLFLOW_PORT/health" >/dev/null; }
+# An API call with the login (curl reads it from stdin, so `ps` does not show it): the login works, and the server's
+# credential cache holds it before the first job asks.
+mlflow_login_ok() {
+    curl -fsS --max-time 60 -K - "http://$(client_host):$MLFLOW_PORT/api/2.0/mlflow/experiments/search?max_results=1" \
+        >/dev/null <<<"user = \"$MLFLOW_TRACKING_USERNAME:$MLFLOW_TRACKING_PASSWORD\""
+}
 
 kill_session() {  # kill_session SID: every process of one failed `ray start` attempt
     local pids
@@ -344,6 +353,9 @@ EOF
     load_state
     wait_for 120 "two Ray nodes" two_nodes_alive || die "the two Ray nodes did not come up: see $LOG_DIR"
     wait_for 120 "MLflow" mlflow_healthy || die "MLflow did not answer: see $LOG_DIR/mlflow.log"
+    if [[ "$MLFLOW_AUTH" == "basic" ]]; then
+        wait_for 120 "MLflow login" mlflow_login_ok || die "MLflow refused the admin login: see $LOG_DIR/mlflow.log"
+    fi
     UP_DONE=1
     log "up in $((SECONDS - START))s"
     cmd_status

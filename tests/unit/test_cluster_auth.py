@@ -196,6 +196,8 @@ def test_local_sh_starts_mlflow_with_basic_auth_by_default() -> None:
     text = LOCAL_SH.read_text()
     assert 'MLFLOW_AUTH="${VIDSSL_MLFLOW_AUTH:-basic}"' in text
     assert "--app-name basic-auth" in text and 'MLFLOW_AUTH_CONFIG_PATH="$MLFLOW_AUTH_CONFIG"' in text
+    # Without the credential cache each request re-checks the password hash: seconds each on a busy machine.
+    assert "auth_cache_ttl_seconds = " in text and 'wait_for 120 "MLflow login" mlflow_login_ok' in text
 
 
 def _free_port() -> int:
