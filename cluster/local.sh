@@ -11,7 +11,7 @@
 #
 # Options (before the command):
 #   --host HOST   bind the Ray dashboard / job API and the MLflow server to HOST instead of 127.0.0.1
-#                 (prints a WARNING: anyone who reaches HOST can then submit jobs and read every run)
+#                 (prints a WARNING: keep the Ray token and the MLflow login on)
 #   -h, --help    this text
 #
 # Environment (defaults in brackets):
@@ -24,6 +24,10 @@
 #   VIDSSL_RAY_AUTH [token]  token: Ray token authentication with a token in $VIDSSL_CLUSTER_DIR/auth_token
 #                            (clients need RAY_AUTH_MODE=token + RAY_AUTH_TOKEN_PATH, see `env`);
 #                            disabled: no authentication (only for a throw-away rehearsal)
+#   VIDSSL_MLFLOW_AUTH [basic]  basic: MLflow's basic-auth app (`mlflow server --app-name basic-auth`), user admin
+#                            with a generated password in $VIDSSL_CLUSTER_DIR/mlflow_admin_password, users in
+#                            $VIDSSL_CLUSTER_DIR/mlflow_auth.db (clients need MLFLOW_TRACKING_USERNAME /
+#                            MLFLOW_TRACKING_PASSWORD, see `env`); disabled: no login (a throw-away rehearsal)
 #   VIDSSL_VENV_BIN [<repo>/.venv/bin]   where ray, mlflow and python come from (first on the nodes' PATH,
 #                            so a job's plain `python` is that interpreter)
 #
@@ -31,7 +35,8 @@
 #   eval "$(cluster/local.sh env)"
 #   ray job submit --address http://127.0.0.1:8265 --working-dir . -- \
 #       python -m workflows.train --config configs/demo.yaml ...
-# MLFLOW_TRACKING_URI is also set in the nodes' environment, so every job logs to the server by default.
+# MLFLOW_TRACKING_URI (and the MLflow login) is also set in the nodes' environment, so every job logs to the
+# server by default.
 # `down` never uses `ray stop` (it would stop every Ray instance on the machine, other users' too): it
 # signals the process sessions recorded by `up` and the Ray processes under this cluster's Ray temp dirs.
 set -euo pipefail
@@ -57,6 +62,8 @@ mkdir -p "$STATE_DIR"
 STATE_DIR="$(cd "$STATE_DIR" && pwd)"
 STATE_FILE="$STATE_DIR/cluster.env"
 LOG_DIR="$STATE_DIR/logs"
+MLFLOW_PASSWORD_FILE="$STATE_DIR/mlflow_admin_password"
+MLFLOW_AUTH_CONFIG="$STATE_DIR/mlflow_auth.ini"
 VENV_BIN="${VIDSSL_VENV_BIN:-$REPO/.venv/bin}"
 
 log() { echo "[local.sh] $*"; }
@@ -108,6 +115,35 @@ client_env() {
     else
         export RAY_AUTH_MODE=disabled
     fi
+    if [[ "${MLFLOW_AUTH:-disabled}" == "basic" ]]; then
+        export MLFLOW_TRACKING_USERNAME=admin
+        MLFLOW_TRACKING_PASSWORD="$(cat "$MLFLOW_PASSWORD_FILE")"
+        export MLFLOW_TRACKING_PASSWORD
+    fi
+}
+
+# MLflow's basic-auth app: an auth config file, its user store, and the admin password. MLflow reads the password
+# only when it creates the user store, so the two are kept together (and `down` keeps both).
+mlflow_auth_setup() {
+    local db="$STATE_DIR/mlflow_auth.db"
+    "$VENV_BIN/python" -c "import flask_wtf" 2>/dev/null \
+        || die "MLflow's basic-auth app needs Flask-WTF (mlflow[auth]; make install), or set VIDSSL_MLFLOW_AUTH=disabled"
+    if [[ ! -s "$MLFLOW_PASSWORD_FILE" ]]; then
+        [[ ! -e "$db" ]] || die "$db exists but $MLFLOW_PASSWORD_FILE does not: the admin password of that user" \
+            "store is unknown; restore the file, or move $db away to start a new user store"
+        (umask 077 && "$VENV_BIN/python" -c "import secrets; print(secrets.token_urlsafe(24), end='')" \
+            >"$MLFLOW_PASSWORD_FILE")
+    fi
+    cat >"$MLFLOW_AUTH_CONFIG" <<EOF
+[mlflow]
+default_permission = READ
+database_uri = sqlite:///$db
+admin_username = admin
+authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+# Without it every request checks the password hash again: 2 to 5 s per request on this machine under load, which
+# made a job's first MLflow call time out. One server worker (--workers 1), so the cache is never stale.
+auth_cache_ttl_seconds = 600
+EOF
 }
 
 wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...
@@ -137,6 +173,12 @@ EOF
 
 two_nodes_alive() { [[ "$(nodes_py count 2>/dev/null)" == "2" ]]; }
 mlflow_healthy() { curl -fsS "http://$(client_host):$MLFLOW_PORT/health" >/dev/null; }
+# An API call with the login (curl reads it from stdin, so `ps` does not show it): the login works, and the server's
+# credential cache holds it before the first job asks.
+mlflow_login_ok() {
+    curl -fsS --max-time 60 -K - "http://$(client_host):$MLFLOW_PORT/api/2.0/mlflow/experiments/search?max_results=1" \
+        >/dev/null <<<"user = \"$MLFLOW_TRACKING_USERNAME:$MLFLOW_TRACKING_PASSWORD\""
+}
 
 kill_session() {  # kill_session SID: every process of one failed `ray start` attempt
     local pids
@@ -191,6 +233,8 @@ cmd_up() {
     OBJECT_STORE_MB="${VIDSSL_OBJECT_STORE_MB:-1024}"
     RAY_AUTH="${VIDSSL_RAY_AUTH:-token}"
     [[ "$RAY_AUTH" == "token" || "$RAY_AUTH" == "disabled" ]] || die "VIDSSL_RAY_AUTH must be token or disabled"
+    MLFLOW_AUTH="${VIDSSL_MLFLOW_AUTH:-basic}"
+    [[ "$MLFLOW_AUTH" == "basic" || "$MLFLOW_AUTH" == "disabled" ]] || die "VIDSSL_MLFLOW_AUTH must be basic or disabled"
     for exe in ray mlflow python; do [[ -x "$VENV_BIN/$exe" ]] || die "$VENV_BIN/$exe not found (make install)"; done
 
     # The address Ray nodes register with. Ray never registers a node as 127.0.0.1 (it swaps in this machine's
@@ -199,7 +243,11 @@ cmd_up() {
     if ! is_loopback "$HOST"; then
         warn "binding the Ray dashboard / job API and the MLflow server to $HOST, not 127.0.0.1:"
         warn "anyone who can reach $HOST:$DASHBOARD_PORT can run code on this machine (keep token auth on),"
-        warn "and anyone who can reach $HOST:$MLFLOW_PORT can read and change every run (MLflow has no login here)."
+        if [[ "$MLFLOW_AUTH" == "basic" ]]; then
+            warn "and $HOST:$MLFLOW_PORT serves every run to whoever has the MLflow login (plain HTTP: no TLS)."
+        else
+            warn "and anyone who can reach $HOST:$MLFLOW_PORT can read and change every run (MLflow has no login)."
+        fi
         if [[ "$HOST" == "0.0.0.0" || "$HOST" == "::" ]]; then
             NODE_IP="${VIDSSL_NODE_IP:-$(hostname -I | awk '{print $1}')}"
         else
@@ -207,6 +255,7 @@ cmd_up() {
         fi
     fi
     [[ "$RAY_AUTH" == "token" ]] || warn "Ray token authentication is disabled (VIDSSL_RAY_AUTH=disabled)"
+    [[ "$MLFLOW_AUTH" == "basic" ]] || warn "the MLflow server has no login (VIDSSL_MLFLOW_AUTH=disabled)"
 
     # One Ray temp dir per node, as on real machines: two nodes sharing one would share a session dir, and the
     # worker node would delete a job's working_dir under the driver's feet when its own tasks were done.
@@ -231,6 +280,7 @@ cmd_up() {
         (umask 077 && "$VENV_BIN/python" -c "import secrets; print(secrets.token_hex(32), end='')" \
             >"$STATE_DIR/auth_token")
     fi
+    [[ "$MLFLOW_AUTH" == "disabled" ]] || mlflow_auth_setup
     client_env
     # Inherited by both nodes, hence by every job's driver and worker processes.
     export PATH="$VENV_BIN:$PATH"
@@ -250,12 +300,19 @@ MLFLOW_PORT=$MLFLOW_PORT
 HEAD_TMP=$HEAD_TMP
 WORKER_TMP=$WORKER_TMP
 RAY_AUTH=$RAY_AUTH
+MLFLOW_AUTH=$MLFLOW_AUTH
 EOF
     # A failed `up` stops whatever it had started.
     trap '[[ -n "${UP_DONE:-}" ]] || { log "up failed: stopping what was started"; cmd_down; }' EXIT
 
-    log "MLflow server on $HOST:$MLFLOW_PORT (SQLite $STATE_DIR/mlflow.db, artifacts $STATE_DIR/mlartifacts)"
-    setsid "$VENV_BIN/mlflow" server --host "$HOST" --port "$MLFLOW_PORT" --workers 1 \
+    log "MLflow server on $HOST:$MLFLOW_PORT (SQLite $STATE_DIR/mlflow.db, artifacts $STATE_DIR/mlartifacts," \
+        "login: $MLFLOW_AUTH)"
+    local mlflow_app=()
+    [[ "$MLFLOW_AUTH" == "disabled" ]] || mlflow_app=(--app-name basic-auth)
+    # Secrets reach the server through its environment, never its command line (which `ps` shows to everyone).
+    MLFLOW_AUTH_CONFIG_PATH="$MLFLOW_AUTH_CONFIG" MLFLOW_AUTH_ADMIN_PASSWORD="${MLFLOW_TRACKING_PASSWORD:-}" \
+    MLFLOW_FLASK_SERVER_SECRET_KEY="$("$VENV_BIN/python" -c "import secrets; print(secrets.token_hex(32))")" \
+        setsid "$VENV_BIN/mlflow" server --host "$HOST" --port "$MLFLOW_PORT" --workers 1 "${mlflow_app[@]}" \
         --backend-store-uri "sqlite:///$STATE_DIR/mlflow.db" \
         --artifacts-destination "$STATE_DIR/mlartifacts" \
         >"$LOG_DIR/mlflow.log" 2>&1 </dev/null &
@@ -296,6 +353,9 @@ EOF
     load_state
     wait_for 120 "two Ray nodes" two_nodes_alive || die "the two Ray nodes did not come up: see $LOG_DIR"
     wait_for 120 "MLflow" mlflow_healthy || die "MLflow did not answer: see $LOG_DIR/mlflow.log"
+    if [[ "$MLFLOW_AUTH" == "basic" ]]; then
+        wait_for 120 "MLflow login" mlflow_login_ok || die "MLflow refused the admin login: see $LOG_DIR/mlflow.log"
+    fi
     UP_DONE=1
     log "up in $((SECONDS - START))s"
     cmd_status
@@ -312,6 +372,11 @@ cmd_status() {
     echo "Ray GCS:        $NODE_IP:$RAY_PORT"
     echo "Ray dashboard:  http://$(client_host):$DASHBOARD_PORT   (job API; bound to $HOST)"
     echo "MLflow:         http://$(client_host):$MLFLOW_PORT   (bound to $HOST; store $STATE_DIR/mlflow.db)"
+    if [[ "${MLFLOW_AUTH:-disabled}" == "basic" ]]; then
+        echo "MLflow login:   admin, password in $MLFLOW_PASSWORD_FILE"
+    else
+        echo "MLflow login:   none"
+    fi
     echo "processes:      $n"
     if mlflow_healthy; then echo "MLflow health:  OK"; else echo "MLflow health:  NOT ANSWERING"; fi
     echo "Ray nodes:"
@@ -333,6 +398,11 @@ cmd_env() {
         echo "export RAY_AUTH_MODE=disabled"
     fi
     echo "export MLFLOW_TRACKING_URI=http://$(client_host):$MLFLOW_PORT"
+    if [[ "${MLFLOW_AUTH:-disabled}" == "basic" ]]; then
+        # The password is read from its file when the line is evaluated: `up` and `env` never print it.
+        echo "export MLFLOW_TRACKING_USERNAME=admin"
+        echo "export MLFLOW_TRACKING_PASSWORD=\"\$(cat $(printf %q "$MLFLOW_PASSWORD_FILE"))\""
+    fi
     echo "# ray job submit --address http://$(client_host):$DASHBOARD_PORT --working-dir . --" \
         "python -m workflows.train ..."
 }

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from ssl_core.algorithms import get_algorithm, list_algorithms
+from ssl_core.data.decode_base import DEFAULT_MAX_DECODE_PIXELS
 from ssl_core.data.transforms import AugmentConfig
 from ssl_core.models import list_models, parse_model_name
 from ssl_core.models.init_spec import init_spec_problem, is_mlflow_uri, split_role
@@ -68,6 +69,12 @@ class DataConfig:
                                    "libraries, `make install-torchcodec`; can decode on NVIDIA GPUs)")
     decode_timeout_s: float = setting(60.0, "a video whose decode runs longer than this is skipped and counted "
                                             "like a corrupt one")
+    max_decode_pixels: int | None = setting(DEFAULT_MAX_DECODE_PIXELS,
+                                            "a video whose frames have more pixels (width x height, from the "
+                                            "stream header, before any frame is decoded) is skipped and counted "
+                                            "like a corrupt one: decoder memory grows with the resolution. "
+                                            "Default 4096 x 4096 (DCI 4K, UHD and vertical 4K pass, 8K does not); "
+                                            "null: no cap")
     # On a few cores decoding H.264 for every clip is a large share of each step: the cache decodes each video once.
     cache: str = setting("auto", "decoded-clip cache (ssl_core/data/clip_cache.py): each video decoded once at "
                                  "data.size into one memory-mapped uint8 file, clips sliced from it (the decoder's "
@@ -103,6 +110,8 @@ class DataConfig:
         require(self.decode_cpus > 0, "decode_cpus", "must be > 0")
         require(self.decoder in DECODERS, "decoder", f"must be one of {DECODERS}, got {self.decoder!r}")
         require(self.decode_timeout_s > 0, "decode_timeout_s", "must be > 0")
+        require(self.max_decode_pixels is None or self.max_decode_pixels >= 1, "max_decode_pixels",
+                f"must be >= 1 or null (no cap), got {self.max_decode_pixels}")
         require(self.cache in CACHE_MODES, "cache", f"must be one of {CACHE_MODES}, got {self.cache!r}")
         require(self.cache_budget_gb > 0, "cache_budget_gb", f"must be > 0, got {self.cache_budget_gb}")
         require(self.cache_dir is None or bool(str(self.cache_dir).strip()), "cache_dir",

@@ -54,11 +54,13 @@ import numpy as np
 from ssl_core.data import decode
 from ssl_core.data.cache_errors import CacheBuildFailed, CacheDamaged, CacheError, CacheOutdated, CacheTooLarge
 from ssl_core.data.decode_base import (
+    DEFAULT_MAX_DECODE_PIXELS,
     Deadline,
     DecodeError,
     DecodeTimeout,
     VideoInfo,
     check_args,
+    check_resolution,
     clip_start_s,
     clip_times,
     eval_clip_times,
@@ -286,15 +288,18 @@ class ClipCache:
         rng: np.random.Generator | None = None,
         timeout_s: float | None = None,
         threads: int = 0,
+        max_pixels: int | None = DEFAULT_MAX_DECODE_PIXELS,
     ) -> np.ndarray:  # (T, size, size, 3) uint8
-        """decode.decode_clip's clip (same start draw from rng, same frames) cut from the cache."""
+        """decode.decode_clip's clip (same start draw from rng, same frames) cut from the cache. max_pixels applies
+        to the videos the fallback decodes; the cached ones met the cap of the build (data.max_decode_pixels)."""
         check_args(num_frames, stride, size)
         path = str(path)
         _check_limits(path, timeout_s, threads)
         video = self._video(path) if size == self.size else None
         if video is None:
             return self._fallback().decode_clip(path, num_frames=num_frames, stride=stride, size=size,
-                                                start_s=start_s, rng=rng, timeout_s=timeout_s, threads=threads)
+                                                start_s=start_s, rng=rng, timeout_s=timeout_s, threads=threads,
+                                                max_pixels=max_pixels)
         info = video.info
         start_s = clip_start_s(path, info, num_frames=num_frames, stride=stride, start_s=start_s, rng=rng)
         wanted = clip_times(start_s, info, num_frames=num_frames, stride=stride)
@@ -314,6 +319,7 @@ class ClipCache:
         keep_aspect: bool = False,
         timeout_s: float | None = None,
         threads: int = 0,
+        max_pixels: int | None = DEFAULT_MAX_DECODE_PIXELS,
     ) -> np.ndarray:  # (num_clips, T, size, size, 3) uint8
         """decode.decode_eval_clips' clips cut from the cache (keep_aspect: the fallback decoder, as the
         cache holds centre crops only)."""
@@ -326,7 +332,7 @@ class ClipCache:
         if video is None:
             return self._fallback().decode_eval_clips(path, num_frames=num_frames, stride=stride, size=size,
                                                       num_clips=num_clips, keep_aspect=keep_aspect,
-                                                      timeout_s=timeout_s, threads=threads)
+                                                      timeout_s=timeout_s, threads=threads, max_pixels=max_pixels)
         times = self._times(video)
         clips = [
             _looped(select_frames(times, w, video.info.fps, video.monotonic), num_frames, path)
@@ -435,13 +441,15 @@ class _Decoded:
     error: DecodeError | None
 
 
-def decode_all_frames(path: str, size: int, *, timeout_s: float | None = None) -> _Decoded:
+def decode_all_frames(path: str, size: int, *, timeout_s: float | None = None,
+                      max_pixels: int | None = DEFAULT_MAX_DECODE_PIXELS) -> _Decoded:
     """Every frame of a video as decode._to_rgb(frame, size) makes it, with the timestamps
     decode._nearest_frames computes (seconds from the stream's start; no pts: the previous + 1 / fps)."""
     deadline = Deadline(path, timeout_s)
     try:
         with decode._open(path, deadline) as container:
             info = decode._info(path, container)
+            check_resolution(path, info, max_pixels)
             stream = container.streams.video[0]
             decode._set_threads(stream, 1)  # the build runs one video per thread already
             origin, time_base = stream.start_time or 0, stream.time_base
@@ -521,13 +529,15 @@ def build_cache(
     *,
     workers: int | None = None,
     timeout_s: float | None = None,
+    max_pixels: int | None = DEFAULT_MAX_DECODE_PIXELS,
     fallback: str = "pyav",
 ) -> ClipCache:
     """Open the cache of `paths` at `size` under `root`, building it first when there is none.
 
     Videos are decoded by `workers` threads (PyAV releases the GIL) and appended in path order, at most
-    2 x workers decoded videos held in memory at a time. An unreadable video (DecodeError, or a full decode
-    longer than timeout_s) is recorded with its reason, not fatal.
+    2 x workers decoded videos held in memory at a time. An unreadable video (DecodeError, frames above
+    max_pixels, or a full decode longer than timeout_s) is recorded with its reason, not fatal; the key does not
+    hold timeout_s or max_pixels, so a cache keeps what its build recorded until it is rebuilt.
 
     A damaged cache raises CacheDamaged (it is not rebuilt over: the message says how); a cache of an older
     vidssl (no checksums) is rebuilt, its reason in `.rebuilt`. An OSError while writing (a full disk) raises
@@ -544,7 +554,7 @@ def build_cache(
         root.mkdir(parents=True, exist_ok=True)
         with _lock(root / f".{final.name}.lock"):
             return _build_locked(final, paths, size, workers=_workers(workers), timeout_s=timeout_s,
-                                 fallback=fallback)
+                                 max_pixels=max_pixels, fallback=fallback)
     except CacheError:
         raise
     except OSError as e:
@@ -552,7 +562,7 @@ def build_cache(
 
 
 def _build_locked(final: Path, paths: Sequence[str], size: int, *, workers: int, timeout_s: float | None,
-                  fallback: str) -> ClipCache:
+                  max_pixels: int | None, fallback: str) -> ClipCache:
     for stale in _tmp_folders(final.parent, final.name):  # a builder of this key stopped while this one waited
         shutil.rmtree(stale, ignore_errors=True)
     rebuilt = None
@@ -567,7 +577,7 @@ def _build_locked(final: Path, paths: Sequence[str], size: int, *, workers: int,
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}{TMP_MARK}", dir=final.parent))
     try:
         tmp.chmod(0o755)  # mkdtemp makes it private: other users / service accounts read a shared cache too
-        _write_cache(tmp, paths, size, workers=workers, timeout_s=timeout_s, start=start)
+        _write_cache(tmp, paths, size, workers=workers, timeout_s=timeout_s, max_pixels=max_pixels, start=start)
         try:
             os.rename(tmp, final)
         except OSError:
@@ -598,7 +608,7 @@ def _discard(directory: Path) -> None:
 
 
 def _write_cache(tmp: Path, paths: Sequence[str], size: int, *, workers: int, timeout_s: float | None,
-                 start: float) -> None:
+                 max_pixels: int | None, start: float) -> None:
     videos: dict[str, Any] = {}
     unreadable: dict[str, dict[str, str]] = {}
     offset = 0
@@ -611,7 +621,8 @@ def _write_cache(tmp: Path, paths: Sequence[str], size: int, *, workers: int, ti
             # A bounded window keeps the file in path order (a reproducible layout) without holding every
             # decoded video in memory.
             for path in todo:
-                ahead.append((path, pool.submit(decode_all_frames, path, size, timeout_s=timeout_s)))
+                ahead.append((path, pool.submit(decode_all_frames, path, size, timeout_s=timeout_s,
+                                                max_pixels=max_pixels)))
                 if len(ahead) >= 2 * workers:
                     break
             if not ahead:
@@ -739,7 +750,7 @@ def cache_for_config(cfg: Config, paths: Sequence[str], *, workers: int | None =
     if cache is None:
         try:
             cache = build_cache(unique, d.size, root, workers=workers, timeout_s=d.decode_timeout_s,
-                                fallback=d.decoder)
+                                max_pixels=d.max_decode_pixels, fallback=d.decoder)
         except (CacheDamaged, CacheBuildFailed) as err:
             return _unusable(d.cache, err)
     why = "reused" if not cache.built else f"rebuilt ({cache.rebuilt})" if cache.rebuilt else "built"

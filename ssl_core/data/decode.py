@@ -9,7 +9,8 @@ long side with `spatial_crops` (the multi-crop test protocol); one crop equals t
 
 Frames are turned upright by the stream's display matrix (phone videos: rotation metadata), so sizes and
 crops refer to the displayed picture. Grayscale and odd-sized sources come out as RGB like any other.
-Every unreadable file raises `DecodeError` naming it; a decode past `timeout_s` raises `DecodeTimeout`.
+Every unreadable file raises `DecodeError` naming it; a decode past `timeout_s` raises `DecodeTimeout`; a video whose
+frames exceed `max_pixels` (data.max_decode_pixels) is refused with `DecodeError` from its header, before decoding.
 
 `ssl_core.data.decoders.get_decoder(name)` returns this module ("pyav") or the optional torchcodec backend
 ("torchcodec", ssl_core/data/decode_torchcodec.py); both take their clip timing from ssl_core/data/decode_base.py.
@@ -27,11 +28,13 @@ import av
 import numpy as np
 
 from ssl_core.data.decode_base import (
+    DEFAULT_MAX_DECODE_PIXELS,
     Deadline,
     DecodeError,
     VideoInfo,
     centre_crop,
     check_args,
+    check_resolution,
     clip_start_s,
     clip_times,
     eval_clip_times,
@@ -187,17 +190,20 @@ def decode_clip(
     rng: np.random.Generator | None = None,
     timeout_s: float | None = None,
     threads: int = 0,
+    max_pixels: int | None = DEFAULT_MAX_DECODE_PIXELS,
 ) -> np.ndarray:  # (T, H, W, 3) uint8, H = W = size
     """One clip starting at start_s (seconds from the first frame), or at a random valid frame (using rng).
 
     timeout_s: DecodeTimeout once the decode of this file has run longer (None: no limit).
     threads: FFmpeg decode threads; 0 lets FFmpeg choose (one process alone), 1 suits a decode task that
-    already has its own core (measured on 128 px H.264: single-threaded decodes ~30 % more clips per core)."""
+    already has its own core (measured on 128 px H.264: single-threaded decodes ~30 % more clips per core).
+    max_pixels: DecodeError, before any frame is decoded, for frames of more pixels (None: no cap)."""
     check_args(num_frames, stride, size)
     path = str(path)
     deadline = Deadline(path, timeout_s)
     with _open(path, deadline) as container:
         info = _info(path, container)
+        check_resolution(path, info, max_pixels)
         _set_threads(container.streams.video[0], threads)
         start_s = clip_start_s(path, info, num_frames=num_frames, stride=stride, start_s=start_s, rng=rng)
         wanted = clip_times(start_s, info, num_frames=num_frames, stride=stride)
@@ -217,11 +223,12 @@ def decode_eval_clips(
     keep_aspect: bool = False,
     timeout_s: float | None = None,
     threads: int = 0,
+    max_pixels: int | None = DEFAULT_MAX_DECODE_PIXELS,
 ) -> np.ndarray:  # (num_clips, T, H, W, 3) uint8
     """`num_clips` clips at uniformly spaced starts over the whole video (the evaluation protocol).
 
     H = W = size, centre-cropped; with keep_aspect the short side is `size` and nothing is cropped (feed
-    `spatial_crops`). timeout_s bounds the whole file (all clips) and threads are as in decode_clip."""
+    `spatial_crops`). timeout_s bounds the whole file (all clips); threads and max_pixels are as in decode_clip."""
     check_args(num_frames, stride, size)
     if num_clips < 1:
         raise ValueError(f"num_clips must be >= 1, got {num_clips}")
@@ -229,6 +236,7 @@ def decode_eval_clips(
     deadline = Deadline(path, timeout_s)
     with _open(path, deadline) as container:
         info = _info(path, container)
+        check_resolution(path, info, max_pixels)
         _set_threads(container.streams.video[0], threads)
         clip_frames = eval_clip_times(info, num_frames=num_frames, stride=stride, num_clips=num_clips)
         if num_clips * num_frames * stride >= _SINGLE_PASS_COVERAGE * info.num_frames:

@@ -1,6 +1,7 @@
 """What both decode backends share (ssl_core/data/decode.py: PyAV, ssl_core/data/decode_torchcodec.py), so that they
-pick the same frames and fail the same way: the errors, the per-file Deadline, VideoInfo, the clip timing (random /
-given start, uniformly spaced eval clips, looping of short videos) and the resize / crop geometry.
+pick the same frames and fail the same way: the errors, the per-file Deadline, VideoInfo, the resolution cap
+(data.max_decode_pixels), the clip timing (random / given start, uniformly spaced eval clips, looping of short videos)
+and the resize / crop geometry.
 
 Try it:
     python -c "from ssl_core.data.decode_base import eval_clip_starts; \
@@ -21,6 +22,12 @@ class DecodeError(RuntimeError):
 
 class DecodeTimeout(DecodeError):
     """A decode that ran past its time limit; the message names the file and the limit."""
+
+
+# data.max_decode_pixels' default: frames up to 4096 x 4096 (16.8 MP) pass, which covers DCI 4K, UHD, vertical 4K and
+# 5K; 8K (33 MP) and the like are refused. A decoder holds several full-size frames, so its memory follows the
+# resolution, not the file size: a 194 KB 8192 x 8192 H.264 file took 575 MB to decode.
+DEFAULT_MAX_DECODE_PIXELS = 4096 * 4096
 
 
 class Deadline:
@@ -59,6 +66,14 @@ class VideoInfo:
     num_frames: int  # from the container index when present, else duration * fps (an estimate)
     width: int
     height: int
+
+
+def check_resolution(path: str, info: VideoInfo, max_pixels: int | None) -> None:
+    """DecodeError when the stream header's width x height exceeds max_pixels (None: no cap). Called after the
+    container is opened and before any frame is decoded."""
+    if max_pixels is not None and info.width * info.height > max_pixels:
+        raise DecodeError(f"{path}: {info.width}x{info.height} frames ({info.width * info.height / 1e6:.1f} MP) exceed "
+                          f"data.max_decode_pixels={max_pixels} ({max_pixels / 1e6:.1f} MP): not decoded")
 
 
 def resized_dims(width: int, height: int, size: int) -> tuple[int, int]:

@@ -28,11 +28,13 @@ import torch.nn.functional as F  # noqa: N812
 from torchcodec.decoders import VideoDecoder
 
 from ssl_core.data.decode_base import (
+    DEFAULT_MAX_DECODE_PIXELS,
     Deadline,
     DecodeError,
     VideoInfo,
     centre_crop,
     check_args,
+    check_resolution,
     clip_start_s,
     clip_times,
     eval_clip_times,
@@ -55,7 +57,8 @@ def load_ffmpeg() -> None:
 class _Video:
     """An open VideoDecoder with the VideoInfo the shared timing helpers need."""
 
-    def __init__(self, path: str, device: str, seek_mode: str, deadline: Deadline, threads: int = 0) -> None:
+    def __init__(self, path: str, device: str, seek_mode: str, deadline: Deadline, threads: int = 0,
+                 max_pixels: int | None = DEFAULT_MAX_DECODE_PIXELS) -> None:
         self.path, self.deadline = path, deadline
         try:
             # num_ffmpeg_threads=0: FFmpeg picks the thread count, like PyAV's thread_type="AUTO".
@@ -76,6 +79,7 @@ class _Video:
         if num_frames <= 0 or width <= 0 or height <= 0:
             raise DecodeError(f"{path}: empty video stream ({num_frames} frames, {width}x{height})")
         self.info = VideoInfo(duration_s=duration, fps=fps, num_frames=num_frames, width=width, height=height)
+        check_resolution(path, self.info, max_pixels)  # from the metadata: no frame decoded yet
         self.begin = m.begin_stream_seconds or 0.0
         self.end = m.end_stream_seconds if m.end_stream_seconds is not None else self.begin + duration
 
@@ -141,12 +145,13 @@ def decode_clip(
     threads: int = 0,
     device: str = "cpu",
     seek_mode: str = "approximate",
+    max_pixels: int | None = DEFAULT_MAX_DECODE_PIXELS,
 ) -> np.ndarray:  # (T, H, W, 3) uint8, H = W = size
     """One clip, as decode.decode_clip. seek_mode "approximate" trusts the container header (fast open);
     "exact" scans the file first (exact frame count and timestamps, slower to open)."""
     check_args(num_frames, stride, size)
     path = str(path)
-    video = _Video(path, device, seek_mode, Deadline(path, timeout_s), threads)
+    video = _Video(path, device, seek_mode, Deadline(path, timeout_s), threads, max_pixels)
     start_s = clip_start_s(path, video.info, num_frames=num_frames, stride=stride, start_s=start_s, rng=rng)
     frames = video.frames(clip_times(start_s, video.info, num_frames=num_frames, stride=stride))
     if len(frames) == 0:
@@ -168,13 +173,14 @@ def decode_eval_clips(
     threads: int = 0,
     device: str = "cpu",
     seek_mode: str = "approximate",
+    max_pixels: int | None = DEFAULT_MAX_DECODE_PIXELS,
 ) -> np.ndarray:  # (num_clips, T, H, W, 3) uint8
     """`num_clips` uniformly spaced clips, as decode.decode_eval_clips (one torchcodec call per clip)."""
     check_args(num_frames, stride, size)
     if num_clips < 1:
         raise ValueError(f"num_clips must be >= 1, got {num_clips}")
     path = str(path)
-    video = _Video(path, device, seek_mode, Deadline(path, timeout_s), threads)
+    video = _Video(path, device, seek_mode, Deadline(path, timeout_s), threads, max_pixels)
     clips = []
     for wanted in eval_clip_times(video.info, num_frames=num_frames, stride=stride, num_clips=num_clips):
         frames = video.frames(wanted)

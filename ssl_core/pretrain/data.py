@@ -38,7 +38,7 @@ def decode_views(
     stride: int,
     size: int,
     pretext: str = "none",
-    **decode_opts: Any,  # timeout_s, threads
+    **decode_opts: Any,  # timeout_s, max_pixels, threads
 ) -> tuple[np.ndarray, np.ndarray]:  # (rho, T, size, size, 3) uint8, (rho,) int64
     """rho clips of `path`, each at its own random start (rng seeded by (seed, i)), and their pretext labels.
     Raises the backend's DecodeError for an unreadable video."""

@@ -74,9 +74,15 @@ def cluster() -> Iterator[Cluster]:
     subprocess.run([str(LOCAL_SH), "up"], env=env, check=True, timeout=900)
     try:
         exports = subprocess.run([str(LOCAL_SH), "env"], env=env, capture_output=True, text=True, check=True).stdout
-        for name, value in re.findall(r"^export (\w+)=(\S+)$", exports, flags=re.M):
-            env[name] = value
-        yield Cluster(env, re.search(r"--address (http://\S+)", exports)[1])
+        # Evaluated by bash, as a user's shell does: the MLflow password line reads its file.
+        evaluated = subprocess.run(["bash", "-c", 'eval "$1" && env -0', "env", exports], env=env,
+                                   capture_output=True, text=True, check=True).stdout
+        env = dict(item.split("=", 1) for item in evaluated.split("\0") if "=" in item)
+        assert env["MLFLOW_TRACKING_PASSWORD"] and env["RAY_AUTH_MODE"] == "token"
+        with pytest.MonkeyPatch.context() as patch:  # the MlflowClients of this process log in too
+            for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+                patch.setenv(name, env[name])
+            yield Cluster(env, re.search(r"--address (http://\S+)", exports)[1])
     finally:
         subprocess.run([str(LOCAL_SH), "down"], env=env, check=True, timeout=120)
         shutil.rmtree(state, ignore_errors=True)

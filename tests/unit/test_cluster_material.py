@@ -15,6 +15,7 @@ import re
 import shlex
 import socket
 import subprocess
+import sys
 import sysconfig
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,13 @@ PIN = re.compile(r"^(?P<name>[A-Za-z0-9_.-]+)(?:\[[^\]]*\])?==(?P<version>[^\s;\
 
 def _yaml(path: Path) -> Any:
     return yaml.safe_load(path.read_text())
+
+
+def _manifest(path: Path, kind: str) -> dict:
+    """The one document of `kind` in a multi-document manifest (the KubeRay files carry their NetworkPolicies)."""
+    docs = [doc for doc in yaml.safe_load_all(path.read_text()) if doc and doc["kind"] == kind]
+    assert len(docs) == 1, f"{path}: {len(docs)} documents of kind {kind}"
+    return docs[0]
 
 
 def _pins(packages: list[str]) -> dict[str, str]:
@@ -189,15 +197,15 @@ def _check_ray_cluster_spec(spec: dict) -> int:
 
 
 def test_raycluster_manifest() -> None:
-    doc = _yaml(RAYCLUSTER)
-    assert doc["apiVersion"] == "ray.io/v1" and doc["kind"] == "RayCluster"
+    doc = _manifest(RAYCLUSTER, "RayCluster")
+    assert doc["apiVersion"] == "ray.io/v1"
     assert doc["metadata"]["name"]
     _check_ray_cluster_spec(doc["spec"])
 
 
 def test_rayjob_manifest_entrypoint_config_and_runtime_env() -> None:
-    doc = _yaml(RAYJOB)
-    assert doc["apiVersion"] == "ray.io/v1" and doc["kind"] == "RayJob"
+    doc = _manifest(RAYJOB, "RayJob")
+    assert doc["apiVersion"] == "ray.io/v1"
     spec = doc["spec"]
     assert spec["shutdownAfterJobFinishes"] is True
     argv = shlex.split(spec["entrypoint"])
@@ -281,7 +289,9 @@ def _busy_port() -> socket.socket:
 @pytest.mark.parametrize("host, warns", [(None, False), ("0.0.0.0", True)])
 def test_local_sh_warns_on_another_host_and_refuses_busy_ports(tmp_path: Path, host: str | None, warns: bool) -> None:
     with _busy_port() as sock:
-        env = {**os.environ, "VIDSSL_CLUSTER_DIR": str(tmp_path), "VIDSSL_RAY_PORT": str(sock.getsockname()[1])}
+        # VIDSSL_VENV_BIN: this interpreter's, so a checkout without its own .venv gets as far as the port check.
+        env = {**os.environ, "VIDSSL_CLUSTER_DIR": str(tmp_path), "VIDSSL_RAY_PORT": str(sock.getsockname()[1]),
+               "VIDSSL_VENV_BIN": str(Path(sys.executable).parent)}
         args = [str(LOCAL_SH), *(["--host", host] if host else []), "up"]
         proc = subprocess.run(args, capture_output=True, text=True, env=env, timeout=60)
     assert proc.returncode == 1 and "is in use" in proc.stderr  # stopped before starting anything

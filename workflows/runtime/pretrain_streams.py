@@ -124,7 +124,8 @@ def build_pretrain_datasets(
     cache, cache_report = cache_for_config(cfg, [r.path for r in (*train, *test)])
     log.log(logging.WARNING if cache_report.warning else logging.INFO, cache_report.line())
     decode_cfg = {"num_frames": d.num_frames, "stride": d.stride, "size": d.size, "decoder": d.decoder,
-                  "timeout_s": d.decode_timeout_s, "threads": max(1, int(d.decode_cpus)),
+                  "timeout_s": d.decode_timeout_s, "max_pixels": d.max_decode_pixels,
+                  "threads": max(1, int(d.decode_cpus)),
                   "cache_dir": str(cache.directory) if cache is not None else None}
     on_data = resolve_placement(cfg.augment.placement, cfg.scaling.use_gpu) == "data"
     num_rows = (t.iterations + 1) * t.batch_size * workers  # a little slack: drop_last never starves a worker

@@ -167,8 +167,8 @@ def train_batches(
     one Ray Data task does all of it, stacks each chunk's clips into one array (no per-row conversion) and
     yields it as soon as it is decoded.
 
-    cfg: num_frames, stride, size [, decoder ("pyav" | "torchcodec"), timeout_s (seconds or None), threads,
-    cache_dir (the clip cache's folder, or None)]."""
+    cfg: num_frames, stride, size [, decoder ("pyav" | "torchcodec"), timeout_s (seconds or None), max_pixels
+    (data.max_decode_pixels), threads, cache_dir (the clip cache's folder, or None)]."""
     ids = np.concatenate([np.arange(a, b) for a, b in zip(spans["start"], spans["stop"], strict=True)])
     opts = dict(cfg)
     backend = _backend(opts)
@@ -200,7 +200,8 @@ def resolve_placement(placement: str, use_gpu: bool) -> str:
 
 
 def _decode_eval_row(row: dict[str, Any], *, cfg: dict[str, Any], counter: Any) -> list[dict[str, Any]]:
-    """cfg: num_frames, stride, size, num_clips [, decoder, timeout_s, threads, cache_dir] (as in train_batches)."""
+    """cfg: num_frames, stride, size, num_clips [, decoder, timeout_s, max_pixels, threads, cache_dir] (as in
+    train_batches)."""
     opts = dict(cfg)
     backend = _backend(opts)
     try:
@@ -234,7 +235,7 @@ def build_datasets(
     clip_cfg = {"num_frames": d.num_frames, "stride": d.stride, "size": d.size}
     # Each decode task has its share of a core: FFmpeg's own threads would only oversubscribe it.
     decode_cfg = {**clip_cfg, "decoder": d.decoder, "timeout_s": d.decode_timeout_s,
-                  "threads": max(1, int(d.decode_cpus)),
+                  "max_pixels": d.max_decode_pixels, "threads": max(1, int(d.decode_cpus)),
                   "cache_dir": str(cache.directory) if cache is not None else None}
     on_data = resolve_placement(cfg.augment.placement, cfg.scaling.use_gpu) == "data"
     augment = dataclasses.asdict(cfg.augment)
