@@ -21,8 +21,8 @@ import yaml
 
 from ssl_core.algorithms import get_algorithm, list_algorithms
 from ssl_core.data.transforms import AugmentConfig
-from ssl_core.models import list_models, parse_model_name
-from ssl_core.models.init_spec import init_spec_problem, is_mlflow_uri, split_role
+from ssl_core.models import list_models, model_inputs, parse_model_name
+from ssl_core.models.init_spec import init_spec_problem, is_mlflow_uri, split_role, torchvision_source
 from ssl_core.typed_config import (
     ConfigError,
     SyntheticConfig,
@@ -296,6 +296,19 @@ def check_across_sections(cfg: Config) -> None:
     """The checks that need two sections (each section checks its own keys in its check())."""
     d, a = cfg.data, cfg.augment
     _check(a.crop_size <= d.size, "augment.crop_size", f"must be <= data.size ({d.size})")
+    spec = model_inputs(cfg.model.primary)
+    if spec is not None:
+        primary = cfg.model.primary
+        if spec.fixed:
+            _check(d.num_frames == spec.frames, "data.num_frames", f"{primary} takes {spec.frames} frames only")
+            _check(a.crop_size == spec.crop, "augment.crop_size", f"{primary} takes {spec.crop} px only")
+        _check(d.num_frames >= spec.min_frames, "data.num_frames", f"{primary} needs >= {spec.min_frames} frames")
+        _check(a.crop_size >= spec.min_side, "augment.crop_size", f"{primary} needs >= {spec.min_side} px")
+        frames_multiple, side_multiple = spec.multiple
+        _check(d.num_frames % frames_multiple == 0, "data.num_frames",
+               f"{primary} needs a multiple of {frames_multiple}, got {d.num_frames}")
+        _check(a.crop_size % side_multiple == 0, "augment.crop_size",
+               f"{primary} needs a multiple of {side_multiple}, got {a.crop_size}")
     algorithm_cls = get_algorithm(cfg.algorithm.name)
     _check(algorithm_cls.needs_targets == (d.pseudo_labels is not None), "data.pseudo_labels",
            f"algorithm {cfg.algorithm.name} needs a pseudo-labeled set (a Parquet file from workflows.noisy_student)"
@@ -335,8 +348,8 @@ def pin_paths(raw: dict[str, Any], tracking_uri: str) -> dict[str, Any]:
             data[key] = str(Path(data[key]).expanduser().resolve())
     out["output"]["storage"] = str(Path(out["output"]["storage"]).expanduser().resolve())
     model = out.get("model") or {}
-    for key in ("init", "auxiliary_init"):  # a local source (`PATH#role` keeps its role); MLflow URIs stay
-        if model.get(key) and not is_mlflow_uri(model[key]):
+    for key in ("init", "auxiliary_init"):  # a local source (`PATH#role` keeps its role); named sources stay
+        if model.get(key) and not is_mlflow_uri(model[key]) and torchvision_source(model[key]) is None:
             path, role = split_role(model[key])
             model[key] = str(Path(path).expanduser().resolve()) + (f"#{role}" if role else "")
     out["tracking"]["uri"] = tracking_uri
@@ -352,12 +365,38 @@ def from_dict(raw: dict[str, Any]) -> Config:
     if isinstance(data_raw, dict) and isinstance(data_raw.get("cache"), bool):
         # YAML 1.1 reads a bare `on` / `off` as true / false: data.cache takes them as the words written.
         raw["data"] = {**data_raw, "cache": "on" if data_raw["cache"] else "off"}
+    raw = with_model_input_defaults(raw)
     cfg: Config = build(Config, raw, "")
     # The algorithm section has its own reader: flat keys and per-algorithm sections are checked against the
     # registered algorithms' Params, not against AlgorithmConfig's fields.
     cfg.algorithm = checked(_build_algorithm(algo_raw), "algorithm")
     check_across_sections(cfg)
     return cfg
+
+
+# Config key -> the InputSpec field that is its default for a primary model with published weights.
+MODEL_INPUT_KEYS = {("data", "num_frames"): "frames", ("data", "stride"): "stride", ("data", "size"): "resize",
+                    ("augment", "crop_size"): "crop"}
+
+
+def with_model_input_defaults(raw: dict[str, Any]) -> dict[str, Any]:
+    """`raw` with the clip settings the primary model's weights expect (`vidssl list models`: vit_b 16 frames at
+    stride 4, 224 px) for each of data.num_frames / stride / size and augment.crop_size that it leaves unset.
+    Entries without an input spec (small3d, r3d_*) keep the defaults of the config sections."""
+    model = raw.get("model")
+    primary = model.get("primary", ModelConfig.primary) if isinstance(model, dict) else ModelConfig.primary
+    try:
+        spec = model_inputs(primary) if isinstance(primary, str) else None
+    except KeyError:  # ModelConfig.check names the key
+        return raw
+    if spec is None:
+        return raw
+    out = dict(raw)
+    for (section, key), field_name in MODEL_INPUT_KEYS.items():
+        given = out.get(section)
+        if given is None or (isinstance(given, dict) and key not in given):
+            out[section] = {**(given or {}), key: getattr(spec, field_name)}
+    return out
 
 
 def _build_algorithm(raw: dict[str, Any]) -> AlgorithmConfig:
