@@ -118,7 +118,9 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     primary: str = setting("small3d", "the trained model: a registered name (`vidssl list models`); a +tg suffix "
-                                      "(small3d_w0.5+tg) reads the temporal-gradient view (frame differences)")
+                                      "(small3d_w0.5+tg) reads the temporal-gradient view (frame differences); one "
+                                      "with published weights (vit_b, swin3d_t, ...) sets data.num_frames / stride "
+                                      "/ size and augment.crop_size to their input where the config leaves them")
     auxiliary: str = setting("small3d_w0.5", "the second model of algorithms with an auxiliary role (CMPL, "
                                              "FixMatch's companion); CMPL's published pair is r3d_50 + r3d_50_w0.25")
     teacher: str | None = setting(None, "frozen teacher of distill / noisy_student: a vidssl checkpoint directory, "
@@ -131,8 +133,9 @@ class ModelConfig:
     # downloaded at run time, and a classifier of another class count starts fresh (ssl_core/models/init.py).
     init: str | None = setting(None, "pretrained weights for a fresh start of the primary (and MPL's teacher): a "
                                      "checkpoint directory or run folder (PATH#auxiliary takes another model of "
-                                     "it), an MLflow model URI, or a local state-dict file (.pt/.pth); a resumed "
-                                     "run restores its checkpoint instead")
+                                     "it), an MLflow model URI, a local state-dict file (.pt/.pth; VideoMAE's "
+                                     "official or transformers' layout for vit_*), or torchvision:<model>:<weights> "
+                                     "(downloaded, needs internet); a resumed run restores its checkpoint instead")
     auxiliary_init: str | None = setting(None, "the same for CMPL's auxiliary (its architecture differs from the "
                                                "primary's); null: random init")
 

@@ -38,6 +38,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torchvision.models import get_model_weights
 
 from ssl_core.checkpoint import CheckpointError, deployed_weights, latest_intact_checkpoint
 from ssl_core.models.init_spec import is_mlflow_uri, split_role, torchvision_source
@@ -118,9 +119,6 @@ def read_init_source(spec: str, *, key: str = "model.init") -> InitSource:
 
 def _from_torchvision(spec: str, key: str) -> InitSource:
     """`torchvision:<model>:<weights>` through torchvision's weights enum (downloads once into torch hub's cache)."""
-    # here: torchvision's model registry is only needed for this source
-    from torchvision.models import get_model_weights
-
     _, model, weights = spec.split(":", 2)
     try:
         enum = get_model_weights(model)
