@@ -128,9 +128,11 @@ class ModelConfig:
                                         "(models:/name@alias, runs:/<id>/model)")
     dropout: float = setting(0.0, "noise on the trained models (Noisy Student): dropout before the classifier")
     stochastic_depth: float = setting(0.0, "noise on the trained models (Noisy Student): stochastic depth rate of "
-                                           "the last residual block (residual models r3d_* only)")
-    # From few labels a pretrained backbone (e.g. Kinetics-400) learns far more than a random one; nothing is
-    # downloaded at run time, and a classifier of another class count starts fresh (ssl_core/models/init.py).
+                                           "the last residual block (residual models: r3d_*, mc3_18, r2plus1d_18, "
+                                           "vit_*)")
+    # From few labels a pretrained backbone (e.g. Kinetics-400) learns far more than a random one; nothing but a
+    # named torchvision:... source is downloaded at run time, and a classifier of another class count starts fresh
+    # (ssl_core/models/init.py).
     init: str | None = setting(None, "pretrained weights for a fresh start of the primary (and MPL's teacher): a "
                                      "checkpoint directory or run folder (PATH#auxiliary takes another model of "
                                      "it), an MLflow model URI, a local state-dict file (.pt/.pth; VideoMAE's "

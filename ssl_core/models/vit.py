@@ -12,8 +12,7 @@ their features; `forward(video, visible)` pools those into logits.
 
 Try it:
     python -c "import torch; from ssl_core.models import build_model; m = build_model('vit_tiny', num_classes=5); \
-v = torch.rand(2, 64) < 0.25; print(m(torch.randn(2, 3, 8, 64, 64)).shape, m.tokens(torch.randn(2, 3, 8, 64, 64), \
-v[:, :16].repeat(1, 4)).shape)"
+x = torch.randn(2, 3, 8, 64, 64); v = torch.arange(64).expand(2, 64) % 4 == 0; print(m(x).shape, m.tokens(x, v).shape)"
 """
 
 from __future__ import annotations
