@@ -118,9 +118,10 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     primary: str = setting("small3d", "the trained model: a registered name (`vidssl list models`); a +tg suffix "
-                                      "(small3d_w0.5+tg) reads the temporal-gradient view (frame differences); one "
-                                      "with published weights (vit_b, swin3d_t, ...) sets data.num_frames / stride "
-                                      "/ size and augment.crop_size to their input where the config leaves them")
+                                      "(small3d_w0.5+tg) reads the temporal-gradient view (frame differences); a "
+                                      "zoo entry (vit_*, swin3d_t, ...: its `input` in the list) sets "
+                                      "data.num_frames / stride / size and augment.crop_size where the config "
+                                      "leaves them")
     auxiliary: str = setting("small3d_w0.5", "the second model of algorithms with an auxiliary role (CMPL, "
                                              "FixMatch's companion); CMPL's published pair is r3d_50 + r3d_50_w0.25")
     teacher: str | None = setting(None, "frozen teacher of distill / noisy_student: a vidssl checkpoint directory, "

@@ -46,7 +46,6 @@ from ssl_core.models.vit import is_transformers_layout, transformers_to_official
 from ssl_core.typed_config import ConfigError
 
 # Where common checkpoint formats keep the weights: Lightning / timm ("state_dict"), DeiT-style ("model"),
-# pytorchvideo / SlowFast ("model_state").
 # pytorchvideo / SlowFast ("model_state"), DeepSpeed (VideoMAE's releases: "module").
 WRAPPER_KEYS = ("state_dict", "model", "model_state", "module")
 # Added by DataParallel / DDP, wrapper modules, backbone-only exports, torch.compile, VideoMAE's pretraining model.

@@ -1,6 +1,6 @@
 """The form of a `model.init` / `model.auxiliary_init` source (a path, `PATH#role`, an MLflow model URI,
-`torchvision:<model>:<weights>`), checked
-without reading anything: config validation takes these, ssl_core/models/init.py reads the weights.
+`torchvision:<model>:<weights>`), checked without reading anything: config validation takes these,
+ssl_core/models/init.py reads the weights.
 
 Try it:
     python -c "from ssl_core.models.init_spec import init_spec_problem; print(init_spec_problem('https://x/w.pth'))"
