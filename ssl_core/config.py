@@ -301,10 +301,12 @@ class Config:
 def check_across_sections(cfg: Config) -> None:
     """The checks that need two sections (each section checks its own keys in its check())."""
     d, a = cfg.data, cfg.augment
-    _check(a.crop_size <= d.size, "augment.crop_size", f"must be <= data.size ({d.size})")
     spec = model_inputs(cfg.model.primary)
+    primary = cfg.model.primary
+    # A crop taken from the primary's input spec surprises a config that set only data.size: say where it came from.
+    origin = f" ({primary} takes {spec.crop} px where augment.crop_size is not set)" if spec is not None else ""
+    _check(a.crop_size <= d.size, "augment.crop_size", f"must be <= data.size ({d.size}){origin}")
     if spec is not None:
-        primary = cfg.model.primary
         if spec.fixed:
             _check(d.num_frames == spec.frames, "data.num_frames", f"{primary} takes {spec.frames} frames only")
             _check(a.crop_size == spec.crop, "augment.crop_size", f"{primary} takes {spec.crop} px only")

@@ -246,6 +246,8 @@ def test_config_takes_the_primary_model_input_unless_set() -> None:
         (["model.primary=vit_tiny", "augment.crop_size=56"], "augment.crop_size: vit_tiny needs a multiple of 16"),
         (["model.primary=vit_tiny", "data.num_frames=5"], "data.num_frames: vit_tiny needs a multiple of 2"),
         (["model.primary=s3d", "augment.crop_size=112"], "augment.crop_size: s3d needs >= 224 px"),
+        (["model.primary=vit_b", "data.size=128"],
+         "augment.crop_size: must be <= data.size (128) (vit_b takes 224 px where augment.crop_size is not set)"),
     ],
 )
 def test_config_refuses_input_the_model_cannot_take(overrides: list[str], message: str) -> None:
