@@ -22,8 +22,8 @@ import yaml
 from ssl_core.algorithms import get_algorithm, list_algorithms
 from ssl_core.data.decode_base import DEFAULT_MAX_DECODE_PIXELS
 from ssl_core.data.transforms import AugmentConfig
-from ssl_core.models import list_models, parse_model_name
-from ssl_core.models.init_spec import init_spec_problem, is_mlflow_uri, split_role
+from ssl_core.models import list_models, model_inputs, parse_model_name
+from ssl_core.models.init_spec import init_spec_problem, is_mlflow_uri, split_role, torchvision_source
 from ssl_core.typed_config import (
     ConfigError,
     SyntheticConfig,
@@ -127,7 +127,10 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     primary: str = setting("small3d", "the trained model: a registered name (`vidssl list models`); a +tg suffix "
-                                      "(small3d_w0.5+tg) reads the temporal-gradient view (frame differences)")
+                                      "(small3d_w0.5+tg) reads the temporal-gradient view (frame differences); a "
+                                      "zoo entry (vit_*, swin3d_t, ...: its `input` in the list) sets "
+                                      "data.num_frames / stride / size and augment.crop_size where the config "
+                                      "leaves them")
     auxiliary: str = setting("small3d_w0.5", "the second model of algorithms with an auxiliary role (CMPL, "
                                              "FixMatch's companion); CMPL's published pair is r3d_50 + r3d_50_w0.25")
     teacher: str | None = setting(None, "frozen teacher of distill / noisy_student: a vidssl checkpoint directory, "
@@ -135,13 +138,16 @@ class ModelConfig:
                                         "(models:/name@alias, runs:/<id>/model)")
     dropout: float = setting(0.0, "noise on the trained models (Noisy Student): dropout before the classifier")
     stochastic_depth: float = setting(0.0, "noise on the trained models (Noisy Student): stochastic depth rate of "
-                                           "the last residual block (residual models r3d_* only)")
-    # From few labels a pretrained backbone (e.g. Kinetics-400) learns far more than a random one; nothing is
-    # downloaded at run time, and a classifier of another class count starts fresh (ssl_core/models/init.py).
+                                           "the last residual block (residual models: r3d_*, mc3_18, r2plus1d_18, "
+                                           "vit_*)")
+    # From few labels a pretrained backbone (e.g. Kinetics-400) learns far more than a random one; nothing but a
+    # named torchvision:... source is downloaded at run time, and a classifier of another class count starts fresh
+    # (ssl_core/models/init.py).
     init: str | None = setting(None, "pretrained weights for a fresh start of the primary (and MPL's teacher): a "
                                      "checkpoint directory or run folder (PATH#auxiliary takes another model of "
-                                     "it), an MLflow model URI, or a local state-dict file (.pt/.pth); a resumed "
-                                     "run restores its checkpoint instead")
+                                     "it), an MLflow model URI, a local state-dict file (.pt/.pth; VideoMAE's "
+                                     "official or transformers' layout for vit_*), or torchvision:<model>:<weights> "
+                                     "(downloaded, needs internet); a resumed run restores its checkpoint instead")
     auxiliary_init: str | None = setting(None, "the same for CMPL's auxiliary (its architecture differs from the "
                                                "primary's); null: random init")
 
@@ -304,7 +310,22 @@ class Config:
 def check_across_sections(cfg: Config) -> None:
     """The checks that need two sections (each section checks its own keys in its check())."""
     d, a = cfg.data, cfg.augment
-    _check(a.crop_size <= d.size, "augment.crop_size", f"must be <= data.size ({d.size})")
+    spec = model_inputs(cfg.model.primary)
+    primary = cfg.model.primary
+    # A crop taken from the primary's input spec surprises a config that set only data.size: say where it came from.
+    origin = f" ({primary} takes {spec.crop} px where augment.crop_size is not set)" if spec is not None else ""
+    _check(a.crop_size <= d.size, "augment.crop_size", f"must be <= data.size ({d.size}){origin}")
+    if spec is not None:
+        if spec.fixed:
+            _check(d.num_frames == spec.frames, "data.num_frames", f"{primary} takes {spec.frames} frames only")
+            _check(a.crop_size == spec.crop, "augment.crop_size", f"{primary} takes {spec.crop} px only")
+        _check(d.num_frames >= spec.min_frames, "data.num_frames", f"{primary} needs >= {spec.min_frames} frames")
+        _check(a.crop_size >= spec.min_side, "augment.crop_size", f"{primary} needs >= {spec.min_side} px")
+        frames_multiple, side_multiple = spec.multiple
+        _check(d.num_frames % frames_multiple == 0, "data.num_frames",
+               f"{primary} needs a multiple of {frames_multiple}, got {d.num_frames}")
+        _check(a.crop_size % side_multiple == 0, "augment.crop_size",
+               f"{primary} needs a multiple of {side_multiple}, got {a.crop_size}")
     algorithm_cls = get_algorithm(cfg.algorithm.name)
     _check(algorithm_cls.needs_targets == (d.pseudo_labels is not None), "data.pseudo_labels",
            f"algorithm {cfg.algorithm.name} needs a pseudo-labeled set (a Parquet file from workflows.noisy_student)"
@@ -344,8 +365,8 @@ def pin_paths(raw: dict[str, Any], tracking_uri: str) -> dict[str, Any]:
             data[key] = str(Path(data[key]).expanduser().resolve())
     out["output"]["storage"] = str(Path(out["output"]["storage"]).expanduser().resolve())
     model = out.get("model") or {}
-    for key in ("init", "auxiliary_init"):  # a local source (`PATH#role` keeps its role); MLflow URIs stay
-        if model.get(key) and not is_mlflow_uri(model[key]):
+    for key in ("init", "auxiliary_init"):  # a local source (`PATH#role` keeps its role); named sources stay
+        if model.get(key) and not is_mlflow_uri(model[key]) and torchvision_source(model[key]) is None:
             path, role = split_role(model[key])
             model[key] = str(Path(path).expanduser().resolve()) + (f"#{role}" if role else "")
     out["tracking"]["uri"] = tracking_uri
@@ -361,12 +382,38 @@ def from_dict(raw: dict[str, Any]) -> Config:
     if isinstance(data_raw, dict) and isinstance(data_raw.get("cache"), bool):
         # YAML 1.1 reads a bare `on` / `off` as true / false: data.cache takes them as the words written.
         raw["data"] = {**data_raw, "cache": "on" if data_raw["cache"] else "off"}
+    raw = with_model_input_defaults(raw)
     cfg: Config = build(Config, raw, "")
     # The algorithm section has its own reader: flat keys and per-algorithm sections are checked against the
     # registered algorithms' Params, not against AlgorithmConfig's fields.
     cfg.algorithm = checked(_build_algorithm(algo_raw), "algorithm")
     check_across_sections(cfg)
     return cfg
+
+
+# Config key -> the InputSpec field that is its default for a primary model with published weights.
+MODEL_INPUT_KEYS = {("data", "num_frames"): "frames", ("data", "stride"): "stride", ("data", "size"): "resize",
+                    ("augment", "crop_size"): "crop"}
+
+
+def with_model_input_defaults(raw: dict[str, Any]) -> dict[str, Any]:
+    """`raw` with the clip settings the primary model's weights expect (`vidssl list models`: vit_b 16 frames at
+    stride 4, 224 px) for each of data.num_frames / stride / size and augment.crop_size that it leaves unset.
+    Entries without an input spec (small3d, r3d_*) keep the defaults of the config sections."""
+    model = raw.get("model")
+    primary = model.get("primary", ModelConfig.primary) if isinstance(model, dict) else ModelConfig.primary
+    try:
+        spec = model_inputs(primary) if isinstance(primary, str) else None
+    except KeyError:  # ModelConfig.check names the key
+        return raw
+    if spec is None:
+        return raw
+    out = dict(raw)
+    for (section, key), field_name in MODEL_INPUT_KEYS.items():
+        given = out.get(section)
+        if given is None or (isinstance(given, dict) and key not in given):
+            out[section] = {**(given or {}), key: getattr(spec, field_name)}
+    return out
 
 
 def _build_algorithm(raw: dict[str, Any]) -> AlgorithmConfig:

@@ -60,11 +60,24 @@ def _list(args: argparse.Namespace) -> int:
             fields = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(params))
             print(f"{name:<14} {description}" + (f"\n{'':<14} params: {fields}" if fields else ""))
     else:
-        from ssl_core.models import list_models  # here: as in _synth (torch, torchvision)
+        from ssl_core.models import list_models, model_inputs, published_weights  # here: as in _synth (torch)
 
         for name, description in list_models():
             print(f"{name:<14} {description}")
+            spec = model_inputs(name)
+            if spec is None:
+                print(f"{'':<14} input: the run's data.num_frames / stride / size, augment.crop_size; vidssl's "
+                      "mean / std")
+            else:
+                stats = f"mean {_stats(spec.mean)}, std {_stats(spec.std)}"
+                print(f"{'':<14} input: {spec.frames} frames, stride {spec.stride}, crop {spec.crop} (short side "
+                      f"{spec.resize}), {stats}")
+            print(f"{'':<14} weights: {published_weights(name)}")
     return 0
+
+
+def _stats(values: Sequence[float]) -> str:
+    return "(" + ", ".join(f"{v:.3f}" for v in values) + ")"
 
 
 def _config(args: argparse.Namespace) -> int:

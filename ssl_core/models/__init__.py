@@ -1,6 +1,16 @@
-"""Model registry; importing this package registers small3d, r3d_18 and r3d_50."""
+"""Model registry; importing this package registers small3d, r3d_18, r3d_50, the VideoMAE ViTs (vit.py) and
+torchvision's video classifiers (torchvision_video.py): `vidssl list models`."""
 
-from ssl_core.models import resnet3d, small3d  # noqa: F401  (imported for their registrations)
-from ssl_core.models.registry import build_model, list_models, parse_model_name, register_model
+from ssl_core.models import resnet3d, small3d, torchvision_video, vit  # noqa: F401  (imported for their registrations)
+from ssl_core.models.registry import (
+    InputSpec,
+    build_model,
+    list_models,
+    model_inputs,
+    parse_model_name,
+    published_weights,
+    register_model,
+)
 
-__all__ = ["build_model", "list_models", "parse_model_name", "register_model"]
+__all__ = ["InputSpec", "build_model", "list_models", "model_inputs", "parse_model_name", "published_weights",
+           "register_model"]

@@ -5,13 +5,18 @@ Sources read here (no MLflow: workflows/tracking/model_init.py turns an MLflow m
   - a vidssl checkpoint directory or a run folder (its latest checkpoint): the deployed weights (EMA when the
     run kept one) of its primary, or of another role with `PATH#auxiliary`;
   - a PyTorch state-dict file (.pt / .pth / .pyth), read with torch.load(weights_only=True): the dict itself or
-    under "state_dict" / "model" / "model_state". torchvision's r3d_18 KINETICS400_V1 file fits `r3d_18`
-    (vidssl's r3d_18 is torchvision's), pytorchvideo's hub slow_r50 file (SLOW_8x8_R50.pyth, {"model_state":
-    ...}) fits `r3d_50` (pytorchvideo's create_resnet, same module tree). Nothing is downloaded.
+    under "state_dict" / "model" / "model_state" / "module". torchvision's video weights files fit the entry of
+    the same name (r3d_18, swin3d_t, ...: built by torchvision's constructors), pytorchvideo's hub slow_r50 file
+    (SLOW_8x8_R50.pyth, {"model_state": ...}) fits `r3d_50` (pytorchvideo's create_resnet, same module tree),
+    VideoMAE's released checkpoints ({"module": ...} or {"model": ...}) fit `vit_s` / `vit_b`, and a state dict
+    in Hugging Face transformers' VideoMAE layout is mapped onto them (ssl_core/models/vit.py);
+  - `torchvision:<model>:<weights>` (torchvision:swin3d_t:KINETICS400_V1): the only source downloaded, through
+    torchvision's weights enum (into torch hub's cache), so only on a machine with internet. Nothing else is.
 
-Mapping (load_init): a prefix common in saved models ("module.", "model.", "backbone.", "_orig_mod.") is removed
-when that makes more keys match; every other key must match by name and shape. The classifier (the model's last
-nn.Linear: torchvision / small3d `fc`, pytorchvideo `blocks.5.proj`) is left at its fresh init when its shape
+Mapping (load_init): a prefix common in saved models ("module.", "model.", "backbone.", "_orig_mod.", and
+"encoder." of VideoMAE's pretraining checkpoints) is removed when that makes more keys match; every other key must
+match by name and shape. The classifier (the model's last nn.Linear or 1x1x1 Conv3d: torchvision / small3d `fc`,
+pytorchvideo `blocks.5.proj`, ViT / Swin `head`, S3D `classifier.1`) is left at its fresh init when its shape
 differs (another class count) or the source names other classes, and reported as re-initialised. A backbone key
 whose shape differs, or fewer than half of the backbone keys found, is a one-line InitError naming the key.
 
@@ -33,16 +38,18 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torchvision.models import get_model_weights
 
 from ssl_core.checkpoint import CheckpointError, deployed_weights, latest_intact_checkpoint
-from ssl_core.models.init_spec import is_mlflow_uri, split_role
+from ssl_core.models.init_spec import is_mlflow_uri, split_role, torchvision_source
+from ssl_core.models.vit import is_transformers_layout, transformers_to_official
 from ssl_core.typed_config import ConfigError
 
 # Where common checkpoint formats keep the weights: Lightning / timm ("state_dict"), DeiT-style ("model"),
-# pytorchvideo / SlowFast ("model_state").
-WRAPPER_KEYS = ("state_dict", "model", "model_state")
-# Added by DataParallel / DDP, wrapper modules, backbone-only exports, torch.compile.
-PREFIXES = ("module.", "model.", "backbone.", "_orig_mod.")
+# pytorchvideo / SlowFast ("model_state"), DeepSpeed (VideoMAE's releases: "module").
+WRAPPER_KEYS = ("state_dict", "model", "model_state", "module")
+# Added by DataParallel / DDP, wrapper modules, backbone-only exports, torch.compile, VideoMAE's pretraining model.
+PREFIXES = ("module.", "model.", "backbone.", "_orig_mod.", "encoder.")
 # Fewer backbone keys found than this fraction means another architecture, not a partial checkpoint.
 MIN_BACKBONE_FRACTION = 0.5
 _SHOWN = 3  # names listed per category in a report line
@@ -63,6 +70,9 @@ class InitSource:
 
 def read_init_source(spec: str, *, key: str = "model.init") -> InitSource:
     """The weights named by `spec` (a checkpoint directory, a run folder, `PATH#role`, a state-dict file)."""
+    named = torchvision_source(spec)
+    if named is not None:
+        return _from_torchvision(named, key)
     if is_mlflow_uri(spec):
         raise InitError(f"{key}: {spec} is an MLflow model URI: python -m workflows.train resolves it into a local "
                         "file before training; the Ray-free loop takes a checkpoint directory, a run folder or a "
@@ -104,6 +114,24 @@ def read_init_source(spec: str, *, key: str = "model.init") -> InitSource:
                         f"{' / '.join(WRAPPER_KEYS)}); found {found}")
     ok_classes = isinstance(classes, list) and all(isinstance(c, str) for c in classes)
     return InitSource(state_dict, description, list(classes) if ok_classes else None)
+
+
+def _from_torchvision(spec: str, key: str) -> InitSource:
+    """`torchvision:<model>:<weights>` through torchvision's weights enum (downloads once into torch hub's cache)."""
+    _, model, weights = spec.split(":", 2)
+    try:
+        enum = get_model_weights(model)
+    except ValueError as err:
+        raise InitError(f"{key}: {spec}: torchvision has no model {model!r}") from err
+    if weights not in enum.__members__:
+        raise InitError(f"{key}: {spec}: {enum.__name__} has no {weights!r}; it has {', '.join(enum.__members__)}")
+    entry = enum[weights]
+    try:
+        state_dict = entry.get_state_dict(progress=False)
+    except OSError as err:  # URLError is an OSError: no internet on this machine
+        raise InitError(f"{key}: {spec}: cannot download {entry.url} ({err}); download it on a machine with "
+                        "internet and give the local file") from err
+    return InitSource(dict(state_dict), spec, list(entry.meta.get("categories") or []) or None)
 
 
 def _from_training_state(state: Mapping[str, Any], role: str | None, spec: str, key: str) -> InitSource:
@@ -162,6 +190,7 @@ class InitReport:
     reinitialised: list[str] = field(default_factory=list)
     head: str = "loaded"  # "loaded" | "re-initialised (400 -> 8 classes)" | ...
     stripped: str = ""  # the key prefix removed from the source
+    layout: str = ""  # the source's key layout when it was mapped ("transformers' VideoMAE")
 
     def line(self) -> str:
         """`init primary from X: 120/122 keys matched, head re-initialised (400 -> 8 classes), 0 unexpected`."""
@@ -173,6 +202,8 @@ class InitReport:
                                                             else ""))
         if self.stripped:
             parts.append(f"prefix {self.stripped!r} removed")
+        if self.layout:
+            parts.append(f"{self.layout} layout mapped")
         return f"init {self.name} from {self.source}: " + ", ".join(parts)
 
     def params(self) -> dict[str, Any]:
@@ -193,10 +224,11 @@ def _shape(t: Tensor) -> tuple[int, ...]:
 
 
 def head_prefix(model: nn.Module) -> str | None:
-    """Module name of the classifier: the model's last nn.Linear (`fc`, `fc.1` behind dropout, `blocks.5.proj`)."""
+    """Module name of the classifier: the model's last nn.Linear (`fc`, `fc.1` behind dropout, `blocks.5.proj`,
+    `head`) or 1x1x1 nn.Conv3d (S3D's `classifier.1`)."""
     last = None
     for name, module in model.named_modules():
-        if isinstance(module, nn.Linear):
+        if isinstance(module, nn.Linear) or (isinstance(module, nn.Conv3d) and module.kernel_size == (1, 1, 1)):
             last = name
     return last
 
@@ -244,9 +276,12 @@ def load_init(
     wanted = set(target)
     if head is not None:
         wanted |= {alias + k[len(head):] for k in head_keys for alias in _head_aliases(head)}
-    sd, stripped = _strip_prefixes(dict(source_state_dict), wanted)
+    sd, layout = dict(source_state_dict), ""
+    if is_transformers_layout(sd):
+        sd, layout = transformers_to_official(sd), "transformers' VideoMAE"
+    sd, stripped = _strip_prefixes(sd, wanted)
     classes_differ = source_classes is not None and classes is not None and list(source_classes) != list(classes)
-    report = InitReport(name=name, source=source, total=len(target), stripped=stripped)
+    report = InitReport(name=name, source=source, total=len(target), stripped=stripped, layout=layout)
     loaded: dict[str, Tensor] = {}
     used: set[str] = set()
     head_from: tuple[int, ...] | None = None

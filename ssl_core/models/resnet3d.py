@@ -23,7 +23,11 @@ with warnings.catch_warnings():
 from ssl_core.models.registry import register_model
 
 
-@register_model("r3d_18", "torchvision R3D-18 (3D ResNet-18), random init; width 1 only")
+# Its published weights expect 16 x 112 px clips and torchvision's mean / std; r3d_18 keeps taking the run's clip
+# settings and vidssl's normalisation, as it did before the zoo, so checkpoints trained with it predict as before.
+@register_model("r3d_18", "torchvision R3D-18 (3D ResNet-18), random init; width 1 only",
+                weights="torchvision R3D_18_Weights: torchvision:r3d_18:KINETICS400_V1 (16 x 112 px, torchvision "
+                        "mean / std; r3d_18 reads the run's clip settings and vidssl's normalisation)")
 def r3d_18(*, num_classes: int, width: float = 1.0, dropout: float = 0.0) -> nn.Module:
     if width != 1.0:
         raise ValueError(f"r3d_18 supports width 1 only, got {width}; use r3d_50_w<x> or small3d_w<x>")

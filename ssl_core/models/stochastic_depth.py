@@ -9,8 +9,9 @@ The parameter-free StochasticDepth modules are attached so that the state_dict k
 checkpoint of a model trained with stochastic depth loads into the same architecture built without it
 (Noisy Student's student becomes the next round's un-noised teacher).
 
-Supported blocks: pytorchvideo's ResBlock (r3d_50: the drop wraps `branch2`, the bottleneck) and
-torchvision's video BasicBlock / Bottleneck (r3d_18: the drop wraps the last conv of the residual path).
+Supported blocks: pytorchvideo's ResBlock (r3d_50: the drop wraps `branch2`, the bottleneck), torchvision's
+video BasicBlock / Bottleneck (r3d_18, mc3_18, r2plus1d_18: the drop wraps the last conv of the residual path)
+and the ViT's Block (vit_*: both residual branches, attention and MLP, at the block's rate; VideoMAE's drop_path).
 
 Try it:
     python -c "import torch; from ssl_core.models import build_model; \
@@ -30,6 +31,8 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", FutureWarning)  # pytorchvideo's import-time torch.jit.script warning
     from pytorchvideo.models.resnet import ResBlock
 
+from ssl_core.models.vit import Block
+
 _ATTR = "stochastic_depth"
 
 
@@ -41,15 +44,17 @@ def _apply_stochastic_depth(module: nn.Module, inputs: tuple[Tensor, ...], outpu
     return getattr(module, _ATTR)(output)
 
 
-def _residual_branch(block: nn.Module) -> nn.Module | None:
-    """The last module of a block's residual (non-shortcut) path, or None for a non-residual module."""
+def _residual_branches(block: nn.Module) -> list[nn.Module]:
+    """The last module of each of a block's residual (non-shortcut) paths; none for a non-residual module."""
     if isinstance(block, ResBlock):
-        return block.branch2
+        return [block.branch2]
     if isinstance(block, Bottleneck):
-        return block.conv3
+        return [block.conv3]
     if isinstance(block, BasicBlock):
-        return block.conv2
-    return None
+        return [block.conv2]
+    if isinstance(block, Block):
+        return [block.attn, block.mlp]
+    return []
 
 
 def _attach(branch: nn.Module, drop: StochasticDepth) -> None:
@@ -72,13 +77,15 @@ def add_stochastic_depth(model: nn.Module, p: float) -> nn.Module:
         raise ValueError(f"add_stochastic_depth: p must be in [0, 1), got {p}")
     if any(isinstance(m, StochasticDepth) for m in model.modules()):
         raise ValueError(f"add_stochastic_depth: {type(model).__name__} already has stochastic depth")
-    branches = [b for b in (_residual_branch(m) for m in model.modules()) if b is not None]
-    if not branches:
+    blocks = [branches for branches in map(_residual_branches, model.modules()) if branches]
+    if not blocks:
         raise ValueError(
             f"add_stochastic_depth: {type(model).__name__} has no residual blocks (pytorchvideo ResBlock, "
-            "torchvision BasicBlock / Bottleneck); stochastic depth needs a residual model such as r3d_18 or r3d_50"
+            "torchvision BasicBlock / Bottleneck, ViT Block); stochastic depth needs a residual model such as r3d_18, "
+            "r3d_50 or vit_tiny"
         )
-    n = len(branches)
-    for i, branch in enumerate(branches, start=1):
-        _attach(branch, StochasticDepth(p * i / n, mode="row"))
+    n = len(blocks)
+    for i, branches in enumerate(blocks, start=1):
+        for branch in branches:
+            _attach(branch, StochasticDepth(p * i / n, mode="row"))
     return model

@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
+from ssl_core.checkpoint import latest_intact_checkpoint
 from ssl_core.config import Config, load_config
 from ssl_core.data import synthetic
 from ssl_core.loop import run_local
@@ -229,3 +230,18 @@ def test_baseline_of_a_one_worker_run_trains_in_the_driver(
     assert f"baseline: step 4/4  evaluation: primary top-1 {100 * top1:.1f} %" in printed
     assert run.data.metrics["baseline/top1_primary"] == baseline.data.metrics["eval/top1_primary"]
     assert client.search_model_versions("name='e2e-primary'")[0].run_id == run.info.run_id  # baseline unregistered
+
+
+def test_tiny_vit_trains_fixmatch_through_workflows_train(
+    ray_local: None, dataset: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The zoo's ViT in the whole pipeline: FixMatch (with the demo's temporal-gradient companion), checkpoint,
+    evaluation and registration; its clips are 4 x 32 px (two frame pairs, 2 x 2 tubes)."""
+    overrides = tiny_overrides(dataset, tmp_path, "model.primary=vit_tiny", "algorithm.name=fixmatch",
+                               "scaling.num_workers=1", "train.iterations=3", "train.eval_every=3",
+                               "train.checkpoint_every=3")
+    assert main(["--config", str(DEMO), *[arg for o in overrides for arg in ("--set", o)]]) == 0
+    assert "fixmatch on" in capfd.readouterr().out
+    _, state = latest_intact_checkpoint(find_run(tmp_path / "runs", "latest"))
+    assert state["step"] == 3 and state["model_names"]["primary"] == "vit_tiny"
+    assert "blocks.3.attn.qkv.weight" in state["models"]["primary"]

@@ -108,6 +108,22 @@ def test_stochastic_depth_is_random_in_train_and_exact_in_eval() -> None:
     assert len(rates) == 16 and rates[-1] == pytest.approx(0.5) and rates[0] == pytest.approx(0.5 / 16)
 
 
+def test_stochastic_depth_on_the_vit_drops_both_branches_of_each_block() -> None:
+    torch.manual_seed(0)
+    model = build_model("vit_tiny", num_classes=3)
+    nn.init.normal_(model.head.weight)  # a near-zero fresh head would hide the branches
+    plain = copy.deepcopy(model).eval()
+    noisy = add_stochastic_depth(model, 0.4)
+    assert list(noisy.state_dict()) == list(plain.state_dict())
+    x = torch.randn(2, 3, 2, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(noisy.eval()(x), plain(x))
+        noisy.train()
+        assert not torch.allclose(noisy(x), noisy(x))
+    rates = [m.p for m in noisy.modules() if type(m).__name__ == "StochasticDepth"]
+    assert rates == pytest.approx([0.1, 0.1, 0.2, 0.2, 0.3, 0.3, 0.4, 0.4])
+
+
 def test_stochastic_depth_rejects_models_without_residual_blocks() -> None:
     with pytest.raises(ValueError, match="Small3D"):
         add_stochastic_depth(build_model("small3d", num_classes=3), 0.2)
