@@ -4,7 +4,8 @@
     python -m workflows.predict --model runs/cmpl-20250101-120000 --videos data/synth --out predictions.parquet
 
 `load_for_inference` accepts an MLflow model URI (models:/name@alias, models:/name/3, models:/m-<model id>,
-runs:/<run id>/model), a checkpoint directory, or a training run folder (its latest checkpoint; append
+runs:/<run id>/model) or a downloaded MLflow model folder (holding MLmodel), a checkpoint directory, or a training
+run folder (its latest checkpoint; append
 `#auxiliary` for another model role it holds, e.g. CMPL's auxiliary), and returns
 the model with its metadata (class names, clip shape; see ssl_core.checkpoint.model_meta) and where it came
 from. Workflows.train_loop loads frozen teachers through it too. MLflow models are read in vidssl's pickle-free
@@ -104,23 +105,30 @@ def _load_mlflow(spec: str, tracking_uri: str, trust_pickle: bool) -> InferenceM
 
     mlflow.set_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri=tracking_uri)
+    name = version = model_id = run_id = None
     try:
-        info = mlflow.models.get_model_info(spec)  # reads the MLmodel YAML file only
-        meta = _check_meta(spec, (info.metadata or {}).get("vidssl"), "MLflow model")
-        name, version = _registered_version(spec, info.model_id, client)
-        # Load what was resolved: an alias that moves while a long job runs must not change the model.
-        pinned = info.model_uri if info.model_id else spec
-        safe = is_safe_model(info.flavors)
+        if spec.startswith(("models:/", "runs:/")):
+            info = mlflow.models.get_model_info(spec)  # reads the MLmodel YAML file only
+            flavors, metadata, model_id, run_id = info.flavors, info.metadata, info.model_id, info.run_id
+            name, version = _registered_version(spec, info.model_id, client)
+            # Load what was resolved: an alias that moves while a long job runs must not change the model.
+            pinned = info.model_uri if info.model_id else spec
+        else:  # a model folder: the ids in its MLmodel name another store's entries, so they are left out
+            pinned = str(Path(spec).expanduser().resolve())
+            mlmodel = mlflow.models.Model.load(pinned)
+            flavors, metadata = mlmodel.flavors, mlmodel.metadata
+        meta = _check_meta(spec, (metadata or {}).get("vidssl"), "MLflow model")
+        safe = is_safe_model(flavors)
         if safe:
-            model, _ = load_safe_model(pinned, info.flavors)
+            model, _ = load_safe_model(pinned, flavors)
         else:
-            model = _load_pickled(spec, pinned, name, version, info.flavors, trust_pickle)
+            model = _load_pickled(spec, pinned, name, version, flavors, trust_pickle)
     except MlflowException as err:
         raise InferenceError(f"{spec}: {err.message}") from err
     except SavedModelError as err:
         raise InferenceError(f"{spec}: {err}") from err
     source = {"spec": spec, "kind": "mlflow", "uri": pinned, "tracking_uri": tracking_uri, "name": name,
-              "version": version, "model_id": info.model_id, "run_id": info.run_id, "checkpoint": None, "step": None}
+              "version": version, "model_id": model_id, "run_id": run_id, "checkpoint": None, "step": None}
     return InferenceModel(model.eval(), meta, source, pickle_trusted=not safe)
 
 
@@ -136,15 +144,11 @@ def _load_pickled(spec: str, pinned: str, name: str | None, version: str | None,
         raise InferenceError(f"{spec} ({what}) is a pickled mlflow.pytorch model, and unpickling runs code stored in "
                              "it: refused; pass --trust-pickle (config: model.trust_pickle: true) only if you trust "
                              "whoever logged it")
-    # here: torch and MLflow's pytorch flavour only for a model the caller chose to trust
+    # here: MLflow's pytorch flavour only for a model the caller chose to trust
     import mlflow.pytorch
-    from torch import nn
 
     log.warning("%s (%s): unpickling a mlflow.pytorch model (--trust-pickle)", spec, what)
-    model = mlflow.pytorch.load_model(pinned, map_location="cpu")
-    if not isinstance(model, nn.Module):
-        raise InferenceError(f"{spec} ({what}) unpickled into a {type(model).__name__}, not a torch module")
-    return model
+    return mlflow.pytorch.load_model(pinned, map_location="cpu")
 
 
 def _checkpoint_role(spec: str) -> tuple[str, str]:
@@ -192,7 +196,7 @@ def load_for_inference(spec: str, tracking_uri: str | None, *, trust_pickle: boo
     `tracking_uri` (None: $MLFLOW_TRACKING_URI or ./mlflow.db) serves models:/ and runs:/ specs. An MLflow model
     in vidssl's format (workflows.tracking.safe_model) loads without unpickling; one in MLflow's pickled pytorch
     format (older vidssl versions) is an InferenceError unless `trust_pickle` (--trust-pickle)."""
-    if spec.startswith(("models:/", "runs:/")):
+    if spec.startswith(("models:/", "runs:/")) or (Path(spec).expanduser() / "MLmodel").is_file():
         from workflows.tracking.tracker import resolve_uri  # here: as in _load_mlflow
 
         return _load_mlflow(spec, resolve_uri(tracking_uri), trust_pickle)
@@ -285,8 +289,8 @@ def score_videos(
 def add_scoring_args(parser: argparse.ArgumentParser, *, clips: int, crops: int, clips_help: str) -> None:
     """The options evaluate and predict share: the model, the views per video, the pipeline's resources."""
     parser.add_argument("--model", required=True, metavar="SPEC",
-                        help="models:/name@alias, models:/name/N, runs:/<run id>/model, a checkpoint directory "
-                             "or a training run folder (its latest checkpoint)")
+                        help="models:/name@alias, models:/name/N, runs:/<run id>/model, an MLflow model folder, "
+                             "a checkpoint directory or a training run folder (its latest checkpoint)")
     parser.add_argument("--clips", type=int, default=clips, help=clips_help)
     parser.add_argument("--crops", type=int, default=crops,
                         help=f"square crops along the long side (default {crops}{': centre' if crops == 1 else ''})")
