@@ -18,6 +18,7 @@ import mlflow.pytorch
 import numpy as np
 import pytest
 import torch
+import yaml
 from mlflow import MlflowClient
 from torch import nn
 
@@ -174,6 +175,22 @@ def test_every_entry_point_refuses_a_pickled_model(
     assert str(init_err.value).startswith(f"model.init: {evil}")
     _one_line_refusal(str(init_err.value), evil)
     assert not (tmp_path / "run" / "init" / "init.pt").exists()
+    assert not store.marker.exists()
+
+
+def test_model_folders_are_checked_the_same_way(store: Store, tmp_path: Path) -> None:
+    """A downloaded model folder: the pickled one is refused too; one of another flavour is named as such."""
+    evil = _download(store.uri, "models:/evil/1", tmp_path / "evil")
+    with pytest.raises(InferenceError) as err:
+        load_for_inference(str(evil), store.uri)
+    _one_line_refusal(str(err.value), str(evil))
+    other = tmp_path / "onnx"
+    other.mkdir()
+    (other / "MLmodel").write_text(yaml.safe_dump({"flavors": {"onnx": {"data": "model.onnx"}},
+                                                   "metadata": {"vidssl": META}}))
+    with pytest.raises(InferenceError, match=r"is neither a vidssl model \(safetensors \+ spec.json\) nor an "
+                                             r"mlflow.pytorch model; its flavors: onnx$"):
+        load_for_inference(str(other), store.uri)
     assert not store.marker.exists()
 
 
