@@ -4,13 +4,12 @@
     python -m workflows.predict --model runs/cmpl-20250101-120000 --videos data/synth --out predictions.parquet
 
 `load_for_inference` accepts an MLflow model URI (models:/name@alias, models:/name/3, models:/m-<model id>,
-runs:/<run id>/model) or a downloaded MLflow model folder (holding MLmodel), a checkpoint directory, or a training
-run folder (its latest checkpoint; append
-`#auxiliary` for another model role it holds, e.g. CMPL's auxiliary), and returns
-the model with its metadata (class names, clip shape; see ssl_core.checkpoint.model_meta) and where it came
-from. Workflows.train_loop loads frozen teachers through it too. MLflow models are read in vidssl's pickle-free
-format (workflows/tracking/safe_model.py: safetensors + spec.json); one logged by an older vidssl in MLflow's
-pickled pytorch format is refused unless `trust_pickle` (--trust-pickle, config model.trust_pickle).
+runs:/<run id>/model) or a downloaded MLflow model folder (holding MLmodel), a checkpoint directory, or a
+training run folder (its latest checkpoint; append `#auxiliary` for another model role it holds, e.g. CMPL's
+auxiliary), and returns the model with its metadata (class names, clip shape; see ssl_core.checkpoint.model_meta)
+and where it came from. Workflows.train_loop loads frozen teachers through it too. MLflow models are read in
+vidssl's pickle-free format (workflows/tracking/safe_model.py: safetensors + spec.json); one logged by an older
+vidssl in MLflow's pickled pytorch format is refused unless `trust_pickle` (--trust-pickle, model.trust_pickle).
 
 `score_videos` is the Ray Data pipeline:
     rows {path, label}
