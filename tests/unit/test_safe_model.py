@@ -22,10 +22,10 @@ import yaml
 from mlflow import MlflowClient
 from torch import nn
 
-from ssl_core.config import ConfigError, load_config
+from ssl_core.config import ConfigError, load_config, read_config_file
 from ssl_core.models import build_model
 from workflows import distill, evaluate, label_queue, predict
-from workflows.runtime.inference import InferenceError, load_for_inference
+from workflows.runtime.inference import InferenceError, InferenceModel, load_for_inference
 from workflows.runtime.train_worker import load_teacher
 from workflows.tracking.model_init import prepare_init
 from workflows.tracking.safe_model import LOADER_MODULE
@@ -192,6 +192,18 @@ def test_model_folders_are_checked_the_same_way(store: Store, tmp_path: Path) ->
                                              r"mlflow.pytorch model; its flavors: onnx$"):
         load_for_inference(str(other), store.uri)
     assert not store.marker.exists()
+
+
+@pytest.mark.parametrize("trusted", [False, True])
+def test_distill_hands_the_trust_to_its_train_workers(trusted: bool) -> None:
+    """distill --trust-pickle loads the teacher on the driver; the workers reload it with the student's config."""
+    argv = ["--teacher", "models:/t/1", "--student", "small3d_w0.25", *(["--trust-pickle"] if trusted else [])]
+    args = distill.build_parser().parse_args(argv)
+    source = {"spec": "models:/t/1", "kind": "mlflow", "uri": "models:/m-1", "tracking_uri": "sqlite:///x.db",
+              "name": "t", "version": "1", "model_id": "m-1", "run_id": "r", "checkpoint": None, "step": None}
+    teacher = InferenceModel(nn.Identity(), META, source, pickle_trusted=args.trust_pickle)
+    cfg = distill.distill_config(read_config_file(str(DEMO)), args, teacher)
+    assert (cfg.model.teacher, cfg.model.trust_pickle) == ("models:/t/1", trusted)
 
 
 def test_trusting_the_pickle_runs_its_code(store: Store) -> None:

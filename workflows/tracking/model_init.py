@@ -3,7 +3,8 @@ before Ray starts, and what MLflow records.
 
 An MLflow model URI is resolved once, on the driver, into `<run folder>/init/<key>.pt` ({"state_dict", "classes",
 "source"}; ssl_core.models.init reads it like any state-dict file), so Train workers, and their restarts, never
-need MLflow to start from it, and a moving alias cannot change the weights of a run that is resumed. Local
+need MLflow to start from it, and a moving alias cannot change the weights of a run that is resumed (a model in
+MLflow's pickled pytorch format, logged by an older vidssl, only with model.trust_pickle). Local
 sources are passed on as absolute paths (on a multi-node cluster they must be on storage every node sees).
 
 On a fresh start the driver builds the models once and loads the weights the way the workers will
