@@ -191,6 +191,14 @@ def test_model_folders_are_checked_the_same_way(store: Store, tmp_path: Path) ->
     with pytest.raises(InferenceError, match=r"is neither a vidssl model \(safetensors \+ spec.json\) nor an "
                                              r"mlflow.pytorch model; its flavors: onnx$"):
         load_for_inference(str(other), store.uri)
+    # This format's loader, pointed outside the model folder.
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    pyfunc = {"loader_module": LOADER_MODULE, "data": "../onnx"}
+    (outside / "MLmodel").write_text(yaml.safe_dump({"flavors": {"python_function": pyfunc},
+                                                     "metadata": {"vidssl": META}}))
+    with pytest.raises(InferenceError, match=r"its MLmodel names no data folder inside the model \('../onnx'\)$"):
+        load_for_inference(str(outside), store.uri)
     assert not store.marker.exists()
 
 

@@ -122,7 +122,7 @@ def _load_pyfunc(data_path: str) -> SafePyfuncModel:
 
 
 def version_description(spec: Mapping[str, Any]) -> str:
-    """A registered version's description: the spec in a few lines (the full spec is artifact model/data)."""
+    """A registered version's description: the spec in one paragraph (all of it: model/data/model/spec.json)."""
     meta = spec["meta"]
     classes = ", ".join(map(str, meta["classes"]))
     return (f"{spec['architecture']} ({spec['num_classes']} classes: {classes}); clip {meta['num_frames']} frames, "
