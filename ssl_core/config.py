@@ -150,6 +150,10 @@ class ModelConfig:
                                      "(downloaded, needs internet); a resumed run restores its checkpoint instead")
     auxiliary_init: str | None = setting(None, "the same for CMPL's auxiliary (its architecture differs from the "
                                                "primary's); null: random init")
+    # MLflow models logged by vidssl load without running code (safetensors + spec.json); older ones are pickles.
+    trust_pickle: bool = setting(False, "load model.teacher / model.init / model.auxiliary_init MLflow models "
+                                        "logged by an older vidssl in MLflow's pickled pytorch format (unpickling "
+                                        "runs code stored in the artifact); false: such a model stops the run")
 
     def check(self) -> None:
         for key in ("primary", "auxiliary"):

@@ -49,7 +49,7 @@ from ssl_core.evaluate import EvalCounts
 from ssl_core.models import build_model
 from workflows.console import terminal
 from workflows.evaluate import EvalSet, load_eval_set, run_scoring
-from workflows.runtime.inference import InferenceError, InferenceModel, load_for_inference
+from workflows.runtime.inference import InferenceError, InferenceModel, add_trust_pickle_arg, load_for_inference
 
 log = logging.getLogger("vidssl.distill")
 
@@ -151,6 +151,8 @@ def distill_config(base: Mapping[str, Any], args: argparse.Namespace, teacher: I
     model = raw.setdefault("model", {})
     model["primary"] = args.student
     model["teacher"] = pinned_spec(teacher)
+    if teacher.pickle_trusted:  # the Train workers reload the teacher: the trust given on the command line holds there
+        model["trust_pickle"] = True
     tracking = raw.setdefault("tracking", {})
     # The Train worker loads an MLflow teacher from the run's own tracking store.
     tracking["uri"] = args.tracking_uri or src["tracking_uri"] or tracking.get("uri")
@@ -251,6 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--teacher", required=True, metavar="SPEC",
                         help="models:/name@alias, models:/name/N, runs:/<run id>/model, a checkpoint directory "
                              "or a training run folder (its latest checkpoint)")
+    add_trust_pickle_arg(parser)
     parser.add_argument("--student", required=True, metavar="MODEL",
                         help="registered model name of the student, e.g. small3d_w0.25 (`vidssl list models`)")
     parser.add_argument("--config", help="base training config (default: the teacher's own training config)")
@@ -346,7 +349,7 @@ def prepare(args: argparse.Namespace) -> tuple[Config, InferenceModel, str]:
     if min(args.eval_clips, args.eval_crops, args.batch_size, args.bench_batch, args.bench_threads,
            args.bench_repeats) < 1:
         raise ConfigError("--eval-clips, --eval-crops, --batch-size and --bench-* must be >= 1")
-    teacher = load_for_inference(args.teacher, resolve_uri(args.tracking_uri))
+    teacher = load_for_inference(args.teacher, resolve_uri(args.tracking_uri), trust_pickle=args.trust_pickle)
     check_student(args.student, teacher, args.allow_larger)
     teacher_cfg = teacher_training_config(teacher)
     if args.config is not None:

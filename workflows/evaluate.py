@@ -209,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             if min(args.clips, args.crops, args.batch_size) < 1:
                 raise ValueError("--clips, --crops and --batch-size must be >= 1")
-            loaded = load_for_inference(args.model, tracking_uri)
+            loaded = load_for_inference(args.model, tracking_uri, trust_pickle=args.trust_pickle)
             eval_set = load_eval_set(args.data, args.split, loaded.classes)
         except (InferenceError, ManifestError, ConfigError, ValueError) as err:
             print(f"error: {err}", file=sys.stderr)

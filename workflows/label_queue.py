@@ -379,8 +379,9 @@ def _prepare(args: argparse.Namespace, out: Path
     strategy = resolve_strategy(args.strategy, args.aux_model is not None)
     check_out(out, args.overwrite)
     candidates = collect_candidates(args.videos, args.exclude)
-    model = load_for_inference(args.model, args.tracking_uri)
-    aux = load_for_inference(args.aux_model, args.tracking_uri) if args.aux_model else None
+    model = load_for_inference(args.model, args.tracking_uri, trust_pickle=args.trust_pickle)
+    aux = (load_for_inference(args.aux_model, args.tracking_uri, trust_pickle=args.trust_pickle) if args.aux_model
+           else None)
     if aux is not None:
         check_same_classes(model, aux)
     return strategy, candidates, model, aux

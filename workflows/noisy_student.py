@@ -172,7 +172,7 @@ def run_labeling_stage(spec: NoisyStudentSpec, state: WorkflowState, stage: Stag
     cfg = stage_training_config(spec, state, Stage("round-0-teacher", "teacher", 0))
     data = prepare_data(cfg, run_dir=None)
     classes = list(data.manifest.classes)
-    loaded = load_for_inference(labeled_by, state.tracking_uri)
+    loaded = load_for_inference(labeled_by, state.tracking_uri, trust_pickle=cfg.model.trust_pickle)
     if loaded.classes != classes:
         raise ConfigError(f"{stage.key}: model {labeled_by} knows classes {loaded.classes}, the data {classes}")
     labels = spec.labels

@@ -181,7 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not out.parent.is_dir():
                 raise InputError(f"--out {out}: folder {out.parent} does not exist")
             paths = list_videos(args.videos)
-            loaded = load_for_inference(args.model, args.tracking_uri)
+            loaded = load_for_inference(args.model, args.tracking_uri, trust_pickle=args.trust_pickle)
         except (InputError, InferenceError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2

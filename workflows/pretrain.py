@@ -193,7 +193,7 @@ def run_pretraining(
     model = model_from_state(final, "primary", "the final checkpoint")
     example = torch.zeros(1, 3, cfg.data.num_frames, cfg.augment.crop_size, cfg.augment.crop_size)
     model_uri, version = tracker.log_model(model.eval(), cfg.tracking.registered_model, example.numpy(),
-                                           dict(final["meta"]))
+                                           dict(final["meta"]), architecture=final["model_names"]["primary"])
     if version is not None and cfg.tracking.registered_model:
         name = cfg.tracking.registered_model
         for key, value in {"vidssl.stage": STAGE, "vidssl.objective": setup.pretrain.objective,

@@ -74,7 +74,7 @@ def trained(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Trained:
     _save(tmp / "bare", model, None)
     uri = f"sqlite:///{tmp}/mlflow.db"
     tracker = Tracker.start(uri, "train", "train-run", {})
-    _, version = tracker.log_model(model, MODEL, torch.zeros(1, 3, 4, 32, 32).numpy(), meta)
+    _, version = tracker.log_model(model, MODEL, torch.zeros(1, 3, 4, 32, 32).numpy(), meta, architecture="small3d")
     tracker.finish()
     client = MlflowClient(uri)
     client.set_registered_model_alias(MODEL, "champion", version)

@@ -55,7 +55,8 @@ def models(synth_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Mod
     _checkpoint(tmp / "other" / "checkpoint_000001", {"primary": primary}, classes[::-1])
     uri = f"sqlite:///{tmp}/mlflow.db"
     tracker = Tracker.start(uri, "train", "train-run", {})
-    _, version = tracker.log_model(primary, MODEL, torch.zeros(1, 3, 4, 32, 32).numpy(), {"classes": classes, **META})
+    _, version = tracker.log_model(primary, MODEL, torch.zeros(1, 3, 4, 32, 32).numpy(), {"classes": classes, **META},
+                                   architecture="small3d")
     tracker.finish()
     return Models(uri, f"models:/{MODEL}/{version}", tmp / "run", tmp / "other", classes)
 

@@ -241,7 +241,8 @@ def test_driver_resolves_an_mlflow_uri_once_into_the_run_folder(
     registered = build_model("small3d_w0.25", num_classes=3)
     calls = []
 
-    def fake_load(spec: str, tracking_uri: str | None) -> InferenceModel:
+    def fake_load(spec: str, tracking_uri: str | None, *, trust_pickle: bool) -> InferenceModel:
+        assert not trust_pickle  # model.trust_pickle's default
         calls.append((spec, tracking_uri))
         source = {"spec": spec, "kind": "mlflow", "uri": "models:/m-abc", "tracking_uri": tracking_uri,
                   "name": "vidssl-demo-primary", "version": "3", "model_id": "m-abc", "run_id": "r123"}

@@ -4,10 +4,12 @@
     python -m workflows.predict --model runs/cmpl-20250101-120000 --videos data/synth --out predictions.parquet
 
 `load_for_inference` accepts an MLflow model URI (models:/name@alias, models:/name/3, models:/m-<model id>,
-runs:/<run id>/model), a checkpoint directory, or a training run folder (its latest checkpoint; append
-`#auxiliary` for another model role it holds, e.g. CMPL's auxiliary), and returns
-the model with its metadata (class names, clip shape; see ssl_core.checkpoint.model_meta) and where it came
-from. Workflows.train_loop loads frozen teachers through it too.
+runs:/<run id>/model) or a downloaded MLflow model folder (holding MLmodel), a checkpoint directory, or a
+training run folder (its latest checkpoint; append `#auxiliary` for another model role it holds, e.g. CMPL's
+auxiliary), and returns the model with its metadata (class names, clip shape; see ssl_core.checkpoint.model_meta)
+and where it came from. Workflows.train_loop loads frozen teachers through it too. MLflow models are read in
+vidssl's pickle-free format (workflows/tracking/safe_model.py: safetensors + spec.json); one logged by an older
+vidssl in MLflow's pickled pytorch format is refused unless `trust_pickle` (--trust-pickle, model.trust_pickle).
 
 `score_videos` is the Ray Data pipeline:
     rows {path, label}
@@ -53,6 +55,8 @@ class InferenceModel:
     # tracking_uri (resolved), name / version (registered models), model_id, run_id (the training run),
     # checkpoint / step. None where they do not apply.
     source: dict[str, Any]
+    # Loaded by unpickling an mlflow.pytorch model (--trust-pickle): the scoring actors reload it the same way.
+    pickle_trusted: bool = False
 
     @property
     def classes(self) -> list[str]:
@@ -89,27 +93,61 @@ def _registered_version(spec: str, model_id: str | None, client: Any) -> tuple[s
     return name, (str(max(versions)) if versions else None)
 
 
-def _load_mlflow(spec: str, tracking_uri: str) -> InferenceModel:
+def _load_mlflow(spec: str, tracking_uri: str, trust_pickle: bool) -> InferenceModel:
     # here: MLflow takes seconds to load; neither a checkpoint folder nor the decode tasks need it
     import mlflow
-    import mlflow.pytorch
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
+    from ssl_core.models.saved_model import SavedModelError
+    from workflows.tracking.safe_model import is_safe_model, load_safe_model
+
     mlflow.set_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri=tracking_uri)
+    name = version = model_id = run_id = None
     try:
-        info = mlflow.models.get_model_info(spec)
-        meta = _check_meta(spec, (info.metadata or {}).get("vidssl"), "MLflow model")
-        name, version = _registered_version(spec, info.model_id, client)
-        # Load what was resolved: an alias that moves while a long job runs must not change the model.
-        pinned = info.model_uri if info.model_id else spec
-        model = mlflow.pytorch.load_model(pinned, map_location="cpu")
+        if spec.startswith(("models:/", "runs:/")):
+            info = mlflow.models.get_model_info(spec)  # reads the MLmodel YAML file only
+            flavors, metadata, model_id, run_id = info.flavors, info.metadata, info.model_id, info.run_id
+            name, version = _registered_version(spec, info.model_id, client)
+            # Load what was resolved: an alias that moves while a long job runs must not change the model.
+            pinned = info.model_uri if info.model_id else spec
+        else:  # a model folder: the ids in its MLmodel name another store's entries, so they are left out
+            pinned = str(Path(spec).expanduser().resolve())
+            mlmodel = mlflow.models.Model.load(pinned)
+            flavors, metadata = mlmodel.flavors, mlmodel.metadata
+        meta = _check_meta(spec, (metadata or {}).get("vidssl"), "MLflow model")
+        safe = is_safe_model(flavors)
+        if safe:
+            model, _ = load_safe_model(pinned, flavors)
+        else:
+            model = _load_pickled(spec, pinned, name, version, flavors, trust_pickle)
     except MlflowException as err:
         raise InferenceError(f"{spec}: {err.message}") from err
+    except SavedModelError as err:
+        raise InferenceError(f"{spec}: {err}") from err
     source = {"spec": spec, "kind": "mlflow", "uri": pinned, "tracking_uri": tracking_uri, "name": name,
-              "version": version, "model_id": info.model_id, "run_id": info.run_id, "checkpoint": None, "step": None}
-    return InferenceModel(model.eval(), meta, source)
+              "version": version, "model_id": model_id, "run_id": run_id, "checkpoint": None, "step": None}
+    return InferenceModel(model.eval(), meta, source, pickle_trusted=not safe)
+
+
+def _load_pickled(spec: str, pinned: str, name: str | None, version: str | None, flavors: Mapping[str, Any],
+                  trust_pickle: bool) -> nn.Module:
+    """A model in MLflow's pytorch format (what vidssl logged before its safetensors format): unpickling it runs
+    code stored in the artifact, so it is loaded only when the caller trusts it."""
+    what = f"version {version} of {name}" if name and version else pinned
+    if "pytorch" not in flavors:
+        raise InferenceError(f"{spec} ({what}) is neither a vidssl model (safetensors + spec.json) nor an "
+                             f"mlflow.pytorch model; its flavors: {', '.join(sorted(flavors)) or 'none'}")
+    if not trust_pickle:
+        raise InferenceError(f"{spec} ({what}) is a pickled mlflow.pytorch model, and unpickling runs code stored in "
+                             "it: refused; pass --trust-pickle (config: model.trust_pickle: true) only if you trust "
+                             "whoever logged it")
+    # here: MLflow's pytorch flavour only for a model the caller chose to trust
+    import mlflow.pytorch
+
+    log.warning("%s (%s): unpickling a mlflow.pytorch model (--trust-pickle)", spec, what)
+    return mlflow.pytorch.load_model(pinned, map_location="cpu")
 
 
 def _checkpoint_role(spec: str) -> tuple[str, str]:
@@ -151,14 +189,16 @@ def _load_checkpoint(spec: str) -> InferenceModel:
     return InferenceModel(model.eval(), meta, source)
 
 
-def load_for_inference(spec: str, tracking_uri: str | None) -> InferenceModel:
+def load_for_inference(spec: str, tracking_uri: str | None, *, trust_pickle: bool = False) -> InferenceModel:
     """The model named by `spec` in eval mode, its metadata and its source (see InferenceModel).
 
-    `tracking_uri` (None: $MLFLOW_TRACKING_URI or ./mlflow.db) serves models:/ and runs:/ specs."""
-    if spec.startswith(("models:/", "runs:/")):
+    `tracking_uri` (None: $MLFLOW_TRACKING_URI or ./mlflow.db) serves models:/ and runs:/ specs. An MLflow model
+    in vidssl's format (workflows.tracking.safe_model) loads without unpickling; one in MLflow's pickled pytorch
+    format (older vidssl versions) is an InferenceError unless `trust_pickle` (--trust-pickle)."""
+    if spec.startswith(("models:/", "runs:/")) or (Path(spec).expanduser() / "MLmodel").is_file():
         from workflows.tracking.tracker import resolve_uri  # here: as in _load_mlflow
 
-        return _load_mlflow(spec, resolve_uri(tracking_uri))
+        return _load_mlflow(spec, resolve_uri(tracking_uri), trust_pickle)
     return _load_checkpoint(spec)
 
 
@@ -180,13 +220,13 @@ def _decode_views(row: dict[str, Any], *, clip_cfg: dict[str, int], crops: int) 
 class _Scorer:
     """Actor-pool UDF: the model, loaded once per actor, scores batches of decoded videos."""
 
-    def __init__(self, uri: str, tracking_uri: str | None) -> None:
+    def __init__(self, uri: str, tracking_uri: str | None, trust_pickle: bool) -> None:
         # here: the decode tasks import this module: keep torch and the model zoo out of them
         import torch
 
         from ssl_core.data.transforms import AugmentConfig
 
-        loaded = load_for_inference(uri, tracking_uri)
+        loaded = load_for_inference(uri, tracking_uri, trust_pickle=trust_pickle)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = loaded.model.to(self.device)
         self.num_classes = len(loaded.classes)
@@ -236,7 +276,8 @@ def score_videos(
     ds = ds.map(_decode_views, fn_kwargs={"clip_cfg": clip_cfg, "crops": crops}, num_cpus=decode_cpus)
     return ds.map_batches(
         _Scorer,
-        fn_constructor_kwargs={"uri": loaded.source["uri"], "tracking_uri": loaded.source["tracking_uri"]},
+        fn_constructor_kwargs={"uri": loaded.source["uri"], "tracking_uri": loaded.source["tracking_uri"],
+                               "trust_pickle": loaded.pickle_trusted},
         batch_size=batch_size,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=actors),
@@ -247,8 +288,8 @@ def score_videos(
 def add_scoring_args(parser: argparse.ArgumentParser, *, clips: int, crops: int, clips_help: str) -> None:
     """The options evaluate and predict share: the model, the views per video, the pipeline's resources."""
     parser.add_argument("--model", required=True, metavar="SPEC",
-                        help="models:/name@alias, models:/name/N, runs:/<run id>/model, a checkpoint directory "
-                             "or a training run folder (its latest checkpoint)")
+                        help="models:/name@alias, models:/name/N, runs:/<run id>/model, an MLflow model folder, "
+                             "a checkpoint directory or a training run folder (its latest checkpoint)")
     parser.add_argument("--clips", type=int, default=clips, help=clips_help)
     parser.add_argument("--crops", type=int, default=crops,
                         help=f"square crops along the long side (default {crops}{': centre' if crops == 1 else ''})")
@@ -259,3 +300,10 @@ def add_scoring_args(parser: argparse.ArgumentParser, *, clips: int, crops: int,
     parser.add_argument("--tracking-uri", default=None,
                         help="MLflow tracking URI for models:/ and runs:/ (default: $MLFLOW_TRACKING_URI, "
                              "else sqlite ./mlflow.db)")
+    add_trust_pickle_arg(parser)
+
+
+def add_trust_pickle_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--trust-pickle", action="store_true",
+                        help="load an MLflow model logged by an older vidssl in MLflow's pickled pytorch format; "
+                             "unpickling runs code stored in the artifact (without this flag it is refused)")

@@ -68,13 +68,14 @@ def evaluate(
     return counts
 
 
-def load_teacher(spec: str, tracking_uri: str, classes: list[str]) -> nn.Module:
+def load_teacher(spec: str, tracking_uri: str, classes: list[str], *, trust_pickle: bool = False) -> nn.Module:
     """A frozen teacher from an MLflow model URI (models:/name@alias, runs:/...), a checkpoint directory or a
-    run folder; it must know the run's classes in the run's order, or its pseudo-labels would name others."""
+    run folder; it must know the run's classes in the run's order, or its pseudo-labels would name others.
+    `trust_pickle` (model.trust_pickle): also unpickle a model an older vidssl logged in MLflow's pytorch format."""
     # here: loading MLflow models is heavy, and only a run with a frozen teacher needs it
     from workflows.runtime.inference import load_for_inference
 
-    loaded = load_for_inference(spec, tracking_uri)
+    loaded = load_for_inference(spec, tracking_uri, trust_pickle=trust_pickle)
     if loaded.classes != classes:
         raise ValueError(f"model.teacher {spec}: its classes {loaded.classes} differ from this run's {classes}")
     return loaded.model
@@ -116,7 +117,7 @@ def build_training(args: WorkerArgs, cfg: Config, rank: int) -> tuple[Hooks, int
         init_models(cfg, models, classes, args.init)
     models = {role: ray.train.torch.prepare_model(m) for role, m in models.items()}
     for role in algorithm_cls.frozen_roles:
-        teacher = load_teacher(str(cfg.model.teacher), args.tracking_uri, classes)
+        teacher = load_teacher(str(cfg.model.teacher), args.tracking_uri, classes, trust_pickle=cfg.model.trust_pickle)
         models[role] = freeze(teacher).to(device)
     algorithm = algorithm_cls(models, cfg.algorithm.resolved_params())
     algorithm.configure_ema(cfg.train.ema_decay, cfg.train.ema_start)

@@ -169,11 +169,13 @@ def run_training(
     result, final = fit(train_loop_per_worker, args, cfg, name=state.name, run_dir=run_dir, tracker=tracker,
                         counter=counter, channel=channel, datasets=datasets,
                         split=[k for k in datasets if k != "eval"], callbacks=callbacks)
-    model = build_model(final["model_names"]["primary"], num_classes=final["num_classes"])
+    architecture = final["model_names"]["primary"]
+    model = build_model(architecture, num_classes=final["num_classes"])
     model.load_state_dict(deployed_weights(final, "primary"))
     example = torch.zeros(1, 3, cfg.data.num_frames, cfg.augment.crop_size, cfg.augment.crop_size)
     meta = model_meta(cfg, data.manifest.classes)
-    model_uri, version = tracker.log_model(model.eval(), cfg.tracking.registered_model, example.numpy(), meta)
+    model_uri, version = tracker.log_model(model.eval(), cfg.tracking.registered_model, example.numpy(), meta,
+                                           architecture=architecture)
     if version is not None and cfg.tracking.registered_model:
         tag_registered_version(tracker.client, state.mlflow_run_id, cfg.tracking.registered_model, version)
     tracker.finish()

@@ -3,7 +3,8 @@ before Ray starts, and what MLflow records.
 
 An MLflow model URI is resolved once, on the driver, into `<run folder>/init/<key>.pt` ({"state_dict", "classes",
 "source"}; ssl_core.models.init reads it like any state-dict file), so Train workers, and their restarts, never
-need MLflow to start from it, and a moving alias cannot change the weights of a run that is resumed. Local
+need MLflow to start from it, and a moving alias cannot change the weights of a run that is resumed (a model in
+MLflow's pickled pytorch format, logged by an older vidssl, only with model.trust_pickle). Local
 sources are passed on as absolute paths (on a multi-node cluster they must be on storage every node sees).
 
 On a fresh start the driver builds the models once and loads the weights the way the workers will
@@ -72,7 +73,7 @@ def resolve_sources(cfg: Config, run_dir: Path, tracking_uri: str) -> tuple[dict
             continue
         dest = run_dir / INIT_DIR / f"{key}.pt"
         if not dest.exists():
-            lineage.update(_resolve_uri(key, spec, tracking_uri, dest))
+            lineage.update(_resolve_uri(key, spec, tracking_uri, dest, cfg.model.trust_pickle))
         sources[key] = str(dest)
     return sources, lineage
 
@@ -89,12 +90,12 @@ def _local_run_id(path: Path) -> str | None:
     return None
 
 
-def _resolve_uri(key: str, spec: str, tracking_uri: str, dest: Path) -> dict[str, str]:
+def _resolve_uri(key: str, spec: str, tracking_uri: str, dest: Path, trust_pickle: bool) -> dict[str, str]:
     # here: only an MLflow model.init needs the inference loader (Ray and MLflow with it)
     from workflows.runtime.inference import InferenceError, load_for_inference
 
     try:
-        loaded = load_for_inference(spec, tracking_uri)
+        loaded = load_for_inference(spec, tracking_uri, trust_pickle=trust_pickle)
     except InferenceError as err:
         raise ConfigError(f"model.{key}: {err}") from err
     src = loaded.source

@@ -23,18 +23,17 @@ import sys
 import time
 import warnings
 from collections.abc import Iterator, Mapping
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import mlflow.data
-import mlflow.pytorch
 from mlflow import MlflowClient
 from mlflow.entities import DatasetInput, InputTag, Metric, Param
 
 from ssl_core.config import Config, ConfigError
 from workflows.console import terminal
+from workflows.tracking.safe_model import log_safe_model, version_description, version_tags
 
 DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlartifacts"
@@ -45,6 +44,10 @@ _METRIC_BATCH = 1000
 # MLflow rejects param values over 6000 characters and batches over 100 params.
 _MAX_PARAM_LEN = 6000
 _PARAM_BATCH = 100
+# The experiment tag MLflow 3's UI reads to open an experiment on its runs table (model training) rather than
+# its GenAI traces view; the values are the UI's ExperimentKind enum (mlflow/server/js, "custom_model_development").
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 log = logging.getLogger("vidssl.tracking")
 
 
@@ -177,12 +180,6 @@ def ui_command(uri: str) -> str:
     return f"open {uri} in a browser"
 
 
-def model_requirements() -> list[str]:
-    """What loading a logged model needs: torch and cloudpickle (MLflow's defaults) and pytorchvideo, whose
-    classes the r3d models pickle. The pickled models also reference ssl_core: install vidssl to load them."""
-    return [*mlflow.pytorch.get_default_pip_requirements(), f"pytorchvideo=={version('pytorchvideo')}"]
-
-
 class Tracker:
     """A handle on one MLflow run, usable from the driver and from the rank-0 Train worker."""
 
@@ -205,9 +202,12 @@ class Tracker:
             if uri.startswith("sqlite:"):
                 db_path = Path(uri.removeprefix("sqlite:///"))
                 location = (db_path.parent / DEFAULT_ARTIFACTS).resolve().as_uri()
-            exp_id = client.create_experiment(experiment, artifact_location=location)
+            exp_id = client.create_experiment(experiment, artifact_location=location,
+                                              tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         else:
             exp_id = exp.experiment_id
+            if EXPERIMENT_KIND_TAG not in exp.tags:  # made by an older vidssl or by hand; a kind set in the UI stays
+                client.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         run = client.create_run(exp_id, run_name=run_name, tags=dict(tags))
         return cls(uri, run.info.run_id)
 
@@ -274,23 +274,25 @@ class Tracker:
         self.client.log_figure(self.run_id, figure, artifact_file)
 
     def log_model(
-        self, model: Any, registered_name: str | None, input_example: Any, meta: Mapping[str, Any]
+        self, model: Any, registered_name: str | None, input_example: Any, meta: Mapping[str, Any], *,
+        architecture: str,
     ) -> tuple[str, str | None]:
-        """Log the deployable model (with a signature inferred from `input_example` and `meta`, see
-        ssl_core.checkpoint.model_meta, as MLflow model metadata); register it when a name is given.
-        Returns the model URI (also tagged on the run as `vidssl.model_uri`) and the registered version."""
+        """Log the deployable model, built as build_model(`architecture`), in the pickle-free format of
+        workflows.tracking.safe_model (safetensors + spec.json; `meta`, see ssl_core.checkpoint.model_meta, as
+        MLflow model metadata, a signature from `input_example`); register it when a name is given, the spec as
+        the version's description and tags. Returns the model URI (also tagged on the run as `vidssl.model_uri`)
+        and the registered version."""
         mlflow.set_tracking_uri(self.uri)
         with registry_notes_to_log(), mlflow.start_run(run_id=self.run_id):
-            info = mlflow.pytorch.log_model(
-                model, name="model", registered_model_name=registered_name, input_example=input_example,
-                # pickle keeps any batch size at load time; pt2 would fix the traced example's shape.
-                serialization_format="pickle", metadata={"vidssl": dict(meta)},
-                # Given, not inferred: inference re-imports the model in a subprocess (~9 s per run here).
-                pip_requirements=model_requirements(),
-            )
+            info, spec = log_safe_model(model, architecture, meta, input_example, registered_name)
         self.client.set_tag(self.run_id, "vidssl.model_uri", info.model_uri)
         version = getattr(info, "registered_model_version", None)
-        return info.model_uri, (str(version) if version is not None else None)
+        if version is None or not registered_name:
+            return info.model_uri, None
+        self.client.update_model_version(registered_name, str(version), description=version_description(spec))
+        for key, value in version_tags(spec).items():
+            self.client.set_model_version_tag(registered_name, str(version), key, value)
+        return info.model_uri, str(version)
 
     def log_dataset(self, table: Any, source: str, name: str, digest: str | None = None,
                     context: str = "training") -> None:
