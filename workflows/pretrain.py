@@ -25,12 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ssl_core.checkpoint import CheckpointError
 from ssl_core.config import ConfigError
-from ssl_core.data.cache_errors import CacheError
-from ssl_core.data.manifest import ManifestError
 from ssl_core.pretrain.config import PretrainSetup, load_pretrain_config, pretrain_with_overrides
 from ssl_core.run_folder import claim_run_dir, stamped
+from ssl_core.user_errors import reports_user_errors
 from workflows.console import terminal
 from workflows.runtime.ray_session import init_ray
 from workflows.runtime.resume import RunFinished, choose_checkpoint, hand_over
@@ -231,6 +229,7 @@ def summary(outcome: PretrainOutcome, setup: PretrainSetup) -> str:
             f"chance {100 / outcome.num_classes:.1f} %")
 
 
+@reports_user_errors()
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="pretraining YAML file (e.g. configs/pretrain_demo.yaml)")
@@ -248,9 +247,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         except RunFinished as done:
             print(done, flush=True)
             return 0
-        except (ConfigError, ManifestError, FileExistsError, CheckpointError, CacheError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
         # here: MLflow's client takes seconds to load; a config error answers before it
         from ssl_core.pretrain.config import pretrain_from_dict
         from workflows.tracking.tracker import ui_command
