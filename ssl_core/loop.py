@@ -160,15 +160,15 @@ def run_local(
     from ssl_core.data.decode import decode_eval_clips
     from ssl_core.data.splits import prepare_data
 
-    data = prepare_data(cfg, run_dir)
-    classes = list(data.manifest.classes)
-    num_classes = len(classes)
-    dev = torch.device(device)
-    t = cfg.train
     algorithm_cls = get_algorithm(cfg.algorithm.name)
     if algorithm_cls.needs_targets:
         raise ConfigError(f"algorithm.name: {cfg.algorithm.name} learns a stored pseudo-labeled set, which only the "
                           "Ray pipeline streams: run it with python -m workflows.train")
+    data = prepare_data(cfg, run_dir, needs_unlabeled=algorithm_cls.needs_unlabeled)
+    classes = list(data.manifest.classes)
+    num_classes = len(classes)
+    dev = torch.device(device)
+    t = cfg.train
     pool = ThreadPoolExecutor(max(1, decode_threads))
     skipped: dict[str, str] = {}  # unreadable video -> why
     result: dict[str, Any] = {}

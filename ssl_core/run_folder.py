@@ -44,6 +44,11 @@ def discarded_on_failure(run_dir: Path) -> Iterator[None]:
     try:
         yield
     except Exception:
-        if not any(run_dir.glob("checkpoint_*")):
-            shutil.rmtree(run_dir, ignore_errors=True)
+        discard(run_dir)
         raise
+
+
+def discard(run_dir: Path) -> None:
+    """Remove a run folder that saved no checkpoint (see discarded_on_failure)."""
+    if not any(run_dir.glob("checkpoint_*")):
+        shutil.rmtree(run_dir, ignore_errors=True)
