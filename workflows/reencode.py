@@ -75,8 +75,8 @@ class SourceSpec:
     layout: str = setting("csv", "dataset layout: folder, csv, ucf101, kinetics (as data.layout)")
     root: str = setting("data/synth", "dataset folder (generated here first when synthetic.enabled and missing)")
     csv_path: str | None = setting(None, "the CSV of the csv (default: <root>/manifest.csv) and kinetics layouts")
-    infer_classes: bool = setting(False, "csv without classes.txt: every label is a class, even one found in only "
-                                         "one split (as data.infer_classes)")
+    infer_classes: bool = setting(False, "csv without classes.txt: every label is a class, even one in test rows "
+                                         "only (as data.infer_classes)")
     ucf_split: int = setting(1, "UCF-101 official split 1, 2 or 3")
     test_fraction: float = setting(0.2, "hold-out for layouts without a split (folder, csv without a split "
                                         "column); the copy writes it down")

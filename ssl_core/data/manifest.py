@@ -2,7 +2,8 @@
 
 Layouts: "folder" (root/<class>/<video>, or root/{train,test}/<class>/<video>), "csv" (path,label[,split]),
 "ucf101" (classInd.txt + trainlist0N.txt / testlist0N.txt) and "kinetics" (label,youtube_id,time_start,
-time_end,split). The labeled subset of the train split is chosen class-balanced and written to a file, so
+time_end,split). A csv dataset's classes are the lines of <root>/classes.txt when it has one, else its labels (a
+test row whose label no train row has is then an error, unless data.infer_classes). The labeled subset of the train split is chosen class-balanced and written to a file, so
 that every run of an experiment (and every baseline next to it) trains on the same labeled videos.
 
 Try it:
@@ -171,21 +172,19 @@ def _read_class_list(file: Path) -> tuple[str, ...]:
     return tuple(classes)
 
 
-def _check_labels_in_both_splits(rows: Sequence[tuple[int, dict[str, str]]], csv_path: Path, class_file: Path) -> None:
-    """Without a class list, a label that only one split holds is taken for a typo: it would become a class that
-    is never trained (test only) or never tested (train only)."""
-    seen: dict[str, dict[str, int]] = defaultdict(dict)  # label -> split -> its first row
-    for n, row in rows:
-        if row["label"] and "split" in row:
-            seen[row["label"]].setdefault(_split_value(row["split"], csv_path, n), n)
-    for label, splits in seen.items():
-        if len(splits) == 1:
-            (split, n), = splits.items()
-            other = "test" if split == "train" else "train"
+def _check_test_labels(rows: Sequence[tuple[int, dict[str, str]]], csv_path: Path, class_file: Path) -> None:
+    """Without a class list the classes are the labels of the train rows: a test row's label outside them (a typo,
+    most likely) would become a class no video trains and no model predicts."""
+    if "split" not in (rows[0][1] if rows else {}):
+        return  # the hold-out is drawn per label: every label has train videos
+    splits = [(n, row, _split_value(row["split"], csv_path, n)) for n, row in rows]
+    trained = {row["label"] for _, row, split in splits if split == "train"}
+    for n, row, split in splits:
+        if split == "test" and row["label"] and row["label"] not in trained:
             raise ManifestError(
-                f"{_where(csv_path, n)}: label {label!r} has no {other} video (it is only in the {split} split) and "
-                f"there is no {class_file} to list the classes: correct the label, write the class names one per "
-                "line to classes.txt, or set data.infer_classes: true to take every label as a class")
+                f"{_where(csv_path, n)}: label {row['label']!r} is in no train row, and there is no {class_file} to "
+                "list the classes: correct the label, write the class names one per line to classes.txt, or set "
+                "data.infer_classes: true to take every label as a class")
 
 
 def _load_csv(
@@ -196,7 +195,7 @@ def _load_csv(
     class_file = root / "classes.txt"
     fixed = _read_class_list(class_file) if class_file.is_file() else None
     if fixed is None and not infer_classes:
-        _check_labels_in_both_splits(rows, csv_path, class_file)
+        _check_test_labels(rows, csv_path, class_file)
     classes = fixed if fixed is not None else tuple(sorted({r["label"] for _, r in rows}))
     index = {c: i for i, c in enumerate(classes)}
     paths, labels, splits = [], [], []
@@ -305,8 +304,8 @@ def load_manifest(
 
     confine=False lets a csv row name a video outside `root` (an absolute path): for a listing the user
     names on the command line (evaluate --data F.csv), never for a dataset a config points at.
-    infer_classes (data.infer_classes): a csv without classes.txt takes its labels as the classes even when a label
-    is in only one of its splits (otherwise an error naming the row)."""
+    infer_classes (data.infer_classes): a csv without classes.txt takes every label as a class, even one that only
+    test rows carry (otherwise an error naming the row)."""
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
         raise ManifestError(f"{root}: dataset root is not a directory")
