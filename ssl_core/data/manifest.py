@@ -3,8 +3,9 @@
 Layouts: "folder" (root/<class>/<video>, or root/{train,test}/<class>/<video>), "csv" (path,label[,split]),
 "ucf101" (classInd.txt + trainlist0N.txt / testlist0N.txt) and "kinetics" (label,youtube_id,time_start,
 time_end,split). A csv dataset's classes are the lines of <root>/classes.txt when it has one, else its labels (a
-test row whose label no train row has is then an error, unless data.infer_classes). The labeled subset of the train split is chosen class-balanced and written to a file, so
-that every run of an experiment (and every baseline next to it) trains on the same labeled videos.
+test row whose label no train row has is then an error, unless data.infer_classes). The labeled subset of the
+train split is chosen class-balanced and written to a file, so that every run of an experiment (and every
+baseline next to it) trains on the same labeled videos.
 
 Try it:
     python -c "from ssl_core.data.manifest import load_manifest, select_labeled; \
