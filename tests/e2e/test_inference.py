@@ -180,14 +180,19 @@ def test_evaluate_registered_model(
     code = evaluate.main(["--model", spec, "--data", str(manifest), "--tracking-uri", trained.uri,
                           "--experiment", "evals", *CLIPS])
     assert code == 0
-    out = capsys.readouterr().out
+    printed = capsys.readouterr()
+    out = printed.out
+    test_rows = [r for r in csv.DictReader((dataset / "manifest.csv").open()) if r["split"] == "test"]
+    # The unreadable video is said in one warning line, with its path; the metrics cover the others.
+    (warning,) = [line for line in printed.err.splitlines() if line.startswith("warning: skipped")]
+    assert warning.startswith(f"warning: skipped 1 unreadable test video, metrics over the other {len(test_rows)}: "
+                              f"{tmp_path / 'broken.mp4'} (")
     client = MlflowClient(trained.uri)
     (run,) = client.search_runs([client.get_experiment_by_name("evals").experiment_id])
     assert run.info.run_id in out and "top-1 %" in out
     assert run.info.status == "FINISHED"
     m = run.data.metrics
     assert m["top5"] == 1.0  # 3 classes: always in the top 5
-    test_rows = [r for r in csv.DictReader((dataset / "manifest.csv").open()) if r["split"] == "test"]
     assert m["skipped_videos"] == 1 and m["num_videos"] == len(test_rows)
     per_class = _check_against_per_class(run, trained.uri)
     assert {c: videos for c, (videos, _) in per_class.items()} == Counter(r["label"] for r in test_rows)
