@@ -1,5 +1,6 @@
 """A run folder's record (`vidssl_run.json`): the Ray Train name, MLflow run and resolved config that
-`--resume` needs; shared by training (workflows.train) and pretraining (workflows.pretrain).
+`--resume` needs; shared by training (workflows.train) and pretraining (workflows.pretrain), with `preparing`, which
+undoes what a driver made when its preparation fails (the MLflow run marked FAILED, a new run folder removed).
 
     python -m workflows.train --config configs/demo.yaml --resume latest     # find_run + RunState.load
 """
