@@ -229,3 +229,12 @@ def test_the_ray_free_runner_skips_unreadable_test_videos_and_keeps_its_result(
                                   f"{root / 'broken_1.mp4'} (")
     assert str(root / "broken_2.mp4") in warnings[0]
     assert 0.0 <= result["top1_primary"] <= 1.0
+
+
+def test_a_sweep_base_config_that_is_not_utf8_is_named(tmp_path: Path) -> None:
+    from workflows.specs.sweep import load_base
+
+    base = tmp_path / "base.yaml"
+    base.write_bytes(b"data: {root: caf\xe9}\n")
+    with pytest.raises(ConfigError, match=rf"^base: {base}: not UTF-8 text \(line 1: byte 0xe9\)"):
+        load_base("base.yaml", tmp_path / "sweep.yaml")
