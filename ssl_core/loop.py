@@ -56,7 +56,7 @@ from ssl_core.train_step import (
     optimize,
     place_models,
 )
-from ssl_core.user_errors import reports_user_errors, skipped_videos_line, unreadable_split
+from ssl_core.user_errors import UnreadableVideos, reports_user_errors, skipped_videos_line, unreadable_split
 
 if TYPE_CHECKING:  # both import PyAV, which bench.gpu_step's machines do without
     from ssl_core.data.clip_cache import ClipCache
@@ -111,6 +111,8 @@ def _clip_batches(
     d = cfg.data
     read_clip = cache.decode_clip if cache is not None else decode_clip
     skipped = skipped if skipped is not None else {}
+    if not records:  # an endless pass over no video would spin without yielding
+        raise UnreadableVideos(f"the {what} holds no videos")
 
     def tasks() -> Iterator[tuple[VideoRecord, int]]:
         while True:

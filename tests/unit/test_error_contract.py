@@ -186,6 +186,8 @@ def test_an_all_unreadable_unlabeled_split_raises_naming_it(synth_dataset: Path,
     with ThreadPoolExecutor(2) as pool, pytest.raises(UnreadableVideos, match="^none of the 4 videos of the "
                                                                               "unlabeled split decodes"):
         next(_clip_batches(broken, 2, cfg, 0, pool, what="unlabeled split"))
+    with ThreadPoolExecutor(1) as pool, pytest.raises(UnreadableVideos, match="^the unlabeled split holds no videos"):
+        next(_clip_batches([], 2, cfg, 0, pool, what="unlabeled split"))
 
 
 def test_the_pretraining_runner_stops_on_an_all_unreadable_train_split(
