@@ -8,6 +8,9 @@ for benchmarks, a way to check that a dataset is learnable, and a way to train o
 
 Checkpoints go to `<output.storage>/<run name>/checkpoint_<step>/` in ssl_core.checkpoint's format
 (train.checkpoint_every, train.keep_checkpoints); `--resume latest|<checkpoint or run folder>` continues one.
+A problem with the config or the data is one line `error: ...` and exit status 2 (ssl_core/user_errors.py), before
+training where it can be known then (a split the algorithm cannot train on); a new run that fails before its first
+checkpoint leaves no run folder.
 """
 
 from __future__ import annotations
