@@ -86,7 +86,9 @@ def fit(
     skipped = ray.get(counter.report.remote())
     if skipped:
         tracker.log_text("".join(f"{p}\t{why}\n" for p, why in sorted(skipped.items())), "data/skipped_videos.tsv")
-        log.warning("skipped %d unreadable videos (listed in MLflow artifact data/skipped_videos.tsv)", len(skipped))
+        first = "; ".join(f"{path} ({' '.join(why.split())})" for path, why in sorted(skipped.items())[:3])
+        log.warning("skipped %d unreadable videos (listed in MLflow artifact data/skipped_videos.tsv): %s%s",
+                    len(skipped), first, "; ..." if len(skipped) > 3 else "")
     with result.checkpoint.as_directory() as ckpt_dir:
         final = load_training_state(ckpt_dir)
         # Metrics the rank-0 worker could not deliver while the server was away (see Tracker.write_unsent).
