@@ -224,6 +224,22 @@ def test_evaluate_checkpoint_on_a_folder(ray_local: None, dataset: Path, trained
     assert "vidssl.model_id" not in run.data.tags
 
 
+def test_evaluate_with_no_readable_video_is_one_line_and_logs_no_run(
+    ray_local: None, trained: Trained, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in ("a.mp4", "b.mp4"):
+        (tmp_path / name).write_bytes(b"not a video")
+    listing = tmp_path / "broken.csv"
+    listing.write_text(f"path,label\na.mp4,{trained.classes[0]}\nb.mp4,{trained.classes[1]}\n")
+    assert evaluate.main(["--model", str(trained.checkpoint), "--data", str(listing), "--tracking-uri", trained.uri,
+                          "--experiment", "evals-none", *CLIPS]) == 2
+    err = capsys.readouterr().err
+    (line,) = [line for line in err.splitlines() if line.startswith("error:")]
+    assert line.startswith(f"error: none of the 2 videos of the {listing} decodes (e.g. {tmp_path / 'a.mp4'}: ")
+    assert "Traceback" not in err
+    assert MlflowClient(trained.uri).get_experiment_by_name("evals-none") is None
+
+
 def test_evaluate_rejects_unknown_class_and_bad_spec(
     dataset: Path, trained: Trained, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
