@@ -74,13 +74,17 @@ def reports_user_errors(*extra: type[BaseException]) -> Callable[[Main], Callabl
     return wrap
 
 
-def skipped_videos_line(skipped: Mapping[str, str], what: str, evaluated: int, show: int = 3) -> str:
-    """The warning an evaluation prints when videos of `what` (e.g. "test") did not decode: how many, the metrics
-    cover the `evaluated` others, and the first `show` of them with why."""
+def first_skipped(skipped: Mapping[str, str], show: int = 3) -> str:
+    """The first `show` unreadable videos (path -> why) as `path (why); ...`, and how many more."""
     first = "; ".join(f"{path} ({' '.join(why.split())})" for path, why in sorted(skipped.items())[:show])
-    more = f"; and {len(skipped) - show} more" if len(skipped) > show else ""
+    return first + (f"; and {len(skipped) - show} more" if len(skipped) > show else "")
+
+
+def skipped_videos_line(skipped: Mapping[str, str], what: str, evaluated: int) -> str:
+    """The warning an evaluation prints when videos of `what` (e.g. "test") did not decode: how many, the metrics
+    cover the `evaluated` others, and the first three of them with why."""
     return (f"warning: skipped {len(skipped)} unreadable {what} video{'s' if len(skipped) != 1 else ''}, metrics "
-            f"over the other {evaluated}: {first}{more}")
+            f"over the other {evaluated}: {first_skipped(skipped)}")
 
 
 def unreadable_split(what: str, skipped: Mapping[str, str], total: int) -> UnreadableVideos:

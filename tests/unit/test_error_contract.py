@@ -240,3 +240,13 @@ def test_a_sweep_base_config_that_is_not_utf8_is_named(tmp_path: Path) -> None:
     base.write_bytes(b"data: {root: caf\xe9}\n")
     with pytest.raises(ConfigError, match=rf"^base: {base}: not UTF-8 text \(line 1: byte 0xe9\)"):
         load_base("base.yaml", tmp_path / "sweep.yaml")
+
+
+def test_the_skipped_videos_warning_lists_the_first_three_and_counts_the_rest() -> None:
+    from ssl_core.user_errors import skipped_videos_line
+
+    skipped = {f"/d/v{k}.mp4": f"cannot open\nfile {k}" for k in range(5)}
+    assert skipped_videos_line(skipped, "test", 20) == (
+        "warning: skipped 5 unreadable test videos, metrics over the other 20: /d/v0.mp4 (cannot open file 0); "
+        "/d/v1.mp4 (cannot open file 1); /d/v2.mp4 (cannot open file 2); and 2 more")
+    assert skipped_videos_line({"/d/v.mp4": "bad"}, "test", 3).startswith("warning: skipped 1 unreadable test video,")
