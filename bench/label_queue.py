@@ -153,7 +153,7 @@ def report(spec: BenchSpec, rows: Sequence[Mapping[str, Any]], command: str, wal
     cfg = with_overrides(spec.base, spec.overrides)
     syn, t, d = cfg.data.synthetic, cfg.train, cfg.data
     manifest = load_manifest(d.layout, d.root, csv_path=d.csv_path, ucf_split=d.ucf_split,
-                             test_fraction=d.test_fraction, seed=d.split_seed)
+                             test_fraction=d.test_fraction, seed=d.split_seed, infer_classes=d.infer_classes)
     num_test = len(manifest.split("test"))
     return "\n".join([
         "# Label queue vs random labels (synthetic action set)",

@@ -20,13 +20,14 @@ from torch import nn
 
 from ssl_core.models import build_model
 from ssl_core.unwrap import unwrap
+from ssl_core.user_errors import UserError
 
 if TYPE_CHECKING:
     from ssl_core.config import Config
 
 STATE_FILE = "state.pt"
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint's state file does not load, or a run folder holds no checkpoint that does."""
 
 

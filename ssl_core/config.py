@@ -49,6 +49,9 @@ class DataConfig:
     layout: str = setting("csv", "dataset layout: folder (root/<class>/*.mp4), csv (path,label[,split]), ucf101, "
                                  "kinetics (ssl_core/data/manifest.py)")
     csv_path: str | None = setting(None, "the CSV of the csv (default: <root>/manifest.csv) and kinetics layouts")
+    infer_classes: bool = setting(False, "csv layout without <root>/classes.txt: every label of the CSV is a class. "
+                                         "false: the classes are the train rows' labels, and a test row with another "
+                                         "label (a typo would become a class) is an error naming the row")
     ucf_split: int = setting(1, "UCF-101 official split 1, 2 or 3")
     test_fraction: float = setting(0.2, "class-stratified hold-out for layouts that carry no test split")
     labeled_fraction: float | None = setting(0.1, "labeled subset as a fraction of the train videos (class-"

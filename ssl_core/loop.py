@@ -8,11 +8,15 @@ for benchmarks, a way to check that a dataset is learnable, and a way to train o
 
 Checkpoints go to `<output.storage>/<run name>/checkpoint_<step>/` in ssl_core.checkpoint's format
 (train.checkpoint_every, train.keep_checkpoints); `--resume latest|<checkpoint or run folder>` continues one.
+A problem with the config or the data is one line `error: ...` and exit status 2 (ssl_core/user_errors.py), before
+training where it can be known then (a split the algorithm cannot train on); a new run that fails before its first
+checkpoint leaves no run folder.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -38,11 +42,11 @@ from ssl_core.checkpoint import (
     save_training_state,
     step_checkpoint_dir,
 )
-from ssl_core.config import Config, dump_yaml, load_config
-from ssl_core.data.cache_errors import CacheError
+from ssl_core.config import Config, ConfigError, dump_yaml, load_config
+from ssl_core.data.decode_base import DecodeError
 from ssl_core.engine import Hooks, Report, Schedule, run
 from ssl_core.evaluate import EvalCounts, PreciseBN, video_probs
-from ssl_core.run_folder import claim_run_dir, stamped
+from ssl_core.run_folder import claim_run_dir, discarded_on_failure, stamped
 from ssl_core.schedule import build_scheduler
 from ssl_core.train_step import (
     build_models,
@@ -55,6 +59,7 @@ from ssl_core.train_step import (
     optimize,
     place_models,
 )
+from ssl_core.user_errors import UnreadableVideos, reports_user_errors, skipped_videos_line, unreadable_split
 
 if TYPE_CHECKING:  # both import PyAV, which bench.gpu_step's machines do without
     from ssl_core.data.clip_cache import ClipCache
@@ -66,18 +71,26 @@ T = TypeVar("T")
 
 
 def prefetched(
-    pool: ThreadPoolExecutor, decode: Callable[..., T | None], tasks: Iterator[tuple[Any, ...]], batch: int
+    pool: ThreadPoolExecutor, decode: Callable[..., T | None], tasks: Iterator[tuple[Any, ...]], batch: int, *,
+    patience: int, give_up: Callable[[], Exception],
 ) -> Iterator[list[T]]:
     """Endless lists of `batch` decoded items, `decode(*task)` run by `pool`'s threads two batches ahead so
-    decoding overlaps the training step (PyAV releases the GIL); a None (an unreadable video) is skipped."""
+    decoding overlaps the training step (PyAV releases the GIL); a None (an unreadable video) is skipped.
+    `patience` Nones in a row raise `give_up()` instead of waiting forever for a video that decodes: callers pass
+    twice the number of videos their tasks cycle through, as any run of that many tasks spans one whole pass."""
     ahead: deque[Future[T | None]] = deque()
     items: list[T] = []
+    misses = 0
     while True:
         while len(ahead) < 2 * batch:
             ahead.append(pool.submit(decode, *next(tasks)))
         decoded = ahead.popleft().result()
         if decoded is None:
+            misses += 1
+            if misses >= patience:
+                raise give_up()
             continue
+        misses = 0
         items.append(decoded)
         if len(items) == batch:
             yield items
@@ -86,20 +99,23 @@ def prefetched(
 
 def _clip_batches(
     records: Sequence[VideoRecord], batch: int, cfg: Config, seed: int, pool: ThreadPoolExecutor,
-    cache: ClipCache | None = None, skipped: dict[str, str] | None = None,
+    cache: ClipCache | None = None, skipped: dict[str, str] | None = None, what: str = "train split",
 ) -> Iterator[tuple[Tensor, Tensor]]:
     """Endless in-process batches of decoded clips (records reshuffled each pass), decoded by `pool`'s
     threads two batches ahead, so decoding overlaps the training step (PyAV releases the GIL).
     With a `cache` (data.cache) the same clips are sliced from it instead of decoded. `skipped` receives
-    the path and reason of each unreadable video (data/skipped_videos)."""
+    the path and reason of each unreadable video (data/skipped_videos); when none of `records` decodes, the
+    iterator raises UnreadableVideos naming `what`."""
     # Here, not at the top: the step's half of this module runs where PyAV is absent (bench.gpu_step on a GPU
     # machine).
     from ssl_core.data.decode import decode_clip
-    from ssl_core.data.decode_base import DecodeError
 
     rng = np.random.default_rng(seed)
     d = cfg.data
     read_clip = cache.decode_clip if cache is not None else decode_clip
+    skipped = skipped if skipped is not None else {}
+    if not records:  # an endless pass over no video would spin without yielding
+        raise UnreadableVideos(f"the {what} holds no videos")
 
     def tasks() -> Iterator[tuple[VideoRecord, int]]:
         while True:
@@ -111,12 +127,14 @@ def _clip_batches(
             clip = read_clip(record.path, num_frames=d.num_frames, stride=d.stride, size=d.size,
                              rng=np.random.default_rng(clip_seed))
         except DecodeError as err:
-            if skipped is not None:
-                skipped.setdefault(record.path, str(err))
+            skipped.setdefault(record.path, str(err))
             return None
         return clip, record.label
 
-    for items in prefetched(pool, decode, tasks(), batch):
+    def give_up() -> Exception:
+        return unreadable_split(what, {r.path: skipped[r.path] for r in records if r.path in skipped}, len(records))
+
+    for items in prefetched(pool, decode, tasks(), batch, patience=2 * len(records), give_up=give_up):
         yield torch.from_numpy(np.stack([clip for clip, _ in items])), torch.tensor([label for _, label in items])
 
 
@@ -147,15 +165,15 @@ def run_local(
     from ssl_core.data.decode import decode_eval_clips
     from ssl_core.data.splits import prepare_data
 
-    data = prepare_data(cfg, run_dir)
+    algorithm_cls = get_algorithm(cfg.algorithm.name)
+    if algorithm_cls.needs_targets:
+        raise ConfigError(f"algorithm.name: {cfg.algorithm.name} learns a stored pseudo-labeled set, which only the "
+                          "Ray pipeline streams: run it with python -m workflows.train")
+    data = prepare_data(cfg, run_dir, needs_unlabeled=algorithm_cls.needs_unlabeled)
     classes = list(data.manifest.classes)
     num_classes = len(classes)
     dev = torch.device(device)
     t = cfg.train
-    algorithm_cls = get_algorithm(cfg.algorithm.name)
-    if algorithm_cls.needs_targets:
-        raise ValueError(f"{cfg.algorithm.name} learns a stored pseudo-labeled set, which only the Ray pipeline "
-                         "streams: run it with python -m workflows.train")
     pool = ThreadPoolExecutor(max(1, decode_threads))
     skipped: dict[str, str] = {}  # unreadable video -> why
     result: dict[str, Any] = {}
@@ -185,9 +203,9 @@ def run_local(
             cfg, [r.path for r in (*data.labeled, *data.unlabeled, *data.test)], workers=max(1, decode_threads))
         say(cache_report.line())
         seed = t.seed + 2 * start_step  # a resumed run draws other clips than its first start did
-        labeled_it = _clip_batches(data.labeled, t.batch_size, cfg, seed, pool, cache, skipped)
-        unlabeled_it = (_clip_batches(data.unlabeled, t.batch_size * t.mu, cfg, seed + 1, pool, cache, skipped)
-                        if algorithm.needs_unlabeled else None)
+        labeled_it = _clip_batches(data.labeled, t.batch_size, cfg, seed, pool, cache, skipped, "labeled split")
+        unlabeled_it = (_clip_batches(data.unlabeled, t.batch_size * t.mu, cfg, seed + 1, pool, cache, skipped,
+                                      "unlabeled split") if algorithm.needs_unlabeled else None)
         precise_bn = PreciseBN(t.precise_bn_batches)
         read_eval = cache.decode_eval_clips if cache is not None else decode_eval_clips
 
@@ -208,12 +226,25 @@ def run_local(
             for m in evaluated.values():
                 m.eval()
             d = cfg.data
-            videos = pool.map(lambda r: read_eval(r.path, num_frames=d.num_frames, stride=d.stride, size=d.size,
-                                                  num_clips=d.eval_clips), data.test)
-            for r, video in zip(data.test, videos, strict=True):
+            unreadable: dict[str, str] = {}
+
+            def read(r: VideoRecord) -> np.ndarray | None:
+                try:
+                    return read_eval(r.path, num_frames=d.num_frames, stride=d.stride, size=d.size,
+                                     num_clips=d.eval_clips)
+                except DecodeError as err:  # skipped and counted, as the Ray worker's evaluation does
+                    unreadable[r.path] = str(err)
+                    return None
+
+            for r, video in zip(data.test, pool.map(read, data.test), strict=True):
+                if video is None:
+                    continue
                 for role, m in evaluated.items():
                     counts[role].add(video_probs(m, torch.from_numpy(video)[None], cfg.augment, dev),
                                      torch.tensor([r.label]))
+            if unreadable.keys() - skipped.keys():  # said once per video, not at every evaluation
+                say(skipped_videos_line(unreadable, "test", len(data.test) - len(unreadable)))
+            skipped.update(unreadable)
             for role, m in evaluated.items():
                 m.train(was_training[role])
             metrics: dict[str, float] = {}
@@ -269,7 +300,8 @@ def resume_point(storage: str | Path, which: str) -> Path:
     return latest_checkpoint_dir(which)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+@reports_user_errors()
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Ray-free training runner (same step and loop as the Ray worker).")
     parser.add_argument("--config")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
@@ -283,23 +315,22 @@ def main(argv: Sequence[str] | None = None) -> None:
         try:
             resume_from: Path | None = resume_point(cfg.output.storage, args.resume)
         except (CheckpointError, FileNotFoundError) as err:
-            print(f"error: --resume {args.resume}: {err}", file=sys.stderr)
-            sys.exit(2)
+            raise CheckpointError(f"--resume {args.resume}: {err}") from err
         assert resume_from is not None
         run_dir = resume_from.parent
     else:
         resume_from = None
         _, run_dir = claim_run_dir(cfg.output.storage, cfg.tracking.run_name or stamped(f"{cfg.algorithm.name}-local"))
-        (run_dir / "config.yaml").write_text(dump_yaml(cfg))
     print(f"run folder: {run_dir}", flush=True)
-    try:
+    with discarded_on_failure(run_dir) if resume_from is None else contextlib.nullcontext():
+        if resume_from is None:
+            (run_dir / "config.yaml").write_text(dump_yaml(cfg))
         result = run_local(cfg, device=args.device, decode_threads=args.decode_threads, run_dir=run_dir,
                            resume_from=resume_from)
-    except CacheError as err:  # data.cache=on with a damaged cache or a failed build: its one line, no traceback
-        raise SystemExit(f"error: {err}") from None
     for key, value in result.items():
         print(f"{key}: {value:.4f}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -24,12 +24,14 @@ from typing import Any
 
 import yaml
 
+from ssl_core.user_errors import UserError, read_text
+
 log = logging.getLogger("vidssl.data")
 
 MISSING: Any = dataclasses.MISSING
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration problem; the message starts with the offending key path."""
 
 
@@ -82,10 +84,12 @@ class SyntheticConfig:
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """A config file as its raw mapping of sections, not yet validated (callers may add keys first)."""
+    if not Path(path).exists():
+        raise ConfigError(f"config file not found: {path}")
+    if Path(path).is_dir():
+        raise ConfigError(f"{path}: is a folder, not a config file (a YAML file such as configs/demo.yaml)")
     try:
-        raw = yaml.safe_load(Path(path).read_text()) or {}
-    except FileNotFoundError as err:
-        raise ConfigError(f"config file not found: {path}") from err
+        raw = yaml.safe_load(read_text(Path(path), ConfigError)) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: invalid YAML: {err}") from err
     if not isinstance(raw, dict):

@@ -24,6 +24,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from ssl_core.user_errors import reports_user_errors
+
 # Subcommands that are whole workflows: `vidssl <name> ...` is `python -m workflows.<name> ...` (with - as _).
 WORKFLOWS = {
     "train": "train one run",
@@ -81,19 +83,13 @@ def _stats(values: Sequence[float]) -> str:
 
 
 def _config(args: argparse.Namespace) -> int:
-    # here: as in _synth (the config reference imports every config section)
-    from ssl_core.typed_config import ConfigError
-    from workflows.config_reference import reference
+    from workflows.config_reference import reference  # here: as in _synth (it imports every config section)
 
-    try:
-        text = reference(args.explain or None, markdown=args.markdown)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    sys.stdout.write(text)
+    sys.stdout.write(reference(args.explain or None, markdown=args.markdown))
     return 0
 
 
+@reports_user_errors()
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] and argv[0] in WORKFLOWS:

@@ -44,9 +44,9 @@ from torch import nn
 from ssl_core.algorithms.distill import MODES
 from ssl_core.checkpoint import model_meta
 from ssl_core.config import Config, ConfigError, dump_yaml, read_config_file, with_overrides
-from ssl_core.data.manifest import ManifestError
 from ssl_core.evaluate import EvalCounts
 from ssl_core.models import build_model
+from ssl_core.user_errors import reports_user_errors
 from workflows.console import terminal
 from workflows.evaluate import EvalSet, load_eval_set, run_scoring
 from workflows.runtime.inference import InferenceError, InferenceModel, add_trust_pickle_arg, load_for_inference
@@ -374,15 +374,12 @@ def prepare(args: argparse.Namespace) -> tuple[Config, InferenceModel, str]:
     return cfg, teacher, teacher_architecture(teacher, teacher_cfg)
 
 
+@reports_user_errors(InferenceError)
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     with terminal.session(args.verbose):
-        try:
-            cfg, teacher, teacher_arch = prepare(args)
-            done = run_distillation(cfg, args, teacher, teacher_arch)
-        except (ConfigError, InferenceError, ManifestError, FileExistsError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
+        cfg, teacher, teacher_arch = prepare(args)
+        done = run_distillation(cfg, args, teacher, teacher_arch)
         # here: MLflow (seconds to load) is imported once terminal.session has told it to leave the console alone
         from workflows.tracking.tracker import ui_command
 

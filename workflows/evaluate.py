@@ -28,6 +28,7 @@ import torch
 from ssl_core.config import ConfigError, load_config
 from ssl_core.data.manifest import SPLITS, Manifest, ManifestError, VideoRecord, load_manifest
 from ssl_core.evaluate import EvalCounts
+from ssl_core.user_errors import read_text, reports_user_errors, skipped_videos_line, unreadable_split
 from workflows.console import terminal
 from workflows.runtime.inference import (
     InferenceError,
@@ -48,8 +49,7 @@ class EvalSet:
 
 
 def _csv_has_split(path: Path) -> bool:
-    with path.open(newline="") as f:
-        header = next(csv.reader(f), [])
+    header = next(csv.reader(io.StringIO(read_text(path, ManifestError), newline="")), [])
     return "split" in (h.strip() for h in header)
 
 
@@ -61,11 +61,12 @@ def _records(data: str, split: str) -> tuple[Manifest, list[VideoRecord], str]:
     if path.suffix.lower() in (".yaml", ".yml"):
         d = load_config(path).data
         manifest = load_manifest(d.layout, d.root, csv_path=d.csv_path, ucf_split=d.ucf_split,
-                                 test_fraction=d.test_fraction, seed=d.split_seed)
+                                 test_fraction=d.test_fraction, seed=d.split_seed, infer_classes=d.infer_classes)
         return manifest, manifest.split(split), f"{data} [{split}]"
     if path.suffix.lower() == ".csv":
-        # A listing named on the command line may point anywhere (absolute paths), as predict's --videos CSV.
-        manifest = load_manifest("csv", path.parent, csv_path=path, confine=False)
+        # A listing named on the command line may point anywhere (absolute paths), as predict's --videos CSV; its
+        # labels are checked against the model's classes (load_eval_set), so they need no class list of their own.
+        manifest = load_manifest("csv", path.parent, csv_path=path, confine=False, infer_classes=True)
         has_split = _csv_has_split(path)
     elif path.is_dir():
         manifest = load_manifest("folder", path)
@@ -199,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@reports_user_errors(InferenceError)
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     with terminal.session(args.verbose):
@@ -206,15 +208,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         from workflows.tracking.tracker import resolve_uri, ui_command
 
         tracking_uri = resolve_uri(args.tracking_uri)
-        try:
-            if min(args.clips, args.crops, args.batch_size) < 1:
-                raise ValueError("--clips, --crops and --batch-size must be >= 1")
-            loaded = load_for_inference(args.model, tracking_uri, trust_pickle=args.trust_pickle)
-            eval_set = load_eval_set(args.data, args.split, loaded.classes)
-        except (InferenceError, ManifestError, ConfigError, ValueError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
+        if min(args.clips, args.crops, args.batch_size) < 1:
+            raise ConfigError("--clips, --crops and --batch-size must be >= 1")
+        loaded = load_for_inference(args.model, tracking_uri, trust_pickle=args.trust_pickle)
+        eval_set = load_eval_set(args.data, args.split, loaded.classes)
         result = run_scoring(eval_set, loaded, args)
+        if not len(result.labels):  # no metric to report, no evaluation run to log
+            raise unreadable_split(eval_set.description, result.skipped, len(result.skipped))
+        if result.skipped:
+            print(skipped_videos_line(result.skipped, args.split, len(result.labels)), file=sys.stderr, flush=True)
         run_id, metrics = log_evaluation(result, loaded, eval_set, args, tracking_uri)
         src = loaded.source
         where = f"version {src['version']} of {src['name']}" if src["name"] else src["uri"]
@@ -223,9 +225,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(_table(metrics))
         print(f"MLflow evaluation run: {run_id} (experiment {args.experiment})")
         print(f"review it: {ui_command(tracking_uri)}")
-        if not len(result.labels):
-            print(f"error: none of the {len(result.skipped)} videos could be decoded", file=sys.stderr)
-            return 1
         return 0
 
 

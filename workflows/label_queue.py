@@ -43,8 +43,9 @@ from typing import Any
 
 import numpy as np
 
-from ssl_core.config import ConfigError, load_config
-from ssl_core.data.manifest import ManifestError, load_manifest, read_split_file
+from ssl_core.config import load_config
+from ssl_core.data.manifest import load_manifest, read_split_file
+from ssl_core.user_errors import reports_user_errors, unreadable_split
 from workflows.console import terminal
 from workflows.predict import InputError, csv_path_column, list_videos
 from workflows.runtime.inference import (
@@ -172,7 +173,7 @@ def _from_config(path: str) -> tuple[list[str], Path, set[str]]:
     d = load_config(path).data
     root = Path(d.root).expanduser().resolve()
     manifest = load_manifest(d.layout, root, csv_path=d.csv_path, ucf_split=d.ucf_split,
-                             test_fraction=d.test_fraction, seed=d.split_seed)
+                             test_fraction=d.test_fraction, seed=d.split_seed, infer_classes=d.infer_classes)
     split_file = Path(d.labeled_split_file) if d.labeled_split_file else None
     labeled = read_split_file(split_file, manifest, root) if split_file and split_file.exists() else []
     return [r.path for r in manifest.split("train")], root, {r.path for r in labeled}
@@ -387,6 +388,7 @@ def _prepare(args: argparse.Namespace, out: Path
     return strategy, candidates, model, aux
 
 
+@reports_user_errors(InferenceError)
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     with terminal.session(args.verbose):
@@ -396,25 +398,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         tracking_uri = resolve_uri(args.tracking_uri)
         args.tracking_uri = tracking_uri  # the models and the queue's run share one store
         out = Path(args.out).expanduser().resolve()
-        try:
-            strategy, candidates, model, aux = _prepare(args, out)
-        except (InputError, InferenceError, ManifestError, ConfigError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
+        strategy, candidates, model, aux = _prepare(args, out)
         options = {"clips": args.clips, "crops": args.crops, "batch_size": args.batch_size,
                    "decode_cpus": args.decode_cpus, "actors": args.actors}
         scores, skipped = score_candidates(candidates.paths, model, aux, options)
         if not scores.paths:
-            print(f"error: none of the {len(skipped)} candidate videos could be decoded", file=sys.stderr)
-            return 1
+            raise unreadable_split("candidates", skipped, len(skipped))
         order = rank(scores, strategy)
         rows = queue_rows(scores, order, model.classes, args.budget)
         text = queue_csv(rows, aux is not None)
-        try:
-            write_atomic(out, text, args.overwrite)
-        except InputError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
+        write_atomic(out, text, args.overwrite)
         metrics = summary_metrics(scores, order, args.budget, candidates, skipped)
         run_id = log_queue_run(args, strategy, model, aux, text, metrics, skipped, tracking_uri)
         print_summary(rows, metrics, skipped, out)

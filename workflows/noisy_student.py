@@ -42,14 +42,13 @@ import pyarrow.parquet as pq
 import yaml
 
 from ssl_core.config import Config, ConfigError, pin_paths
-from ssl_core.data.manifest import ManifestError
 from ssl_core.data.pseudo_labels import (
-    PseudoLabelError,
     pseudo_label_stats,
     select_pseudo_labels,
     write_pseudo_labels,
 )
 from ssl_core.data.splits import ensure_synthetic, prepare_data
+from ssl_core.user_errors import reports_user_errors
 from workflows.console import terminal
 from workflows.runtime.ray_session import init_ray
 from workflows.specs.noisy_student import LabelSpec, NoisyStudentSpec, Stage, load_noisy_student
@@ -331,6 +330,7 @@ def _pct(value: Any) -> str:
     return f"{100 * value:.1f}" if isinstance(value, float) and value == value else str(value)
 
 
+@reports_user_errors()
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="workflow YAML (see configs/noisy_student_demo.yaml)")
@@ -355,9 +355,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(spec.describe())
                 return 0
             state = run_workflow(spec, resume=args.resume, until=args.until)
-        except (ConfigError, ManifestError, PseudoLabelError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
         except WorkflowStopped as err:
             print(str(err), file=sys.stderr)
             return 0 if err.on_purpose else 130

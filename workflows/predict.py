@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import logging
 import os
@@ -28,6 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ssl_core.data.manifest import VIDEO_EXTENSIONS
+from ssl_core.user_errors import UserError, read_text, reports_user_errors
 from workflows.console import terminal
 from workflows.runtime.inference import (
     InferenceError,
@@ -41,19 +43,18 @@ from workflows.runtime.ray_session import init_ray
 log = logging.getLogger("vidssl.predict")
 
 
-class InputError(ValueError):
+class InputError(UserError, ValueError):
     """Bad --videos or --out; the message names the path."""
 
 
 def csv_path_column(source: Path) -> list[str]:
     """The non-empty values of a CSV's `path` column, as written (header names may carry spaces)."""
-    with source.open(newline="") as f:
-        reader = csv.DictReader(f)
-        header = [h.strip() for h in reader.fieldnames or []]
-        if "path" not in header:
-            raise InputError(f"{source}: header {header} has no 'path' column")
-        reader.fieldnames = header
-        return [value for row in reader if (value := (row.get("path") or "").strip())]
+    reader = csv.DictReader(io.StringIO(read_text(source, InputError), newline=""))
+    header = [h.strip() for h in reader.fieldnames or []]
+    if "path" not in header:
+        raise InputError(f"{source}: header {header} has no 'path' column")
+    reader.fieldnames = header
+    return [value for row in reader if (value := (row.get("path") or "").strip())]
 
 
 def list_videos(videos: str) -> list[str]:
@@ -167,32 +168,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@reports_user_errors(InferenceError)
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     with terminal.session(args.verbose):
         out = Path(args.out).expanduser().resolve()
-        try:
-            if min(args.top_k, args.clips, args.crops, args.batch_size) < 1:
-                raise InputError("--top-k, --clips, --crops and --batch-size must be >= 1")
-            if out.is_dir():
-                raise InputError(f"--out {out} is a directory; name a .parquet file")
-            if out.exists() and not args.overwrite:
-                raise InputError(f"--out {out} exists; pass --overwrite to replace it")
-            if not out.parent.is_dir():
-                raise InputError(f"--out {out}: folder {out.parent} does not exist")
-            paths = list_videos(args.videos)
-            loaded = load_for_inference(args.model, args.tracking_uri, trust_pickle=args.trust_pickle)
-        except (InputError, InferenceError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
+        if min(args.top_k, args.clips, args.crops, args.batch_size) < 1:
+            raise InputError("--top-k, --clips, --crops and --batch-size must be >= 1")
+        if out.is_dir():
+            raise InputError(f"--out {out} is a directory; name a .parquet file")
+        if out.exists() and not args.overwrite:
+            raise InputError(f"--out {out} exists; pass --overwrite to replace it")
+        if not out.parent.is_dir():
+            raise InputError(f"--out {out}: folder {out.parent} does not exist")
+        paths = list_videos(args.videos)
+        loaded = load_for_inference(args.model, args.tracking_uri, trust_pickle=args.trust_pickle)
         init_ray()
         ds = score_videos([{"path": p, "label": -1} for p in paths], loaded, clips=args.clips, crops=args.crops,
                           batch_size=args.batch_size, decode_cpus=args.decode_cpus, actors=args.actors)
-        try:
-            rows, errors = write_predictions(ds, out, loaded, args.top_k, args.all_probs, args.overwrite)
-        except InputError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
+        rows, errors = write_predictions(ds, out, loaded, args.top_k, args.all_probs, args.overwrite)
         src = loaded.source
         resolved = f"version {src['version']} of {src['name']}" if src["name"] else src["uri"]
         print(f"{rows} videos -> {out} ({errors} unreadable, see its error column); model {src['spec']} ({resolved})")

@@ -25,16 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ssl_core.checkpoint import CheckpointError
 from ssl_core.config import ConfigError
-from ssl_core.data.cache_errors import CacheError
-from ssl_core.data.manifest import ManifestError
 from ssl_core.pretrain.config import PretrainSetup, load_pretrain_config, pretrain_with_overrides
 from ssl_core.run_folder import claim_run_dir, stamped
+from ssl_core.user_errors import reports_user_errors
 from workflows.console import terminal
 from workflows.runtime.ray_session import init_ray
 from workflows.runtime.resume import RunFinished, choose_checkpoint, hand_over
-from workflows.runtime.run_state import LOG_FILE, RUN_FILE, RunState
+from workflows.runtime.run_state import LOG_FILE, RUN_FILE, RunState, preparing
 from workflows.runtime.worker_args import WorkerArgs
 
 SMOKE_TEST = ("train.iterations=4", "train.log_every=2", "pretrain.knn_every=4", "train.checkpoint_every=4")
@@ -125,67 +123,72 @@ def run_pretraining(
     from workflows.tracking.tracker import Tracker, check_reachable, resolve_uri
 
     resume_from = None
-    if resume is not None:
-        run_dir = find_pretrain_run(Path(setup.base.output.storage).resolve(), resume)
-        state = RunState.load(run_dir)
-        check_reachable(state.tracking_uri)
-        setup = pretrain_with_overrides(state.config, overrides)
-        # Before the run is marked RUNNING: a run with no loadable checkpoint stays as it was.
-        point = choose_checkpoint(run_dir)
-        tracker = Tracker(state.tracking_uri, state.mlflow_run_id)
-        if stop_when_finished and point is not None and point.step >= setup.base.train.iterations \
-                and tracker.status() == "FINISHED":
-            raise RunFinished(run_dir, point.step)
-        state.config = setup.to_dict()
-        state.save()
-        tracker.client.update_run(state.mlflow_run_id, status="RUNNING")
-        resume_from = hand_over(run_dir, point) if point is not None else None
-        data = prepare_data(setup.base, run_dir)
-        sources, _ = resolve_sources(setup.base, run_dir, state.tracking_uri)
-    else:
-        uri = resolve_uri(setup.base.tracking.uri)
-        check_reachable(uri)  # before the run folder and the data: an unreachable server leaves nothing behind
-        name, run_dir = new_run_dir(setup)
-        data = prepare_data(setup.base, run_dir)
-        tags = {"vidssl.stage": STAGE, "vidssl.objective": setup.pretrain.objective,
-                "vidssl.primary": setup.base.model.primary, "vidssl.run_dir": str(run_dir), **extra_tags}
-        params: dict[str, Any] = {}
-        # model.init: the backbone may itself start from weights (e.g. Kinetics-400); checked before Ray starts.
-        sources, lineage = resolve_sources(setup.base, run_dir, uri)
-        if setup.base.model.init:
-            from ssl_core.pretrain.step import build_net  # here: torch and the models, for a model.init run only
+    with preparing() as prep:
+        if resume is not None:
+            run_dir = find_pretrain_run(Path(setup.base.output.storage).resolve(), resume)
+            state = RunState.load(run_dir)
+            check_reachable(state.tracking_uri)
+            setup = pretrain_with_overrides(state.config, overrides)
+            # Before the run is marked RUNNING: a run with no loadable checkpoint stays as it was.
+            point = choose_checkpoint(run_dir)
+            tracker = Tracker(state.tracking_uri, state.mlflow_run_id)
+            if stop_when_finished and point is not None and point.step >= setup.base.train.iterations \
+                    and tracker.status() == "FINISHED":
+                raise RunFinished(run_dir, point.step)
+            # Also before: data the run can no longer use leaves its record and MLflow run as they were.
+            data = prepare_data(setup.base, run_dir)
+            sources, _ = resolve_sources(setup.base, run_dir, state.tracking_uri)
+            state.config = setup.to_dict()
+            state.save()
+            tracker.client.update_run(state.mlflow_run_id, status="RUNNING")
+            prep.tracker = tracker
+            resume_from = hand_over(run_dir, point) if point is not None else None
+        else:
+            uri = resolve_uri(setup.base.tracking.uri)
+            check_reachable(uri)  # before the run folder and the data: an unreachable server leaves nothing behind
+            name, run_dir = new_run_dir(setup)
+            prep.run_dir = run_dir
+            data = prepare_data(setup.base, run_dir)
+            tags = {"vidssl.stage": STAGE, "vidssl.objective": setup.pretrain.objective,
+                    "vidssl.primary": setup.base.model.primary, "vidssl.run_dir": str(run_dir), **extra_tags}
+            params: dict[str, Any] = {}
+            # model.init: the backbone may itself start from weights (e.g. Kinetics-400); checked before Ray starts.
+            sources, lineage = resolve_sources(setup.base, run_dir, uri)
+            if setup.base.model.init:
+                from ssl_core.pretrain.step import build_net  # here: torch and the models, for a model.init run only
 
-            _, reports = build_net(setup, data.manifest.classes, sources)
-            for report in reports:
-                print(report.line(), flush=True)
-                tags[f"init.{report.name}"] = report.line()
-                params.update(report.params())
-            tags.update(lineage)
-        tracker = Tracker.start(uri, setup.base.tracking.experiment, name, tags)
-        num_train = len(data.labeled) + len(data.unlabeled)
-        tracker.log_params({**setup.params(), **params, "pretrain.queue_size_used": setup.queue_size(num_train),
-                            "data.num_train": num_train, "data.num_labeled": len(data.labeled),
-                            "data.num_test": len(data.test)})
-        tracker.log_text(yaml_text(setup), "config.yaml")
-        if data.split_file is not None:
-            tracker.log_artifact(data.split_file)
-        log_data_inputs(tracker, setup.base, data.manifest, data.split_file)
-        state = RunState(name, run_dir, tracker.run_id, uri, setup.to_dict())
-        state.save()
+                _, reports = build_net(setup, data.manifest.classes, sources)
+                for report in reports:
+                    print(report.line(), flush=True)
+                    tags[f"init.{report.name}"] = report.line()
+                    params.update(report.params())
+                tags.update(lineage)
+            tracker = Tracker.start(uri, setup.base.tracking.experiment, name, tags)
+            prep.tracker = tracker
+            num_train = len(data.labeled) + len(data.unlabeled)
+            tracker.log_params({**setup.params(), **params, "pretrain.queue_size_used": setup.queue_size(num_train),
+                                "data.num_train": num_train, "data.num_labeled": len(data.labeled),
+                                "data.num_test": len(data.test)})
+            tracker.log_text(yaml_text(setup), "config.yaml")
+            if data.split_file is not None:
+                tracker.log_artifact(data.split_file)
+            log_data_inputs(tracker, setup.base, data.manifest, data.split_file)
+            state = RunState(name, run_dir, tracker.run_id, uri, setup.to_dict())
+            state.save()
 
-    terminal.log_to(run_dir / LOG_FILE)
-    cfg = setup.base
-    train_records = [*data.labeled, *data.unlabeled]  # every train video; the stream drops their labels
-    note = _queue_note(setup, len(train_records))
-    print(f"pretraining {cfg.model.primary} with {setup.pretrain.objective} (rho {setup.pretrain.rho}) on "
-          f"{len(train_records)} train videos" + (f", {note}" if note else ""), flush=True)
-    init_ray(min_cpus=logical_cpus(setup))
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    counter, channel = driver_actors(progress)
-    datasets = build_pretrain_datasets(setup, train_records, data.labeled, data.test, counter)
-    args = WorkerArgs(setup.to_dict(), list(data.manifest.classes), state.tracking_uri, state.mlflow_run_id, counter,
-                      progress=channel, init=sources, queue_size=setup.queue_size(len(train_records)),
-                      resume_from=resume_from)
+        terminal.log_to(run_dir / LOG_FILE)
+        cfg = setup.base
+        train_records = [*data.labeled, *data.unlabeled]  # every train video; the stream drops their labels
+        note = _queue_note(setup, len(train_records))
+        print(f"pretraining {cfg.model.primary} with {setup.pretrain.objective} (rho {setup.pretrain.rho}) on "
+              f"{len(train_records)} train videos" + (f", {note}" if note else ""), flush=True)
+        init_ray(min_cpus=logical_cpus(setup))
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        counter, channel = driver_actors(progress)
+        datasets = build_pretrain_datasets(setup, train_records, data.labeled, data.test, counter)
+        args = WorkerArgs(setup.to_dict(), list(data.manifest.classes), state.tracking_uri, state.mlflow_run_id,
+                          counter, progress=channel, init=sources, queue_size=setup.queue_size(len(train_records)),
+                          resume_from=resume_from)
     # The k-NN set goes whole to rank 0.
     result, final = fit(pretrain_loop_per_worker, args, cfg, name=state.name, run_dir=run_dir, tracker=tracker,
                         counter=counter, channel=channel, datasets=datasets, split=["train"])
@@ -231,6 +234,7 @@ def summary(outcome: PretrainOutcome, setup: PretrainSetup) -> str:
             f"chance {100 / outcome.num_classes:.1f} %")
 
 
+@reports_user_errors()
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="pretraining YAML file (e.g. configs/pretrain_demo.yaml)")
@@ -248,9 +252,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         except RunFinished as done:
             print(done, flush=True)
             return 0
-        except (ConfigError, ManifestError, FileExistsError, CheckpointError, CacheError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
         # here: MLflow's client takes seconds to load; a config error answers before it
         from ssl_core.pretrain.config import pretrain_from_dict
         from workflows.tracking.tracker import ui_command

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ssl_core.data.decode_base import DecodeError
-from ssl_core.data.manifest import LAYOUTS, Manifest, ManifestError, VideoRecord, load_manifest
+from ssl_core.data.manifest import LAYOUTS, Manifest, VideoRecord, load_manifest
 from ssl_core.data.reencode import PRESETS, reencode
 from ssl_core.typed_config import (
     ConfigError,
@@ -44,6 +44,7 @@ from ssl_core.typed_config import (
     require,
     setting,
 )
+from ssl_core.user_errors import reports_user_errors
 from workflows.console import terminal
 from workflows.runtime.ray_session import init_ray
 
@@ -74,6 +75,8 @@ class SourceSpec:
     layout: str = setting("csv", "dataset layout: folder, csv, ucf101, kinetics (as data.layout)")
     root: str = setting("data/synth", "dataset folder (generated here first when synthetic.enabled and missing)")
     csv_path: str | None = setting(None, "the CSV of the csv (default: <root>/manifest.csv) and kinetics layouts")
+    infer_classes: bool = setting(False, "csv without classes.txt: every label is a class, even one in test rows "
+                                         "only (as data.infer_classes)")
     ucf_split: int = setting(1, "UCF-101 official split 1, 2 or 3")
     test_fraction: float = setting(0.2, "hold-out for layouts without a split (folder, csv without a split "
                                         "column); the copy writes it down")
@@ -320,7 +323,8 @@ def run_prepare(cfg: PrepareConfig, *, dry_run: bool = False) -> Summary | None:
     root = Path(s.root).expanduser().resolve()
     # Missing files are not fatal here: like any bad video they end up in the report.
     manifest = load_manifest(s.layout, root, csv_path=s.csv_path, ucf_split=s.ucf_split,
-                             test_fraction=s.test_fraction, seed=s.split_seed, check_files=False)
+                             test_fraction=s.test_fraction, seed=s.split_seed, check_files=False,
+                             infer_classes=s.infer_classes)
     resuming = check_out_dir(out, settings)
     planned = _plan(manifest, root)
     done = [p for p in planned if p.out_rel and (out / p.out_rel).is_file()]
@@ -363,6 +367,7 @@ def run_prepare(cfg: PrepareConfig, *, dry_run: bool = False) -> Summary | None:
                    time.perf_counter() - start, len(manifest.classes))
 
 
+@reports_user_errors()
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="YAML file with a `prepare:` section")
@@ -373,12 +378,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="also print what Ray, Ray Data and MLflow log")
     args = parser.parse_args(argv)
     with terminal.session(args.verbose):
-        try:
-            cfg = load_prepare_config(args.config, args.set)
-            summary = run_prepare(cfg, dry_run=args.dry_run)
-        except (ConfigError, ManifestError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
+        cfg = load_prepare_config(args.config, args.set)
+        summary = run_prepare(cfg, dry_run=args.dry_run)
         if summary is None:
             return 0
         print(f"prepared {summary.source} -> {summary.out}: {summary.total} videos in {summary.wall_s:.1f} s")

@@ -33,8 +33,8 @@ from typing import Any
 import yaml
 
 from ssl_core.config import ConfigError, pin_paths
-from ssl_core.data.manifest import ManifestError
 from ssl_core.data.splits import ensure_synthetic
+from ssl_core.user_errors import reports_user_errors
 from workflows.console import terminal
 from workflows.runtime.ray_session import init_ray
 from workflows.specs.sweep import SweepSpec, check_name, load_sweep, trial_config
@@ -354,6 +354,7 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False) -> tuple[SweepState, lis
     return state, rows, champion
 
 
+@reports_user_errors()
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="sweep YAML (see configs/sweep_demo.yaml)")
@@ -377,9 +378,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                         print(f"  trial {i}: " + ", ".join(f"{k}={v}" for k, v in point.items()))
                 return 0
             state, rows, champion = run_sweep(spec, resume=args.resume)
-        except (ConfigError, ManifestError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
         except SweepInterrupted as err:
             print(str(err), file=sys.stderr)
             return 130

@@ -22,10 +22,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ssl_core.algorithms import get_algorithm
-from ssl_core.checkpoint import CheckpointError
-from ssl_core.config import ConfigError, from_dict, load_config
-from ssl_core.data.cache_errors import CacheError
-from ssl_core.data.manifest import ManifestError
+from ssl_core.config import from_dict, load_config
+from ssl_core.user_errors import reports_user_errors
 from workflows.baseline import run_baseline
 from workflows.console import terminal
 from workflows.runtime.resume import RunFinished
@@ -59,6 +57,7 @@ def summary_table(outcome: TrainOutcome, roles: Sequence[str], baseline: TrainOu
     return "\n".join(lines)
 
 
+@reports_user_errors()
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="YAML experiment file (defaults apply to missing keys)")
@@ -81,9 +80,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         except RunFinished as done:
             print(done, flush=True)
             return 0
-        except (ConfigError, ManifestError, FileExistsError, CheckpointError, CacheError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
         cfg = from_dict(RunState.load(outcome.run_dir).config)
         print()
         print(f"{cfg.algorithm.name} on {cfg.data.root}: step {outcome.metrics.get('step')}")

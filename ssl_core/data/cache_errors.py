@@ -5,8 +5,10 @@ Apart from clip_cache so that entry points can catch them without importing PyAV
 
 from __future__ import annotations
 
+from ssl_core.user_errors import UserError
 
-class CacheError(Exception):
+
+class CacheError(UserError):
     """The cache cannot be used; with data.cache = auto the run decodes the videos instead, with `on` it stops."""
 
 

@@ -2,8 +2,10 @@
 
 Layouts: "folder" (root/<class>/<video>, or root/{train,test}/<class>/<video>), "csv" (path,label[,split]),
 "ucf101" (classInd.txt + trainlist0N.txt / testlist0N.txt) and "kinetics" (label,youtube_id,time_start,
-time_end,split). The labeled subset of the train split is chosen class-balanced and written to a file, so
-that every run of an experiment (and every baseline next to it) trains on the same labeled videos.
+time_end,split). A csv dataset's classes are the lines of <root>/classes.txt when it has one, else its labels (a
+test row whose label no train row has is then an error, unless data.infer_classes). The labeled subset of the
+train split is chosen class-balanced and written to a file, so that every run of an experiment (and every
+baseline next to it) trains on the same labeled videos.
 
 Try it:
     python -c "from ssl_core.data.manifest import load_manifest, select_labeled; \
@@ -23,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ssl_core.data.synthetic import stratified_test_mask
+from ssl_core.user_errors import UserError, read_text
 
 VIDEO_EXTENSIONS: frozenset[str] = frozenset({".mp4", ".avi", ".mkv", ".webm", ".mov"})
 LAYOUTS: tuple[str, ...] = ("csv", "folder", "kinetics", "ucf101")
@@ -37,7 +40,7 @@ _SPLIT_ALIASES: dict[str, str] = {
 }
 
 
-class ManifestError(ValueError):
+class ManifestError(UserError, ValueError):
     """Bad dataset description; the message names the file and the 1-based row or line."""
 
 
@@ -138,18 +141,17 @@ def _read_csv(file: Path, required: Sequence[str]) -> Iterator[tuple[int, dict[s
     """Yield (1-based line number, row) with stripped values; the header is line 1."""
     if not file.is_file():
         raise ManifestError(f"{file}: file not found")
-    with file.open(newline="") as f:
-        reader = csv.DictReader(f)
-        header = [h.strip() for h in (reader.fieldnames or [])]
-        missing = [c for c in required if c not in header]
-        if missing:
-            raise ManifestError(f"{_where(file, 1)}: header {header} lacks column(s) {missing}")
-        reader.fieldnames = header
-        for row in reader:
-            values = {k: (v or "").strip() for k, v in row.items() if k is not None}
-            if not any(values.values()):
-                continue  # blank line
-            yield reader.line_num, values
+    reader = csv.DictReader(io.StringIO(read_text(file, ManifestError), newline=""))
+    header = [h.strip() for h in (reader.fieldnames or [])]
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise ManifestError(f"{_where(file, 1)}: header {header} lacks column(s) {missing}")
+    reader.fieldnames = header
+    for row in reader:
+        values = {k: (v or "").strip() for k, v in row.items() if k is not None}
+        if not any(values.values()):
+            continue  # blank line
+        yield reader.line_num, values
 
 
 def _split_value(value: str, file: Path, row: int) -> str:
@@ -161,7 +163,7 @@ def _split_value(value: str, file: Path, row: int) -> str:
 
 def _read_class_list(file: Path) -> tuple[str, ...]:
     classes: list[str] = []
-    for n, line in enumerate(file.read_text().splitlines(), start=1):
+    for n, line in enumerate(read_text(file, ManifestError).splitlines(), start=1):
         name = line.strip()
         if not name:
             continue
@@ -171,12 +173,30 @@ def _read_class_list(file: Path) -> tuple[str, ...]:
     return tuple(classes)
 
 
+def _check_test_labels(rows: Sequence[tuple[int, dict[str, str]]], csv_path: Path, class_file: Path) -> None:
+    """Without a class list the classes are the labels of the train rows: a test row's label outside them (a typo,
+    most likely) would become a class no video trains and no model predicts."""
+    if "split" not in (rows[0][1] if rows else {}):
+        return  # the hold-out is drawn per label: every label has train videos
+    splits = [(n, row, _split_value(row["split"], csv_path, n)) for n, row in rows]
+    trained = {row["label"] for _, row, split in splits if split == "train"}
+    for n, row, split in splits:
+        if split == "test" and row["label"] and row["label"] not in trained:
+            raise ManifestError(
+                f"{_where(csv_path, n)}: label {row['label']!r} is in no train row, and there is no {class_file} to "
+                "list the classes: correct the label, write the class names one per line to classes.txt, or set "
+                "data.infer_classes: true to take every label as a class")
+
+
 def _load_csv(
-    root: Path, csv_path: Path, test_fraction: float, seed: int, check_files: bool, confine: bool = True
+    root: Path, csv_path: Path, test_fraction: float, seed: int, check_files: bool, confine: bool = True,
+    infer_classes: bool = False,
 ) -> tuple[tuple[str, ...], list[VideoRecord]]:
     rows = list(_read_csv(csv_path, ("path", "label")))
     class_file = root / "classes.txt"
     fixed = _read_class_list(class_file) if class_file.is_file() else None
+    if fixed is None and not infer_classes:
+        _check_test_labels(rows, csv_path, class_file)
     classes = fixed if fixed is not None else tuple(sorted({r["label"] for _, r in rows}))
     index = {c: i for i, c in enumerate(classes)}
     paths, labels, splits = [], [], []
@@ -200,7 +220,7 @@ def _load_csv(
 def _ucf_lines(file: Path) -> Iterator[tuple[int, list[str]]]:
     if not file.is_file():
         raise ManifestError(f"{file}: file not found")
-    for n, line in enumerate(file.read_text().splitlines(), start=1):
+    for n, line in enumerate(read_text(file, ManifestError).splitlines(), start=1):
         if line.strip():
             yield n, line.split()
 
@@ -279,11 +299,14 @@ def load_manifest(
     seed: int = 0,
     check_files: bool = True,
     confine: bool = True,
+    infer_classes: bool = False,
 ) -> Manifest:
     """Read a dataset in one of LAYOUTS into a Manifest; see the module docstring for the layouts.
 
     confine=False lets a csv row name a video outside `root` (an absolute path): for a listing the user
-    names on the command line (evaluate --data F.csv), never for a dataset a config points at."""
+    names on the command line (evaluate --data F.csv), never for a dataset a config points at.
+    infer_classes (data.infer_classes): a csv without classes.txt takes every label as a class, even one that only
+    test rows carry (otherwise an error naming the row)."""
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
         raise ManifestError(f"{root}: dataset root is not a directory")
@@ -291,7 +314,8 @@ def load_manifest(
         classes, records = _load_folder(root, test_fraction, seed)
     elif layout == "csv":
         classes, records = _load_csv(
-            root, Path(csv_path) if csv_path else root / "manifest.csv", test_fraction, seed, check_files, confine
+            root, Path(csv_path) if csv_path else root / "manifest.csv", test_fraction, seed, check_files, confine,
+            infer_classes,
         )
     elif layout == "ucf101":
         classes, records = _load_ucf101(root, ucf_split, check_files)
@@ -364,7 +388,7 @@ def write_split_file(path: Path, labeled: Sequence[VideoRecord], manifest: Manif
     content = buf.getvalue()
     path = Path(path)
     if path.exists():
-        if path.read_text() == content:
+        if path.read_bytes() == content.encode():
             return
         raise FileExistsError(
             f"{path} already holds a different labeled split; refusing to overwrite it "

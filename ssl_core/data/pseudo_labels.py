@@ -25,10 +25,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ssl_core.user_errors import UserError
+
 COLUMNS = ("path", "label", "label_name", "confidence", "probs")
 
 
-class PseudoLabelError(ValueError):
+class PseudoLabelError(UserError, ValueError):
     """A pseudo-labeled set that cannot be used; the message names the file (and the row)."""
 
 

@@ -9,9 +9,10 @@ from collections.abc import Sequence
 import torch
 
 from ssl_core.pretrain.config import load_pretrain_config
-from ssl_core.typed_config import ConfigError
+from ssl_core.user_errors import reports_user_errors
 
 
+@reports_user_errors()
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Ray-free self-supervised pretraining (same step as the Ray worker).")
     parser.add_argument("--config", help="pretraining YAML file (e.g. configs/pretrain_demo.yaml)")
@@ -19,11 +20,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--decode-threads", type=int, default=2, help="threads decoding clips ahead of the step")
     args = parser.parse_args(argv)
-    try:
-        setup = load_pretrain_config(args.config, args.set)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    setup = load_pretrain_config(args.config, args.set)
     # here: the runner loads PyAV and the models; a config error is reported before that
     from ssl_core.pretrain.local import run_local_pretrain
 

@@ -34,9 +34,10 @@ from ssl_core.pretrain.config import PretrainSetup
 from ssl_core.pretrain.data import decode_views
 from ssl_core.pretrain.knn import knn_accuracy, linear_probe, video_features
 from ssl_core.pretrain.step import Pretrainer, build_net, pretrain_optimize, save_pretrain_checkpoint
-from ssl_core.run_folder import claim_run_dir, stamped
+from ssl_core.run_folder import claim_run_dir, discarded_on_failure, stamped
 from ssl_core.schedule import build_scheduler
 from ssl_core.train_step import build_optimizer
+from ssl_core.user_errors import skipped_videos_line, unreadable_split
 
 
 def view_batches(
@@ -44,9 +45,11 @@ def view_batches(
     skipped: dict[str, str] | None = None,
 ) -> Iterator[tuple[Tensor, Tensor]]:
     """Endless batches ((B, rho, T, H, W, 3) uint8 clips, (B, rho) pretext labels) over every path, reshuffled
-    each pass, decoded two batches ahead by `pool`. Unreadable videos are skipped (path -> why into `skipped`)."""
+    each pass, decoded two batches ahead by `pool`. Unreadable videos are skipped (path -> why into `skipped`);
+    when none decodes, the iterator raises UnreadableVideos."""
     rng = np.random.default_rng(seed)
     d, p = setup.base.data, setup.pretrain
+    skipped = skipped if skipped is not None else {}
 
     def tasks() -> Iterator[tuple[str, int]]:
         while True:
@@ -58,25 +61,29 @@ def view_batches(
             return decode_views(reader, path, row_seed, rho=p.rho, num_frames=d.num_frames, stride=d.stride,
                                 size=d.size, pretext=p.pretext)
         except DecodeError as err:
-            if skipped is not None:
-                skipped.setdefault(path, str(err))
+            skipped.setdefault(path, str(err))
             return None
 
-    for items in prefetched(pool, decode, tasks(), batch):
+    def give_up() -> Exception:
+        return unreadable_split("train split", skipped, len(paths))
+
+    for items in prefetched(pool, decode, tasks(), batch, patience=2 * len(paths), give_up=give_up):
         yield torch.from_numpy(np.stack([v for v, _ in items])), torch.from_numpy(np.stack([y for _, y in items]))
 
 
 def record_features(
     backbone: nn.Module, records: Sequence[VideoRecord], read_eval: Callable[..., np.ndarray], setup: PretrainSetup,
-    device: torch.device, pool: ThreadPoolExecutor, batch: int = 8,
+    device: torch.device, pool: ThreadPoolExecutor, unreadable: dict[str, str], batch: int = 8,
 ) -> tuple[Tensor, Tensor]:
-    """(N, F) normalised features and (N,) labels of the readable records (evaluation clips, centre crop)."""
+    """(N, F) normalised features and (N,) labels of the readable records (evaluation clips, centre crop); the
+    others go to `unreadable` (path -> why)."""
     d = setup.base.data
 
     def read(r: VideoRecord) -> np.ndarray | None:
         try:
             return read_eval(r.path, num_frames=d.num_frames, stride=d.stride, size=d.size, num_clips=d.eval_clips)
-        except DecodeError:
+        except DecodeError as err:
+            unreadable[r.path] = str(err)
             return None
 
     was_training = backbone.training
@@ -100,13 +107,19 @@ def run_local_pretrain(setup: PretrainSetup, *, device: str = "cpu", decode_thre
                        ) -> dict[str, Any]:
     """Pretrain in this process; returns the k-NN history, the final k-NN / probe accuracy, speed, run folder.
     `on_report`: every report of the loop (the Ray worker's metric keys)."""
-    cfg, p, t = setup.base, setup.pretrain, setup.base.train
+    cfg, p = setup.base, setup.pretrain
     allocator.configure(cfg.scaling)
-    if run_dir is None:
-        name = cfg.tracking.run_name or stamped(f"pretrain-{p.objective}-local")
-        _, run_dir = claim_run_dir(cfg.output.storage, name)
-    else:  # a folder the caller chose (it may exist: e.g. the Ray run's folder)
+    if run_dir is not None:  # a folder the caller chose (it may exist: e.g. the Ray run's folder)
         run_dir.mkdir(parents=True, exist_ok=True)
+        return _pretrain_into(run_dir, setup, device, decode_threads, on_report)
+    _, run_dir = claim_run_dir(cfg.output.storage, cfg.tracking.run_name or stamped(f"pretrain-{p.objective}-local"))
+    with discarded_on_failure(run_dir):
+        return _pretrain_into(run_dir, setup, device, decode_threads, on_report)
+
+
+def _pretrain_into(run_dir: Path, setup: PretrainSetup, device: str, decode_threads: int,
+                   on_report: Callable[[Report], None] | None) -> dict[str, Any]:
+    cfg, p, t = setup.base, setup.pretrain, setup.base.train
     data = prepare_data(cfg, run_dir)  # the labeled split: the k-NN memory bank (labels reach no loss)
     classes = list(data.manifest.classes)
     train_paths = [r.path for r in (*data.labeled, *data.unlabeled)]  # every train video, without its label
@@ -134,8 +147,13 @@ def run_local_pretrain(setup: PretrainSetup, *, device: str = "cpu", decode_thre
         batches = view_batches(train_paths, t.batch_size, setup, t.seed, pool, reader, skipped)
 
         def features() -> tuple[Tensor, Tensor, Tensor, Tensor]:
-            bank, bank_y = record_features(net.backbone, data.labeled, read_eval, setup, dev, pool)
-            queries, query_y = record_features(net.backbone, data.test, read_eval, setup, dev, pool)
+            unreadable: dict[str, str] = {}
+            bank, bank_y = record_features(net.backbone, data.labeled, read_eval, setup, dev, pool, unreadable)
+            queries, query_y = record_features(net.backbone, data.test, read_eval, setup, dev, pool, unreadable)
+            if unreadable.keys() - skipped.keys():  # said once per video, not at every k-NN evaluation
+                print(skipped_videos_line(unreadable, "labeled and test", len(data.labeled) + len(data.test)
+                                          - len(unreadable)), flush=True)
+            skipped.update(unreadable)
             return bank, bank_y, queries, query_y
 
         def knn_of(feats: tuple[Tensor, Tensor, Tensor, Tensor]) -> dict[str, float]:

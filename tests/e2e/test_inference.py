@@ -180,14 +180,19 @@ def test_evaluate_registered_model(
     code = evaluate.main(["--model", spec, "--data", str(manifest), "--tracking-uri", trained.uri,
                           "--experiment", "evals", *CLIPS])
     assert code == 0
-    out = capsys.readouterr().out
+    printed = capsys.readouterr()
+    out = printed.out
+    test_rows = [r for r in csv.DictReader((dataset / "manifest.csv").open()) if r["split"] == "test"]
+    # The unreadable video is said in one warning line, with its path; the metrics cover the others.
+    (warning,) = [line for line in printed.err.splitlines() if line.startswith("warning: skipped")]
+    assert warning.startswith(f"warning: skipped 1 unreadable test video, metrics over the other {len(test_rows)}: "
+                              f"{tmp_path / 'broken.mp4'} (")
     client = MlflowClient(trained.uri)
     (run,) = client.search_runs([client.get_experiment_by_name("evals").experiment_id])
     assert run.info.run_id in out and "top-1 %" in out
     assert run.info.status == "FINISHED"
     m = run.data.metrics
     assert m["top5"] == 1.0  # 3 classes: always in the top 5
-    test_rows = [r for r in csv.DictReader((dataset / "manifest.csv").open()) if r["split"] == "test"]
     assert m["skipped_videos"] == 1 and m["num_videos"] == len(test_rows)
     per_class = _check_against_per_class(run, trained.uri)
     assert {c: videos for c, (videos, _) in per_class.items()} == Counter(r["label"] for r in test_rows)
@@ -217,6 +222,22 @@ def test_evaluate_checkpoint_on_a_folder(ray_local: None, dataset: Path, trained
     _check_against_per_class(run, trained.uri)
     assert run.data.tags["vidssl.checkpoint"] == str(trained.checkpoint)
     assert "vidssl.model_id" not in run.data.tags
+
+
+def test_evaluate_with_no_readable_video_is_one_line_and_logs_no_run(
+    ray_local: None, trained: Trained, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in ("a.mp4", "b.mp4"):
+        (tmp_path / name).write_bytes(b"not a video")
+    listing = tmp_path / "broken.csv"
+    listing.write_text(f"path,label\na.mp4,{trained.classes[0]}\nb.mp4,{trained.classes[1]}\n")
+    assert evaluate.main(["--model", str(trained.checkpoint), "--data", str(listing), "--tracking-uri", trained.uri,
+                          "--experiment", "evals-none", *CLIPS]) == 2
+    err = capsys.readouterr().err
+    (line,) = [line for line in err.splitlines() if line.startswith("error:")]
+    assert line.startswith(f"error: none of the 2 videos of the {listing} decodes (e.g. {tmp_path / 'a.mp4'}: ")
+    assert "Traceback" not in err
+    assert MlflowClient(trained.uri).get_experiment_by_name("evals-none") is None
 
 
 def test_evaluate_rejects_unknown_class_and_bad_spec(

@@ -269,3 +269,50 @@ def test_split_file_paths_escaping_the_root_are_rejected(tmp_path: Path) -> None
     bad.write_text("path,label\na/1.mp4,a\n../secret.mp4,a\n")
     with pytest.raises(ManifestError, match=r"bad\.csv row 3: path '\.\./secret\.mp4' escapes the dataset root"):
         read_split_file(bad, m, tmp_path)
+
+
+def test_a_non_utf8_manifest_class_list_or_split_file_is_named_with_its_line(tmp_path: Path) -> None:
+    (tmp_path / "manifest.csv").write_bytes(b"path,label,split\na.mp4,x,train\nb.mp4,caf\xe9,test\n")
+    with pytest.raises(ManifestError, match=rf"^{tmp_path / 'manifest.csv'}: not UTF-8 text \(line 3: byte 0xe9\)"):
+        load_manifest("csv", tmp_path, check_files=False)
+    (tmp_path / "manifest.csv").write_text("path,label,split\na.mp4,x,train\nb.mp4,x,test\n")
+    (tmp_path / "classes.txt").write_bytes(b"x\n\xff\n")
+    with pytest.raises(ManifestError, match=rf"^{tmp_path / 'classes.txt'}: not UTF-8 text \(line 2: byte 0xff\)"):
+        load_manifest("csv", tmp_path, check_files=False)
+    (tmp_path / "classes.txt").unlink()
+    m = load_manifest("csv", tmp_path, check_files=False)
+    split = tmp_path / "split.csv"
+    split.write_bytes(b"path,label\n\xe9.mp4,x\n")
+    with pytest.raises(ManifestError, match=rf"^{split}: not UTF-8 text \(line 2: byte 0xe9\)"):
+        read_split_file(split, m, tmp_path)
+
+
+def test_a_manifest_with_a_byte_order_mark_reads_its_header(tmp_path: Path) -> None:
+    (tmp_path / "manifest.csv").write_bytes("path,label\na.mp4,x\nb.mp4,y\n".encode("utf-8-sig"))
+    assert load_manifest("csv", tmp_path, check_files=False, test_fraction=0.5).classes == ("x", "y")
+
+
+def test_a_test_label_no_train_row_has_is_an_error_without_classes_txt_unless_inferred(tmp_path: Path) -> None:
+    (tmp_path / "manifest.csv").write_text(
+        "path,label,split\na.mp4,walk,train\nb.mp4,jump,train\nc.mp4,walk,test\nd.mp4,jupm,test\ne.mp4,run,test\n")
+    with pytest.raises(ManifestError, match=rf"^{tmp_path / 'manifest.csv'} row 5: label 'jupm' is in no train row, "
+                                            rf"and there is no {tmp_path / 'classes.txt'} to list the classes"):
+        load_manifest("csv", tmp_path, check_files=False)
+    inferred = load_manifest("csv", tmp_path, check_files=False, infer_classes=True)
+    assert inferred.classes == ("jump", "jupm", "run", "walk")
+    (tmp_path / "classes.txt").write_text("walk\njump\njupm\nrun\n")  # a class list says which labels are classes
+    assert load_manifest("csv", tmp_path, check_files=False).classes == ("walk", "jump", "jupm", "run")
+
+
+def test_data_infer_classes_reaches_the_manifest(tmp_path: Path) -> None:
+    from ssl_core.config import load_config
+    from ssl_core.data.splits import prepare_data
+
+    for name in "abcd":
+        _touch(tmp_path / f"{name}.mp4")
+    (tmp_path / "manifest.csv").write_text("path,label,split\na.mp4,x,train\nb.mp4,x,train\nc.mp4,x,test\n"
+                                           "d.mp4,y,test\n")
+    sets = [f"data.root={tmp_path}", "data.synthetic.enabled=false", "data.labeled_fraction=0.5"]
+    with pytest.raises(ManifestError, match="row 5: label 'y' is in no train row"):
+        prepare_data(load_config(None, sets), None)
+    assert prepare_data(load_config(None, [*sets, "data.infer_classes=true"]), None).manifest.classes == ("x", "y")

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ssl_core.config import Config
+from ssl_core.user_errors import first_skipped
 from workflows.console import terminal
 from workflows.runtime.worker_args import WorkerArgs
 
@@ -86,7 +87,8 @@ def fit(
     skipped = ray.get(counter.report.remote())
     if skipped:
         tracker.log_text("".join(f"{p}\t{why}\n" for p, why in sorted(skipped.items())), "data/skipped_videos.tsv")
-        log.warning("skipped %d unreadable videos (listed in MLflow artifact data/skipped_videos.tsv)", len(skipped))
+        log.warning("skipped %d unreadable videos (listed in MLflow artifact data/skipped_videos.tsv): %s",
+                    len(skipped), first_skipped(skipped))
     with result.checkpoint.as_directory() as ckpt_dir:
         final = load_training_state(ckpt_dir)
         # Metrics the rank-0 worker could not deliver while the server was away (see Tracker.write_unsent).

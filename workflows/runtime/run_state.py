@@ -1,5 +1,6 @@
 """A run folder's record (`vidssl_run.json`): the Ray Train name, MLflow run and resolved config that
-`--resume` needs; shared by training (workflows.train) and pretraining (workflows.pretrain).
+`--resume` needs; shared by training (workflows.train) and pretraining (workflows.pretrain), with `preparing`, which
+undoes what a driver made when its preparation fails (the MLflow run marked FAILED, a new run folder removed).
 
     python -m workflows.train --config configs/demo.yaml --resume latest     # find_run + RunState.load
 """
@@ -7,13 +8,19 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ssl_core.config import ConfigError
+from ssl_core.run_folder import discard
 from workflows.console import terminal
+
+log = logging.getLogger("vidssl.run")
 
 RUN_FILE = "vidssl_run.json"
 LOG_FILE = terminal.LOG_FILE  # in the run folder: this process's logs and Ray's workers' output, see terminal.py
@@ -68,3 +75,31 @@ def find_run(storage: Path, which: str) -> Path:
     if not runs:
         raise ConfigError(f"--resume latest: no run to resume under {storage}")
     return runs[-1].parent
+
+
+@dataclass
+class Preparation:
+    """What a driver (training, pretraining) has made before its fit starts, for `preparing` to undo."""
+
+    run_dir: Path | None = None  # the run folder claimed for a new run
+    tracker: Any = None  # workflows.tracking.tracker.Tracker: the MLflow run once created or marked RUNNING
+
+
+@contextmanager
+def preparing() -> Iterator[Preparation]:
+    """The part of a driver between claiming a run and fitting it (data, model.init, MLflow run, Ray, streams).
+    When it raises, the MLflow run it opened or marked RUNNING is marked FAILED (KILLED for Ctrl-C) rather than
+    left RUNNING, and a new run's folder, which holds no checkpoint yet, is removed (an interrupt leaves it), so
+    that `--resume latest` does not pick a run that never trained. The error itself goes on to the entry point."""
+    prep = Preparation()
+    try:
+        yield prep
+    except BaseException as err:
+        if prep.tracker is not None:
+            try:
+                prep.tracker.finish("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+            except Exception as unmarked:  # e.g. the server went away: the error that stopped the run matters more
+                log.warning("could not mark MLflow run %s failed: %s", prep.tracker.run_id, unmarked)
+        if prep.run_dir is not None and isinstance(err, Exception):
+            discard(prep.run_dir)
+        raise

@@ -19,7 +19,7 @@ from ssl_core.run_folder import claim_run_dir, stamped
 from workflows.console import terminal
 from workflows.runtime.ray_session import init_ray
 from workflows.runtime.resume import RunFinished, choose_checkpoint, hand_over
-from workflows.runtime.run_state import LOG_FILE, RunState, find_run
+from workflows.runtime.run_state import LOG_FILE, RunState, find_run, preparing
 from workflows.runtime.worker_args import WorkerArgs
 
 
@@ -115,56 +115,62 @@ def run_training(
     from workflows.tracking.model_init import prepare_init, tag_registered_version
     from workflows.tracking.tracker import Tracker, check_reachable, resolve_uri, run_tags
 
+    needs_unlabeled = get_algorithm(cfg.algorithm.name).needs_unlabeled
     resume_from = None
-    if resume is not None:
-        run_dir = find_run(Path(cfg.output.storage).resolve(), resume)
-        state = RunState.load(run_dir)
-        check_reachable(state.tracking_uri)
-        cfg = with_overrides(state.config, overrides)
-        # Before the run is marked RUNNING: a run with no loadable checkpoint stays as it was.
-        point = choose_checkpoint(run_dir)
-        tracker = Tracker(state.tracking_uri, state.mlflow_run_id)
-        if stop_when_finished and point is not None and point.step >= cfg.train.iterations \
-                and tracker.status() == "FINISHED":
-            raise RunFinished(run_dir, point.step)
-        state.config = cfg.to_dict()
-        state.save()
-        tracker.client.update_run(state.mlflow_run_id, status="RUNNING")
-        resume_from = hand_over(run_dir, point) if point is not None else None
-        data = prepare_data(cfg, run_dir)
-        # Workers use model.init only if the run never saved a checkpoint; a URI resolved at the start is reused.
-        init = prepare_init(cfg, run_dir, state.tracking_uri, data.manifest.classes, fresh=False)
-    else:
-        uri = resolve_uri(cfg.tracking.uri)
-        # Before the run folder and the data: an unreachable server leaves nothing behind.
-        check_reachable(uri)
-        name, run_dir = new_run_dir(cfg)
-        data = prepare_data(cfg, run_dir)
-        # model.init / model.auxiliary_init: MLflow URIs -> files in the run folder, checked before Ray starts.
-        init = prepare_init(cfg, run_dir, uri, data.manifest.classes, fresh=True)
-        for report in init.reports:
-            print(report.line(), flush=True)
-        tags = {**run_tags(cfg, run_dir), **init.tags(), **extra_tags}
-        tracker = Tracker.start(uri, cfg.tracking.experiment, name, tags)
-        tracker.log_params({**cfg.flat(), **init.params(), "data.num_labeled": len(data.labeled),
-                            "data.num_unlabeled": len(data.unlabeled), "data.num_test": len(data.test)})
-        tracker.log_text(dump_yaml(cfg), "config.yaml")
-        if data.split_file is not None:
-            tracker.log_artifact(data.split_file)
-        log_data_inputs(tracker, cfg, data.manifest, data.split_file)
-        state = RunState(name, run_dir, tracker.run_id, uri, cfg.to_dict())
-        state.save()
+    with preparing() as prep:
+        if resume is not None:
+            run_dir = find_run(Path(cfg.output.storage).resolve(), resume)
+            state = RunState.load(run_dir)
+            check_reachable(state.tracking_uri)
+            cfg = with_overrides(state.config, overrides)
+            needs_unlabeled = get_algorithm(cfg.algorithm.name).needs_unlabeled
+            # Before the run is marked RUNNING: a run with no loadable checkpoint stays as it was.
+            point = choose_checkpoint(run_dir)
+            tracker = Tracker(state.tracking_uri, state.mlflow_run_id)
+            if stop_when_finished and point is not None and point.step >= cfg.train.iterations \
+                    and tracker.status() == "FINISHED":
+                raise RunFinished(run_dir, point.step)
+            # Also before: data the run can no longer use leaves its record and MLflow run as they were.
+            data = prepare_data(cfg, run_dir, needs_unlabeled=needs_unlabeled)
+            # Workers use model.init only if the run never saved a checkpoint; a URI resolved at the start is reused.
+            init = prepare_init(cfg, run_dir, state.tracking_uri, data.manifest.classes, fresh=False)
+            state.config = cfg.to_dict()
+            state.save()
+            tracker.client.update_run(state.mlflow_run_id, status="RUNNING")
+            prep.tracker = tracker
+            resume_from = hand_over(run_dir, point) if point is not None else None
+        else:
+            uri = resolve_uri(cfg.tracking.uri)
+            # Before the run folder and the data: an unreachable server leaves nothing behind.
+            check_reachable(uri)
+            name, run_dir = new_run_dir(cfg)
+            prep.run_dir = run_dir
+            data = prepare_data(cfg, run_dir, needs_unlabeled=needs_unlabeled)
+            # model.init / model.auxiliary_init: MLflow URIs -> files in the run folder, checked before Ray starts.
+            init = prepare_init(cfg, run_dir, uri, data.manifest.classes, fresh=True)
+            for report in init.reports:
+                print(report.line(), flush=True)
+            tags = {**run_tags(cfg, run_dir), **init.tags(), **extra_tags}
+            tracker = Tracker.start(uri, cfg.tracking.experiment, name, tags)
+            prep.tracker = tracker
+            tracker.log_params({**cfg.flat(), **init.params(), "data.num_labeled": len(data.labeled),
+                                "data.num_unlabeled": len(data.unlabeled), "data.num_test": len(data.test)})
+            tracker.log_text(dump_yaml(cfg), "config.yaml")
+            if data.split_file is not None:
+                tracker.log_artifact(data.split_file)
+            log_data_inputs(tracker, cfg, data.manifest, data.split_file)
+            state = RunState(name, run_dir, tracker.run_id, uri, cfg.to_dict())
+            state.save()
 
-    terminal.log_to(run_dir / LOG_FILE)
-    init_ray(min_cpus=logical_cpus(cfg, get_algorithm(cfg.algorithm.name).needs_unlabeled))
-    # Per process: a Tune trial actor has its own DataContext.
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    counter, channel = driver_actors(progress)
-    algorithm_cls = get_algorithm(cfg.algorithm.name)
-    datasets = build_datasets(cfg, data.labeled, data.unlabeled, data.test, counter,
-                              with_unlabeled=algorithm_cls.needs_unlabeled, targets=data.targets)
-    args = WorkerArgs(cfg.to_dict(), list(data.manifest.classes), state.tracking_uri, state.mlflow_run_id, counter,
-                      progress=channel, init=init.sources, resume_from=resume_from)
+        terminal.log_to(run_dir / LOG_FILE)
+        init_ray(min_cpus=logical_cpus(cfg, needs_unlabeled))
+        # Per process: a Tune trial actor has its own DataContext.
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        counter, channel = driver_actors(progress)
+        datasets = build_datasets(cfg, data.labeled, data.unlabeled, data.test, counter,
+                                  with_unlabeled=needs_unlabeled, targets=data.targets)
+        args = WorkerArgs(cfg.to_dict(), list(data.manifest.classes), state.tracking_uri, state.mlflow_run_id,
+                          counter, progress=channel, init=init.sources, resume_from=resume_from)
     # The test split is evaluated whole on rank 0; the training streams are split across workers.
     result, final = fit(train_loop_per_worker, args, cfg, name=state.name, run_dir=run_dir, tracker=tracker,
                         counter=counter, channel=channel, datasets=datasets,

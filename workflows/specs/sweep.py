@@ -32,7 +32,7 @@ from typing import Any
 import yaml
 
 from ssl_core.config import Config, ConfigError, with_overrides
-from ssl_core.typed_config import FieldError, load_file, require, setting
+from ssl_core.typed_config import FieldError, load_file, read_config_file, require, setting
 
 SEARCHES = ("grid", "random", "optuna")
 DISTRIBUTIONS = ("uniform", "loguniform", "randint")
@@ -185,12 +185,9 @@ def load_base(raw: str | dict[str, Any], spec_file: Path) -> dict[str, Any]:
     if not path.exists() and (spec_file.parent / raw).exists():
         path = spec_file.parent / raw
     try:
-        loaded = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError as err:
-        raise ConfigError(f"base: config file not found: {raw}") from err
-    if not isinstance(loaded, dict):
-        raise ConfigError(f"base: {raw} must hold a mapping of sections")
-    return loaded
+        return read_config_file(path)
+    except ConfigError as err:
+        raise ConfigError(f"base: {err}") from err
 
 
 def load_sweep(path: str | Path, overrides: list[str] | None = None) -> SweepSpec:
