@@ -125,7 +125,7 @@ def _clip_batches(
     def decode(record: VideoRecord, clip_seed: int) -> tuple[np.ndarray, int] | None:
         try:
             clip = read_clip(record.path, num_frames=d.num_frames, stride=d.stride, size=d.size,
-                             rng=np.random.default_rng(clip_seed))
+                             rng=np.random.default_rng(clip_seed), max_pixels=d.max_decode_pixels)
         except DecodeError as err:
             skipped.setdefault(record.path, str(err))
             return None
@@ -231,7 +231,7 @@ def run_local(
             def read(r: VideoRecord) -> np.ndarray | None:
                 try:
                     return read_eval(r.path, num_frames=d.num_frames, stride=d.stride, size=d.size,
-                                     num_clips=d.eval_clips)
+                                     num_clips=d.eval_clips, max_pixels=d.max_decode_pixels)
                 except DecodeError as err:  # skipped and counted, as the Ray worker's evaluation does
                     unreadable[r.path] = str(err)
                     return None

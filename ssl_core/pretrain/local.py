@@ -59,7 +59,7 @@ def view_batches(
     def decode(path: str, row_seed: int) -> tuple[np.ndarray, np.ndarray] | None:
         try:
             return decode_views(reader, path, row_seed, rho=p.rho, num_frames=d.num_frames, stride=d.stride,
-                                size=d.size, pretext=p.pretext)
+                                size=d.size, pretext=p.pretext, max_pixels=d.max_decode_pixels)
         except DecodeError as err:
             skipped.setdefault(path, str(err))
             return None
@@ -73,15 +73,16 @@ def view_batches(
 
 def record_features(
     backbone: nn.Module, records: Sequence[VideoRecord], read_eval: Callable[..., np.ndarray], setup: PretrainSetup,
-    device: torch.device, pool: ThreadPoolExecutor, unreadable: dict[str, str], batch: int = 8,
+    device: torch.device, pool: ThreadPoolExecutor, unreadable: dict[str, str], batch: int = 8, what: str = "test",
 ) -> tuple[Tensor, Tensor]:
     """(N, F) normalised features and (N,) labels of the readable records (evaluation clips, centre crop); the
-    others go to `unreadable` (path -> why)."""
+    others go to `unreadable` (path -> why); UnreadableVideos naming the `what` split when none is readable."""
     d = setup.base.data
 
     def read(r: VideoRecord) -> np.ndarray | None:
         try:
-            return read_eval(r.path, num_frames=d.num_frames, stride=d.stride, size=d.size, num_clips=d.eval_clips)
+            return read_eval(r.path, num_frames=d.num_frames, stride=d.stride, size=d.size, num_clips=d.eval_clips,
+                             max_pixels=d.max_decode_pixels)
         except DecodeError as err:
             unreadable[r.path] = str(err)
             return None
@@ -99,6 +100,8 @@ def record_features(
     if pending:
         feats.append(video_features(backbone, torch.from_numpy(np.stack(pending)), setup.base.augment, device))
     backbone.train(was_training)
+    if not labels:  # nothing to hold a k-NN vote with: name the split, as the training stream does
+        raise unreadable_split(f"{what} split", unreadable, len(records))
     return torch.cat(feats), torch.tensor(labels, dtype=torch.long)
 
 
@@ -148,8 +151,10 @@ def _pretrain_into(run_dir: Path, setup: PretrainSetup, device: str, decode_thre
 
         def features() -> tuple[Tensor, Tensor, Tensor, Tensor]:
             unreadable: dict[str, str] = {}
-            bank, bank_y = record_features(net.backbone, data.labeled, read_eval, setup, dev, pool, unreadable)
-            queries, query_y = record_features(net.backbone, data.test, read_eval, setup, dev, pool, unreadable)
+            bank, bank_y = record_features(net.backbone, data.labeled, read_eval, setup, dev, pool, unreadable,
+                                           what="labeled")
+            queries, query_y = record_features(net.backbone, data.test, read_eval, setup, dev, pool, unreadable,
+                                               what="test")
             if unreadable.keys() - skipped.keys():  # said once per video, not at every k-NN evaluation
                 print(skipped_videos_line(unreadable, "labeled and test", len(data.labeled) + len(data.test)
                                           - len(unreadable)), flush=True)

@@ -7,6 +7,7 @@ unreadable video.
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from types import ModuleType
 
@@ -20,6 +21,7 @@ from ssl_core.data.decoders import get_decoder, torchcodec_unavailable
 from tests.unit.test_decode_robustness import half_white, write_video
 
 W, H = 64, 48  # 3072 pixels
+ROOT = Path(__file__).resolve().parents[2]
 CLIP = {"num_frames": 4, "stride": 1, "size": 16}
 BACKENDS = ["pyav", pytest.param("torchcodec", marks=pytest.mark.skipif(
     torchcodec_unavailable() is not None, reason="torchcodec unavailable here"))]
@@ -99,3 +101,21 @@ def test_a_training_stream_skips_and_counts_a_video_above_data_max_decode_pixels
                                     label_key="label", cfg=opts, counter=counter, chunk=2)
     assert batch["clip"].shape == (1, 4, 16, 16, 3) and batch["label"].tolist() == [1]
     assert list(counter.added) == [video] and f"{W}x{H} frames" in counter.added[video]
+
+
+@pytest.mark.parametrize("module", ["ssl_core.loop", "ssl_core.pretrain.__main__"])
+def test_the_ray_free_runners_take_the_configs_cap(
+    module: str, synth_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A cap below the generated videos' frames refuses every one of them: the runner names the split it cannot
+    read instead of training on it (with the decoders' default cap the same set trains)."""
+    main = importlib.import_module(module).main
+    config = ROOT / "configs" / ("demo.yaml" if module == "ssl_core.loop" else "pretrain_demo.yaml")
+    overrides = [f"data.root={synth_dataset}", "data.synthetic.enabled=false", "data.cache=off", "data.num_frames=4",
+                 "data.size=40", "augment.crop_size=32", "model.primary=small3d_w0.25", "train.iterations=1",
+                 "train.batch_size=2", "data.max_decode_pixels=100", f"output.storage={tmp_path / 'runs'}"]
+    if module == "ssl_core.loop":
+        overrides.append("algorithm.name=supervised")
+    assert main(["--config", str(config), *[a for o in overrides for a in ("--set", o)]]) == 2
+    err = capsys.readouterr().err
+    assert "decodes" in err and "exceed data.max_decode_pixels=100" in err
