@@ -271,12 +271,19 @@ def crown_champion(client: Any, spec: SweepSpec, rows: list[dict[str, Any]], par
         version = same[0]
     else:
         # here: MLflow takes seconds to import; --dry-run and --help do without it
+        from workflows.tracking.safe_model import SPEC_KEY, version_description, version_tags
         from workflows.tracking.tracker import registry_notes_to_log
 
         mlflow.set_tracking_uri(client.tracking_uri)
         with registry_notes_to_log():
             version = mlflow.register_model(best["model_uri"], name, tags={
                 "vidssl.sweep": spec.name, "vidssl.trial": best["trial"], spec.metric: str(best[spec.metric])})
+        # the model's spec on the version, as a training run's registration shows it
+        model_spec = (mlflow.models.get_model_info(best["model_uri"]).metadata or {}).get(SPEC_KEY)
+        if model_spec:
+            client.update_model_version(name, version.version, description=version_description(model_spec))
+            for key, value in version_tags(model_spec).items():
+                client.set_model_version_tag(name, version.version, key, value)
     client.set_registered_model_alias(name, CHAMPION, version.version)
     client.set_tag(parent_run_id, "vidssl.champion", f"models:/{name}/{version.version}")
     client.set_tag(parent_run_id, "vidssl.champion_run", best["mlflow_run_id"])

@@ -98,6 +98,8 @@ def test_champion_alias_points_at_the_best_finished_trial(sweep_run: dict) -> No
     finished = [r for r in rows if r["status"] == "FINISHED"]
     best = max(r["eval/top1_primary"] for r in finished)
     assert version.run_id in {r["mlflow_run_id"] for r in finished if r["eval/top1_primary"] == best}
+    # the version shows the model's spec, as a training run's registration does
+    assert version.tags["vidssl.architecture"] == "small3d" and "small3d (3 classes: " in version.description
     # trials log their model without registering it: only the champion has a registry version
     assert len(client.search_model_versions("name='e2e-sweep-primary'")) == 1
 
