@@ -54,7 +54,7 @@ CLASS_NAMES: tuple[str, ...] = (
     "speed_constant",
     "speed_oscillating",
 )
-_MOTION_CLASSES = {
+MOTION_CLASSES = {
     "move_left",
     "move_right",
     "move_up",
@@ -197,7 +197,7 @@ def _trajectory(name: str, rng: np.random.Generator, frames: int, size: int, r: 
 
 def _appearance(name: str, rng: np.random.Generator) -> tuple[str, str]:
     """(shape, texture) of the actor; texture is "solid", "striped" or "checkered"."""
-    if name in _MOTION_CLASSES:
+    if name in MOTION_CLASSES:
         return str(rng.choice(_MOTION_SHAPES)), "solid"
     if name.startswith("shape_"):
         return name.removeprefix("shape_"), "solid"
