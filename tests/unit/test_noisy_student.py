@@ -88,6 +88,18 @@ def test_teacher_sees_weak_view_student_sees_labeled_and_strong() -> None:
 # ---------------------------------------------------------------- stochastic depth
 
 
+def assert_noise_only_in_training(noisy: nn.Module, plain: nn.Module) -> list[float]:
+    """Same state-dict keys as the plain model (checkpoints stay interchangeable), exact in eval, random in train;
+    returns the drop rates of the StochasticDepth modules, in order."""
+    assert list(noisy.state_dict()) == list(plain.state_dict())
+    x = torch.randn(2, 3, 2, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(noisy.eval()(x), plain(x))
+        noisy.train()
+        assert not torch.allclose(noisy(x), noisy(x))
+    return [m.p for m in noisy.modules() if type(m).__name__ == "StochasticDepth"]
+
+
 def test_stochastic_depth_is_random_in_train_and_exact_in_eval() -> None:
     torch.manual_seed(0)
     model = build_model("r3d_50_w0.25", num_classes=3)
@@ -95,16 +107,8 @@ def test_stochastic_depth_is_random_in_train_and_exact_in_eval() -> None:
         if isinstance(m, nn.BatchNorm3d):
             nn.init.ones_(m.weight)
     plain = copy.deepcopy(model).eval()
-    keys = list(model.state_dict())
     noisy = add_stochastic_depth(model, 0.5)
-    assert list(noisy.state_dict()) == keys  # checkpoints stay interchangeable
-    x = torch.randn(2, 3, 2, 16, 16)
-    noisy.eval()
-    with torch.no_grad():
-        assert torch.equal(noisy(x), plain(x))
-        noisy.train()
-        assert not torch.allclose(noisy(x), noisy(x))
-    rates = [m.p for m in noisy.modules() if type(m).__name__ == "StochasticDepth"]
+    rates = assert_noise_only_in_training(noisy, plain)
     assert len(rates) == 16 and rates[-1] == pytest.approx(0.5) and rates[0] == pytest.approx(0.5 / 16)
 
 
@@ -114,13 +118,7 @@ def test_stochastic_depth_on_the_vit_drops_both_branches_of_each_block() -> None
     nn.init.normal_(model.head.weight)  # a near-zero fresh head would hide the branches
     plain = copy.deepcopy(model).eval()
     noisy = add_stochastic_depth(model, 0.4)
-    assert list(noisy.state_dict()) == list(plain.state_dict())
-    x = torch.randn(2, 3, 2, 16, 16)
-    with torch.no_grad():
-        assert torch.equal(noisy.eval()(x), plain(x))
-        noisy.train()
-        assert not torch.allclose(noisy(x), noisy(x))
-    rates = [m.p for m in noisy.modules() if type(m).__name__ == "StochasticDepth"]
+    rates = assert_noise_only_in_training(noisy, plain)
     assert rates == pytest.approx([0.1, 0.1, 0.2, 0.2, 0.3, 0.3, 0.4, 0.4])
 
 
@@ -136,11 +134,6 @@ def test_stochastic_depth_on_torchvision_r3d_18_survives_deepcopy() -> None:
     model = build_model("r3d_18", num_classes=3)
     plain = copy.deepcopy(model).eval()
     noisy = copy.deepcopy(add_stochastic_depth(model, 0.5))  # the copy keeps its own drop modules
-    assert list(noisy.state_dict()) == list(plain.state_dict())
-    x = torch.randn(2, 3, 2, 16, 16)
-    with torch.no_grad():
-        assert torch.equal(noisy.eval()(x), plain(x))
-        noisy.train()
-        assert not torch.allclose(noisy(x), noisy(x))
+    assert_noise_only_in_training(noisy, plain)
     with pytest.raises(ValueError, match="already"):
         add_stochastic_depth(noisy, 0.1)
