@@ -52,6 +52,11 @@ def sweep_run(ray_local: None, tmp_path_factory: pytest.TempPathFactory) -> dict
             "client": MlflowClient(tracking_uri=f"sqlite:///{tmp}/mlflow.db")}
 
 
+def trial_errors(tmp: Path) -> str:
+    """Tune's error.txt of every failed trial, so a failure names its cause in the test report."""
+    return "\n".join(f"{e.parent.name}:\n{e.read_text()}" for e in sorted(tmp.glob("runs/*/tune/*/error.txt")))
+
+
 def test_parent_and_nested_trial_runs(sweep_run: dict) -> None:
     client, state = sweep_run["client"], sweep_run["state"]
     parent = client.get_run(state.parent_run_id)
@@ -63,7 +68,7 @@ def test_parent_and_nested_trial_runs(sweep_run: dict) -> None:
     assert points == {("fixmatch", "0.34"), ("fixmatch", "0.67"), ("cmpl", "0.34"), ("cmpl", "0.67")}
     # every trial ended as finished or stopped early by ASHA (marked KILLED), none left RUNNING
     statuses = {c.info.status for c in children}
-    assert statuses <= {"FINISHED", "KILLED"} and "FINISHED" in statuses
+    assert statuses <= {"FINISHED", "KILLED"} and "FINISHED" in statuses, trial_errors(sweep_run["tmp"])
     for c in children:
         steps = [m.step for m in client.get_metric_history(c.info.run_id, "eval/top1_primary")]
         assert steps and steps == sorted(set(steps))
