@@ -1,7 +1,7 @@
 """Noisy Student end to end: 2 rounds through real Ray Data inference, real Ray Train runs on encoded mp4
 files and a real MLflow SQLite store, stopped after the first labeling stage and resumed from there.
 
-    .venv/bin/python -m pytest -q tests/e2e/test_e2e_noisy_student.py
+    .venv/bin/python -m pytest -q tests/slow/test_e2e_noisy_student.py
 """
 
 from __future__ import annotations
