@@ -6,7 +6,8 @@
 
 Generates the 14-class synthetic set once (`<out>/synth14`, 100 videos per class), then writes, beside it, one
 folder per class set holding only its classes' manifest rows and `classes.txt` (the class folders are links into
-synth14): `appearance6` (classes differ only by the object's shape or texture), `motion8` (only by how it moves).
+synth14): `appearance6` (classes differ only by the object's shape or texture), `motion8` (only by how it moves),
+and the transfer benchmark's `source7` / `target7` (every other class each).
 Each set, and the demo's generated set when `--demo-root` names it, also gets a `<set>_val` variant: the same
 train videos, of which a fifth of each class become its `test` rows (the validation split) while the real test
 rows are left out. Recipe choices are made on the `_val` folders; the test split only reports them.
@@ -24,6 +25,10 @@ from pathlib import Path
 from ssl_core.data.synthetic import CLASS_NAMES, MOTION_CLASSES, generate
 
 VAL_SHARE = 5  # one train video in VAL_SHARE of each class goes to the validation split
+# The transfer benchmark's halves (bench/transfer.py): every other class of the generator's list, which pairs
+# siblings (move_left / move_right, shape_square / shape_disc, ...), so each half holds motion- and
+# appearance-defined classes and every target class has a relative in the source: a stand-in for Kinetics -> UCF.
+TRANSFER_SETS = {"source7": list(CLASS_NAMES[0::2]), "target7": list(CLASS_NAMES[1::2])}
 
 
 def _link_classes(out: Path, source: Path, folders: set[str]) -> None:
@@ -79,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not (synth / "manifest.csv").exists():
         generate(synth, classes=len(CLASS_NAMES), videos_per_class=args.videos_per_class, seed=0)
     sets = {"appearance6": [c for c in CLASS_NAMES if c not in MOTION_CLASSES],
-            "motion8": [c for c in CLASS_NAMES if c in MOTION_CLASSES]}
+            "motion8": [c for c in CLASS_NAMES if c in MOTION_CLASSES], **TRANSFER_SETS}
     for name, classes in sets.items():
         print(validation_variant(subset(synth, args.out / name, classes)))
     if args.demo_root is not None:

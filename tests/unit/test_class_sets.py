@@ -10,8 +10,9 @@ import csv
 from collections import Counter
 from pathlib import Path
 
-from bench.class_sets import subset, validation_variant
+from bench.class_sets import TRANSFER_SETS, subset, validation_variant
 from ssl_core.data.manifest import load_manifest
+from ssl_core.data.synthetic import CLASS_NAMES, MOTION_CLASSES
 
 CLASSES = ("a", "b", "c")
 
@@ -46,3 +47,12 @@ def test_a_subset_and_its_validation_variant(tmp_path: Path) -> None:
     manifest = load_manifest("csv", val)
     assert manifest.classes == ("a", "c") and len(manifest.split("test")) == 4
     assert all(Path(r.path).is_file() for r in manifest.records)  # the class folders resolve through the links
+
+
+def test_transfer_halves_split_every_kind_and_pair_siblings() -> None:
+    source, target = TRANSFER_SETS["source7"], TRANSFER_SETS["target7"]
+    assert sorted(source + target) == sorted(CLASS_NAMES) and not set(source) & set(target)
+    for half in (source, target):  # motion- and appearance-defined classes on both sides
+        assert set(half) & MOTION_CLASSES and set(half) - MOTION_CLASSES
+    # each target class's sibling (the same family: move_, shape_, ...) is in the source
+    assert all(any(s.split("_")[0] == t.split("_")[0] for s in source) for t in target)
