@@ -23,7 +23,7 @@ from ssl_core.algorithms import get_algorithm, list_algorithms
 from ssl_core.data.decode_base import DEFAULT_MAX_DECODE_PIXELS
 from ssl_core.data.transforms import AugmentConfig
 from ssl_core.models import list_models, model_inputs, parse_model_name
-from ssl_core.models.init_spec import init_spec_problem, is_mlflow_uri, split_role, torchvision_source
+from ssl_core.models.init_spec import init_spec_problem, is_mlflow_uri, named_source, split_role
 from ssl_core.typed_config import (
     ConfigError,
     SyntheticConfig,
@@ -141,16 +141,18 @@ class ModelConfig:
                                         "(models:/name@alias, runs:/<id>/model)")
     dropout: float = setting(0.0, "noise on the trained models (Noisy Student): dropout before the classifier")
     stochastic_depth: float = setting(0.0, "noise on the trained models (Noisy Student): stochastic depth rate of "
-                                           "the last residual block (residual models: r3d_*, mc3_18, r2plus1d_18, "
-                                           "vit_*)")
+                                           "the last residual block (residual models: r3d_*, mc3_18, r2plus1d_*, "
+                                           "x3d_*, slow_r50, slowfast_r50, csn_r101, vit_*)")
     # From few labels a pretrained backbone (e.g. Kinetics-400) learns far more than a random one; nothing but a
-    # named torchvision:... source is downloaded at run time, and a classifier of another class count starts fresh
-    # (ssl_core/models/init.py).
+    # named torchvision:... / hub:... source is downloaded at run time, and a classifier of another class count
+    # starts fresh (ssl_core/models/init.py).
     init: str | None = setting(None, "pretrained weights for a fresh start of the primary (and MPL's teacher): a "
                                      "checkpoint directory or run folder (PATH#auxiliary takes another model of "
                                      "it), an MLflow model URI, a local state-dict file (.pt/.pth; VideoMAE's "
-                                     "official or transformers' layout for vit_*), or torchvision:<model>:<weights> "
-                                     "(downloaded, needs internet); a resumed run restores its checkpoint instead")
+                                     "official or transformers' layout for vit_*; pytorchvideo's .pyth), "
+                                     "torchvision:<model>:<weights> or hub:<model> (pytorchvideo's published "
+                                     "weights, e.g. hub:x3d_m; downloaded, needs internet); a resumed run restores "
+                                     "its checkpoint instead")
     auxiliary_init: str | None = setting(None, "the same for CMPL's auxiliary (its architecture differs from the "
                                                "primary's); null: random init")
     # MLflow models logged by vidssl load without running code (safetensors + spec.json); older ones are pickles.
@@ -373,7 +375,7 @@ def pin_paths(raw: dict[str, Any], tracking_uri: str) -> dict[str, Any]:
     out["output"]["storage"] = str(Path(out["output"]["storage"]).expanduser().resolve())
     model = out.get("model") or {}
     for key in ("init", "auxiliary_init"):  # a local source (`PATH#role` keeps its role); named sources stay
-        if model.get(key) and not is_mlflow_uri(model[key]) and torchvision_source(model[key]) is None:
+        if model.get(key) and not is_mlflow_uri(model[key]) and named_source(model[key]) is None:
             path, role = split_role(model[key])
             model[key] = str(Path(path).expanduser().resolve()) + (f"#{role}" if role else "")
     out["tracking"]["uri"] = tracking_uri

@@ -10,8 +10,12 @@ Sources read here (no MLflow: workflows/tracking/model_init.py turns an MLflow m
     (SLOW_8x8_R50.pyth, {"model_state": ...}) fits `r3d_50` (pytorchvideo's create_resnet, same module tree),
     VideoMAE's released checkpoints ({"module": ...} or {"model": ...}) fit `vit_s` / `vit_b`, and a state dict
     in Hugging Face transformers' VideoMAE layout is mapped onto them (ssl_core/models/vit.py);
-  - `torchvision:<model>:<weights>` (torchvision:swin3d_t:KINETICS400_V1): the only source downloaded, through
-    torchvision's weights enum (into torch hub's cache), so only on a machine with internet. Nothing else is.
+    pytorchvideo's other published .pyth files fit the hub entries of the same name (x3d_m, slowfast_r50, ...:
+    ssl_core/models/pytorchvideo_hub.py);
+  - `torchvision:<model>:<weights>` (torchvision:swin3d_t:KINETICS400_V1), downloaded through torchvision's weights
+    enum, and `hub:<model>` (hub:x3d_m), pytorchvideo's published file of a hub entry, downloaded from its URL: both
+    into torch hub's cache (`$TORCH_HOME/hub/checkpoints`, where pytorchvideo's own hub keeps them too), so only
+    on a machine with internet, or with the file already there. Nothing else is downloaded.
 
 Mapping (load_init): a prefix common in saved models ("module.", "model.", "backbone.", "_orig_mod.", and
 "encoder." of VideoMAE's pretraining checkpoints) is removed when that makes more keys match; every other key must
@@ -35,13 +39,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import torch
 from torch import Tensor, nn
 from torchvision.models import get_model_weights
 
 from ssl_core.checkpoint import CheckpointError, deployed_weights, latest_intact_checkpoint
-from ssl_core.models.init_spec import is_mlflow_uri, split_role, torchvision_source
+from ssl_core.models.init_spec import is_mlflow_uri, named_source, split_role
+from ssl_core.models.pytorchvideo_hub import URLS as HUB_URLS
 from ssl_core.models.vit import is_transformers_layout, transformers_to_official
 from ssl_core.typed_config import ConfigError
 
@@ -70,9 +76,9 @@ class InitSource:
 
 def read_init_source(spec: str, *, key: str = "model.init") -> InitSource:
     """The weights named by `spec` (a checkpoint directory, a run folder, `PATH#role`, a state-dict file)."""
-    named = torchvision_source(spec)
+    named = named_source(spec)
     if named is not None:
-        return _from_torchvision(named, key)
+        return _from_hub(named, key) if named.startswith("hub:") else _from_torchvision(named, key)
     if is_mlflow_uri(spec):
         raise InitError(f"{key}: {spec} is an MLflow model URI: python -m workflows.train resolves it into a local "
                         "file before training; the Ray-free loop takes a checkpoint directory, a run folder or a "
@@ -132,6 +138,26 @@ def _from_torchvision(spec: str, key: str) -> InitSource:
         raise InitError(f"{key}: {spec}: cannot download {entry.url} ({err}); download it on a machine with "
                         "internet and give the local file") from err
     return InitSource(dict(state_dict), spec, list(entry.meta.get("categories") or []) or None)
+
+
+def _from_hub(spec: str, key: str) -> InitSource:
+    """`hub:<model>`: pytorchvideo's published file, downloaded once into torch hub's cache (the path
+    torch.hub.load_state_dict_from_url uses), then read like any local .pyth file (its checks and messages)."""
+    name = spec.removeprefix("hub:")
+    url = HUB_URLS.get(name)
+    if url is None:
+        raise InitError(f"{key}: {spec}: pytorchvideo's hub publishes no weights for {name!r}; hub:<model> takes "
+                        f"{', '.join(sorted(HUB_URLS))}")
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
+    if not cached.is_file():
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        try:  # into a temporary file first, then renamed: an interrupted download leaves nothing half-written
+            torch.hub.download_url_to_file(url, str(cached), progress=False)
+        except OSError as err:  # URLError is an OSError: no internet on this machine
+            raise InitError(f"{key}: {spec}: cannot download {url} ({err}); download it on a machine with internet "
+                            f"into {cached}, or give the local file") from err
+    source = read_init_source(str(cached), key=key)
+    return InitSource(source.state_dict, spec, source.classes)
 
 
 def _from_training_state(state: Mapping[str, Any], role: str | None, spec: str, key: str) -> InitSource:

@@ -1,5 +1,5 @@
 """The form of a `model.init` / `model.auxiliary_init` source (a path, `PATH#role`, an MLflow model URI,
-`torchvision:<model>:<weights>`), checked without reading anything: config validation takes these,
+`torchvision:<model>:<weights>`, `hub:<model>`), checked without reading anything: config validation takes these,
 ssl_core/models/init.py reads the weights.
 
 Try it:
@@ -13,6 +13,7 @@ from pathlib import Path
 
 MLFLOW_SCHEMES = ("models:/", "runs:/")
 TORCHVISION_SOURCE = re.compile(r"torchvision:[a-z0-9_]+:[A-Z0-9_]+")
+HUB_SOURCE = re.compile(r"hub:[a-z0-9_]+")  # pytorchvideo's published weights of a vidssl entry (pytorchvideo_hub.py)
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
@@ -20,11 +21,12 @@ def is_mlflow_uri(spec: str) -> bool:
     return spec.startswith(MLFLOW_SCHEMES)
 
 
-def torchvision_source(spec: str) -> str | None:
-    """`torchvision:<model>:<weights>` named by `spec`, or None. Also found as the last part of a path: a
-    workflow that resolves every non-MLflow source into an absolute path turns it into `<cwd>/torchvision:...`."""
+def named_source(spec: str) -> str | None:
+    """`torchvision:<model>:<weights>` or `hub:<model>` named by `spec`, or None. Also found as the last part of a
+    path: a workflow that resolves every non-MLflow source into an absolute path turns it into `<cwd>/hub:...`."""
     for candidate in (spec, spec.rpartition("/")[2]):
-        if TORCHVISION_SOURCE.fullmatch(candidate) and not Path(spec).expanduser().exists():
+        named = TORCHVISION_SOURCE.fullmatch(candidate) or HUB_SOURCE.fullmatch(candidate)
+        if named and not Path(spec).expanduser().exists():
             return candidate
     return None
 
@@ -43,7 +45,8 @@ def init_spec_problem(spec: str) -> str | None:
     a resumed run or a worker validates the config again after the source may have moved), or None."""
     if not spec.strip():
         return ("must be a checkpoint directory, a run folder, a state-dict file (.pt/.pth) or an MLflow model URI "
-                "(models:/name@alias, models:/name/3, runs:/<run id>/model), torchvision:<model>:<weights>, or null")
+                "(models:/name@alias, models:/name/3, runs:/<run id>/model), torchvision:<model>:<weights>, "
+                "hub:<model>, or null")
     if spec.startswith("models:/"):
         if not re.fullmatch(r"[^/@\s]+(@[^/@\s]+|/[^/\s]+)?/?", spec.removeprefix("models:/")):
             return f"{spec!r}: expected models:/<name>@<alias>, models:/<name>/<version> or models:/m-<model id>"
@@ -56,6 +59,11 @@ def init_spec_problem(spec: str) -> str | None:
         if not TORCHVISION_SOURCE.fullmatch(spec):
             return (f"{spec!r}: expected torchvision:<model>:<weights>, e.g. torchvision:swin3d_t:KINETICS400_V1 "
                     "(`vidssl list models` shows each entry's)")
+        return None
+    if spec.startswith("hub:"):
+        if not HUB_SOURCE.fullmatch(spec):
+            return (f"{spec!r}: expected hub:<model>, a pytorchvideo hub entry, e.g. hub:x3d_m (`vidssl list models` "
+                    "shows each entry's)")
         return None
     if _URL.match(spec):
         return (f"{spec!r}: URLs are not downloaded at run time; download the weights once and give the local file "

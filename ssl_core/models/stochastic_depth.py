@@ -9,7 +9,8 @@ The parameter-free StochasticDepth modules are attached so that the state_dict k
 checkpoint of a model trained with stochastic depth loads into the same architecture built without it
 (Noisy Student's student becomes the next round's un-noised teacher).
 
-Supported blocks: pytorchvideo's ResBlock (r3d_50: the drop wraps `branch2`, the bottleneck), torchvision's
+Supported blocks: pytorchvideo's ResBlock (r3d_50 and the hub CNNs, x3d_*, slowfast_r50, ...: the drop wraps
+`branch2`, the bottleneck), torchvision's
 video BasicBlock / Bottleneck (r3d_18, mc3_18, r2plus1d_18: the drop wraps the last conv of the residual path)
 and the ViT's Block (vit_*: both residual branches, attention and MLP, at the block's rate; VideoMAE's drop_path).
 
