@@ -167,6 +167,7 @@ def test_cmpl_two_workers_then_resume(
         ("mean_teacher", {"primary", "teacher"}),  # the EMA teacher is evaluated too
         ("mixmatch", {"primary"}),
         ("meta_pseudo_labels", {"primary", "teacher"}),
+        ("svformer", {"primary", "teacher"}),  # its EMA teacher too
     ],
 )
 def test_every_ssl_algorithm_trains_and_evaluates_its_models(
