@@ -145,8 +145,9 @@ def weighted_probability_mse(
                          f"and weights {tuple(weights.shape)} must share the batch (and class) size")
     if logits.shape[0] == 0:
         return logits.sum() * 0.0
-    diff = logits.softmax(dim=-1) - targets.detach().to(logits.dtype)
-    return (diff.pow(2).sum(dim=-1) * weights.detach().to(logits.dtype)).mean()
+    probs = logits.softmax(dim=-1)  # float32 under autocast: the targets keep their precision
+    diff = probs - targets.detach().to(probs.dtype)
+    return (diff.pow(2).sum(dim=-1) * weights.detach().to(probs.dtype)).mean()
 
 
 def soft_cross_entropy(
