@@ -51,8 +51,8 @@ from torch import Tensor, nn
 
 from ssl_core.algorithms.base import Algorithm, StepOutput, check_param, require_keys
 from ssl_core.algorithms.components import (
+    LabeledBatch,
     masked_cross_entropy,
-    mix_labeled,
     warmup_step,
     weighted_probability_mse,
 )
@@ -115,7 +115,7 @@ class SVFormer(Algorithm):
                 "must share (3, T, h, w)"
             )
         if self.steps_done < p.unsup_warmup:
-            return warmup_step({"primary": student}, mix_labeled(video, labels, 0.0), 0.0)
+            return warmup_step({"primary": student}, LabeledBatch(video, labels, labels, 1.0), 0.0)
         with torch.no_grad():
             logits_teacher = self.teacher(weak).float()
             probs = logits_teacher.softmax(dim=-1)
