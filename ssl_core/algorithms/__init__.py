@@ -10,6 +10,7 @@ from ssl_core.algorithms import (  # noqa: F401  (imported for their registratio
     noisy_student,
     pseudo_label,
     supervised,
+    svformer,
 )
 from ssl_core.algorithms.base import Algorithm, StepOutput
 from ssl_core.algorithms.registry import ALGORITHMS, get_algorithm, list_algorithms, register_algorithm

@@ -133,6 +133,23 @@ def softmax_mse(
     return diff.pow(2).sum(dim=-1).mean()
 
 
+def weighted_probability_mse(
+    logits: Tensor,  # (B, C)
+    targets: Tensor,  # (B, C) class probabilities; receive no gradient
+    weights: Tensor,  # (B,) per-sample weights; receive no gradient
+) -> Tensor:  # scalar
+    """(1/B) sum_i w_i ||softmax(logits_i) - targets_i||^2 (squared L2 summed over classes): SVFormer's mix loss.
+    Normalised by the whole batch, as masked_cross_entropy, so rows of weight 0 pull the loss down, not up."""
+    if logits.shape != targets.shape or weights.shape != logits.shape[:1]:
+        raise ValueError(f"weighted_probability_mse: logits {tuple(logits.shape)}, targets {tuple(targets.shape)} "
+                         f"and weights {tuple(weights.shape)} must share the batch (and class) size")
+    if logits.shape[0] == 0:
+        return logits.sum() * 0.0
+    probs = logits.softmax(dim=-1)  # float32 under autocast: the targets keep their precision
+    diff = probs - targets.detach().to(probs.dtype)
+    return (diff.pow(2).sum(dim=-1) * weights.detach().to(probs.dtype)).mean()
+
+
 def soft_cross_entropy(
     logits: Tensor,  # (B, C)
     targets: Tensor,  # (B, C) probabilities (rows sum to 1); receive no gradient

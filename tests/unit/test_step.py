@@ -42,7 +42,7 @@ def _run(name: str, true_label: Tensor | None) -> tuple[StepOutput, list[Tensor]
     return out, grads
 
 
-@pytest.mark.parametrize("name", ["fixmatch", "cmpl"])
+@pytest.mark.parametrize("name", ["fixmatch", "cmpl", "svformer"])
 def test_true_labels_never_reach_the_loss(name: str) -> None:
     runs = [
         _run(name, torch.tensor([0, 1])),

@@ -95,6 +95,16 @@ def test_trial_config_applies_the_point_and_swaps_the_labeled_subset_kind() -> N
     assert cfg.data.labeled_per_class == 3 and cfg.data.labeled_fraction is None
 
 
+def test_a_sweep_chooses_svformer_and_its_own_keys_reach_it_only(tmp_path: Path) -> None:
+    spec = load_sweep(write(tmp_path, {"space": {"algorithm.name": ["fixmatch", "svformer"],
+                                                 "algorithm.mix_weight": [1.0, 2.0]}}))
+    assert spec.num_trials() == 4
+    svformer = trial_config(spec.base, {"algorithm.name": "svformer", "algorithm.mix_weight": 2.0})
+    assert svformer.algorithm.resolved_params().mix_weight == 2.0
+    fixmatch = trial_config(spec.base, {"algorithm.name": "fixmatch", "algorithm.mix_weight": 2.0})
+    assert not hasattr(fixmatch.algorithm.resolved_params(), "mix_weight")
+
+
 def test_dry_run_prints_space_and_count_without_starting_anything(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--config", str(ROOT / "configs" / "sweep_demo.yaml"), "--dry-run"]) == 0
     out = capsys.readouterr().out
