@@ -149,10 +149,12 @@ class ModelConfig:
     init: str | None = setting(None, "pretrained weights for a fresh start of the primary (and MPL's teacher): a "
                                      "checkpoint directory or run folder (PATH#auxiliary takes another model of "
                                      "it), an MLflow model URI, a local state-dict file (.pt/.pth; VideoMAE's "
-                                     "official or transformers' layout for vit_*; pytorchvideo's .pyth), "
-                                     "torchvision:<model>:<weights> or hub:<model> (pytorchvideo's published "
-                                     "weights, e.g. hub:x3d_m; downloaded, needs internet); a resumed run restores "
-                                     "its checkpoint instead")
+                                     "official or transformers' layout for vit_*; pytorchvideo's .pyth; "
+                                     ".safetensors), torchvision:<model>:<weights>, hub:<model> (pytorchvideo's "
+                                     "published weights, e.g. hub:x3d_m) or hf:<org>/<repo>[@<revision>] (a Hugging "
+                                     "Face Hub repository, e.g. hf:MCG-NJU/videomae-base-finetuned-kinetics for "
+                                     "vit_b; downloaded, needs internet); a resumed run restores its checkpoint "
+                                     "instead")
     auxiliary_init: str | None = setting(None, "the same for CMPL's auxiliary (its architecture differs from the "
                                                "primary's); null: random init")
     # MLflow models logged by vidssl load without running code (safetensors + spec.json); older ones are pickles.

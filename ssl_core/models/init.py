@@ -15,7 +15,11 @@ Sources read here (no MLflow: workflows/tracking/model_init.py turns an MLflow m
   - `torchvision:<model>:<weights>` (torchvision:swin3d_t:KINETICS400_V1), downloaded through torchvision's weights
     enum, and `hub:<model>` (hub:x3d_m), pytorchvideo's published file of a hub entry, downloaded from its URL: both
     into torch hub's cache (`$TORCH_HOME/hub/checkpoints`, where pytorchvideo's own hub keeps them too), so only
-    on a machine with internet, or with the file already there. Nothing else is downloaded.
+    on a machine with internet, or with the file already there;
+  - `hf:<org>/<repo>[@<revision>]` (hf:MCG-NJU/videomae-base-finetuned-kinetics): a Hugging Face Hub model
+    repository's weights (model.safetensors, else pytorch_model.bin) and its class names (config.json's id2label),
+    through huggingface_hub into its cache (`$HF_HOME`); transformers' VideoMAE layout maps onto `vit_s` / `vit_b`.
+    A local .safetensors file reads like a .pt one. Nothing else is downloaded.
 
 Mapping (load_init): a prefix common in saved models ("module.", "model.", "backbone.", "_orig_mod.", and
 "encoder." of VideoMAE's pretraining checkpoints) is removed when that makes more keys match; every other key must
@@ -34,6 +38,7 @@ name='primary', source='torchvision').line())"
 from __future__ import annotations
 
 import itertools
+import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -78,7 +83,8 @@ def read_init_source(spec: str, *, key: str = "model.init") -> InitSource:
     """The weights named by `spec` (a checkpoint directory, a run folder, `PATH#role`, a state-dict file)."""
     named = named_source(spec)
     if named is not None:
-        return _from_hub(named, key) if named.startswith("hub:") else _from_torchvision(named, key)
+        readers = {"hub:": _from_hub, "hf:": _from_hf, "torchvision:": _from_torchvision}
+        return next(read for prefix, read in readers.items() if named.startswith(prefix))(named, key)
     if is_mlflow_uri(spec):
         raise InitError(f"{key}: {spec} is an MLflow model URI: python -m workflows.train resolves it into a local "
                         "file before training; the Ray-free loop takes a checkpoint directory, a run folder or a "
@@ -95,7 +101,7 @@ def read_init_source(spec: str, *, key: str = "model.init") -> InitSource:
         raise InitError(f"{key}: no such file or directory: {path_text} (expected a vidssl checkpoint directory, a "
                         "run folder, a state-dict file .pt/.pth, or an MLflow model URI models:/..., runs:/...)")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = _load_file(path)
     except Exception as err:  # one pickling Python objects (weights_only refuses those), or not a torch file
         text = str(err)
         refused = re.search(r"WeightsUnpickler error: (.*?)(?: was not|\.?\n|$)", text)
@@ -158,6 +164,53 @@ def _from_hub(spec: str, key: str) -> InitSource:
                             f"into {cached}, or give the local file") from err
     source = read_init_source(str(cached), key=key)
     return InitSource(source.state_dict, spec, source.classes)
+
+
+def _load_file(path: Path) -> Any:
+    """A weights file's content: safetensors by its suffix (Hugging Face's format), else torch.load without pickle."""
+    if path.suffix == ".safetensors":
+        # here: only .safetensors sources need the reader
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")  # what a transformers model repository holds, preferred first
+
+
+def _from_hf(spec: str, key: str) -> InitSource:
+    """`hf:<org>/<repo>[@<revision>]`: the repository's weights file and config.json through huggingface_hub (its
+    cache, its token and offline settings), then read like a local file; id2label names the head's classes."""
+    try:
+        # here: only hf: sources need huggingface_hub, installed with transformers (the dev extra) or by hand
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError
+    except ImportError as err:
+        raise InitError(f"{key}: {spec} needs huggingface_hub: pip install huggingface_hub") from err
+    repo, _, revision = spec.removeprefix("hf:").partition("@")
+    path = None
+    for filename in HF_WEIGHTS:
+        try:
+            path = Path(hf_hub_download(repo, filename, revision=revision or None))
+            break
+        except EntryNotFoundError:
+            continue
+        except Exception as err:  # no internet, no such repository, a private one without a token
+            raise InitError(f"{key}: {spec}: cannot fetch {filename} from the Hugging Face Hub "
+                            f"({type(err).__name__}: {' '.join(str(err).split())[:200]}); download the repository on a "
+                            "machine with internet (huggingface-cli download) or give the local file") from err
+    if path is None:
+        raise InitError(f"{key}: {spec}: the repository holds none of {', '.join(HF_WEIGHTS)}")
+    source = read_init_source(str(path), key=key)
+    classes = None
+    try:
+        config = json.loads(Path(hf_hub_download(repo, "config.json", revision=revision or None)).read_text())
+        labels = config.get("id2label") or {}
+        classes = [labels[k] for k in sorted(labels, key=int)] if labels else None
+    except (EntryNotFoundError, ValueError, KeyError):
+        classes = None  # no class names: the head is kept or re-initialised by its shape alone
+    return InitSource(source.state_dict, spec, classes)
 
 
 def _from_training_state(state: Mapping[str, Any], role: str | None, spec: str, key: str) -> InitSource:

@@ -1,6 +1,6 @@
 """The form of a `model.init` / `model.auxiliary_init` source (a path, `PATH#role`, an MLflow model URI,
-`torchvision:<model>:<weights>`, `hub:<model>`), checked without reading anything: config validation takes these,
-ssl_core/models/init.py reads the weights.
+`torchvision:<model>:<weights>`, `hub:<model>`, `hf:<org>/<repo>[@<revision>]`), checked without reading anything:
+config validation takes these, ssl_core/models/init.py reads the weights.
 
 Try it:
     python -c "from ssl_core.models.init_spec import init_spec_problem; print(init_spec_problem('https://x/w.pth'))"
@@ -14,6 +14,7 @@ from pathlib import Path
 MLFLOW_SCHEMES = ("models:/", "runs:/")
 TORCHVISION_SOURCE = re.compile(r"torchvision:[a-z0-9_]+:[A-Z0-9_]+")
 HUB_SOURCE = re.compile(r"hub:[a-z0-9_]+")  # pytorchvideo's published weights of a vidssl entry (pytorchvideo_hub.py)
+HF_SOURCE = re.compile(r"hf:[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?")  # a Hugging Face Hub model repository
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
@@ -22,10 +23,13 @@ def is_mlflow_uri(spec: str) -> bool:
 
 
 def named_source(spec: str) -> str | None:
-    """`torchvision:<model>:<weights>` or `hub:<model>` named by `spec`, or None. Also found as the last part of a
-    path: a workflow that resolves every non-MLflow source into an absolute path turns it into `<cwd>/hub:...`."""
-    for candidate in (spec, spec.rpartition("/")[2]):
-        named = TORCHVISION_SOURCE.fullmatch(candidate) or HUB_SOURCE.fullmatch(candidate)
+    """`torchvision:<model>:<weights>`, `hub:<model>` or `hf:<org>/<repo>[@<revision>]` named by `spec`, or None.
+    Also found at the end of a path: a workflow that resolves every non-MLflow source into an absolute path turns
+    it into `<cwd>/hub:...`."""
+    hf_at = spec.rfind("/hf:")
+    for candidate in (spec, spec.rpartition("/")[2], spec[hf_at + 1:] if hf_at >= 0 else ""):
+        named = (TORCHVISION_SOURCE.fullmatch(candidate) or HUB_SOURCE.fullmatch(candidate)
+                 or HF_SOURCE.fullmatch(candidate))
         if named and not Path(spec).expanduser().exists():
             return candidate
     return None
@@ -46,7 +50,7 @@ def init_spec_problem(spec: str) -> str | None:
     if not spec.strip():
         return ("must be a checkpoint directory, a run folder, a state-dict file (.pt/.pth) or an MLflow model URI "
                 "(models:/name@alias, models:/name/3, runs:/<run id>/model), torchvision:<model>:<weights>, "
-                "hub:<model>, or null")
+                "hub:<model>, hf:<org>/<repo>, or null")
     if spec.startswith("models:/"):
         if not re.fullmatch(r"[^/@\s]+(@[^/@\s]+|/[^/\s]+)?/?", spec.removeprefix("models:/")):
             return f"{spec!r}: expected models:/<name>@<alias>, models:/<name>/<version> or models:/m-<model id>"
@@ -64,6 +68,11 @@ def init_spec_problem(spec: str) -> str | None:
         if not HUB_SOURCE.fullmatch(spec):
             return (f"{spec!r}: expected hub:<model>, a pytorchvideo hub entry, e.g. hub:x3d_m (`vidssl list models` "
                     "shows each entry's)")
+        return None
+    if spec.startswith("hf:"):
+        if not HF_SOURCE.fullmatch(spec):
+            return (f"{spec!r}: expected hf:<org>/<repo>[@<revision>], a Hugging Face Hub model repository, e.g. "
+                    "hf:MCG-NJU/videomae-base")
         return None
     if _URL.match(spec):
         return (f"{spec!r}: URLs are not downloaded at run time; download the weights once and give the local file "

@@ -211,6 +211,10 @@ def transformers_to_official(state_dict: Mapping[str, Tensor]) -> dict[str, Tens
         if attention:
             qkv.setdefault(i, {})[".".join(attention.groups())] = value
             continue
+        saved_bias = re.fullmatch(r"attention\.attention\.(q_bias|v_bias)", rest)
+        if saved_bias:  # the files on the Hub (and save_pretrained's) keep the biases as the official q_bias / v_bias
+            out[f"blocks.{i}.attn.{saved_bias[1]}"] = value
+            continue
         module, _, param = rest.rpartition(".")
         out[f"blocks.{i}.{_HF_RENAMES.get(module, module)}.{param}"] = value
     for i, parts in qkv.items():
