@@ -211,3 +211,13 @@ def test_ray_free_run_writes_a_vit_checkpoint(synth_dataset: Path, tmp_path: Pat
     assert all(r.window["loss/reconstruction"] > 0 for r in reports if r.due.log)
     state = load_training_state(tmp_path / "run" / "checkpoint_000003")
     assert state["model_names"] == {"primary": "vit_tiny"} and state["meta"]["objective"] == "videomae"
+
+
+def test_the_ray_runs_log_line_and_opening_line_name_the_mask_ratio() -> None:
+    from workflows.pretrain import _objective_note
+    from workflows.runtime.pretrain_worker import pretrain_line
+
+    line = pretrain_line({"step": 40, "loss/total": 0.91, "pretrain/mask_ratio": 0.875, "perf/clips_per_s": 30.0},
+                         400)
+    assert line == "step 40/400 | total 0.910 | mask_ratio 0.875 | clips/s 30.0"
+    assert _objective_note(load_pretrain_config(CONFIG), 600) == "tube mask ratio 0.9"
