@@ -4,7 +4,8 @@
     python -m workflows.pretrain --config configs/pretrain_demo.yaml --resume latest   # continue the newest one
     python -m workflows.train --config configs/demo.yaml --set model.init=<the run folder it prints>
 
-The objective (pretrain.objective: rho-MoCo or SimCLR, optional speed / arrow-of-time pretext) sees no label:
+The objective (pretrain.objective: rho-MoCo or SimCLR, optional speed / arrow-of-time pretext, or VideoMAE's
+masked reconstruction for a ViT: configs/pretrain_videomae_demo.yaml) sees no label:
 the train stream carries none. Labels feed only the monitors: k-NN top-1 of frozen features every
 pretrain.knn_every steps (`knn/top1`, memory bank = the labeled split, queries = the test split) and a linear
 probe at the end (`probe/top1`). At the end the backbone (the full model.primary classifier, its head untrained)
@@ -86,7 +87,9 @@ def logical_cpus(setup: PretrainSetup) -> int:
     return math.ceil(s.num_workers * s.cpus_per_worker) + 2
 
 
-def _queue_note(setup: PretrainSetup, num_train: int) -> str:
+def _objective_note(setup: PretrainSetup, num_train: int) -> str:
+    if setup.pretrain.objective == "videomae":
+        return f"tube mask ratio {setup.pretrain.mask_ratio}"
     if setup.pretrain.objective != "rho_moco":
         return ""
     size = setup.queue_size(num_train)
@@ -179,7 +182,7 @@ def run_pretraining(
         terminal.log_to(run_dir / LOG_FILE)
         cfg = setup.base
         train_records = [*data.labeled, *data.unlabeled]  # every train video; the stream drops their labels
-        note = _queue_note(setup, len(train_records))
+        note = _objective_note(setup, len(train_records))
         print(f"pretraining {cfg.model.primary} with {setup.pretrain.objective} (rho {setup.pretrain.rho}) on "
               f"{len(train_records)} train videos" + (f", {note}" if note else ""), flush=True)
         init_ray(min_cpus=logical_cpus(setup))
@@ -262,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"run folder: {outcome.run_dir}  (log: {LOG_FILE})")
         print(f"MLflow run: {outcome.mlflow_run_id}  model: {outcome.model_uri}  version: {outcome.model_version}")
         print(f"fine-tune:  .venv/bin/python -m workflows.train --config configs/demo.yaml "
-              f"--set model.init={outcome.run_dir}")
+              f"--set model.primary={stored.base.model.primary} --set model.init={outcome.run_dir}")
         print(f"review it:  {ui_command(outcome.tracking_uri)}")
         return 0
 

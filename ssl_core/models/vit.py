@@ -8,7 +8,8 @@ modeling_finetune.py, so its official checkpoints (`patch_embed.proj.weight`, `b
 it when a source's keys look like that layout).
 
 For masked pretraining, `tokens(video, visible)` encodes only the visible tubes (VideoMAE's encoder) and returns
-their features; `forward(video, visible)` pools those into logits.
+their features; `forward(video, visible)` pools those into logits, `forward(video, visible, pool=False)` returns
+the tokens through the model's input hooks (ssl_core/pretrain/videomae.py).
 
 Try it:
     python -c "import torch; from ssl_core.models import build_model; m = build_model('vit_tiny', num_classes=5); \
@@ -145,8 +146,13 @@ class VideoViT(nn.Module):
             x = block(x)
         return x
 
-    def forward(self, video: Tensor, visible: Tensor | None = None) -> Tensor:
-        return self.head(self.fc_dropout(self.fc_norm(self.tokens(video, visible).mean(dim=1))))
+    def forward(self, video: Tensor, visible: Tensor | None = None, *, pool: bool = True) -> Tensor:
+        """Logits (B, num_classes); `pool=False`: the tokens(video, visible) instead, reached through forward so
+        that the model's input hooks (the published weights' normalisation) apply, as in masked pretraining."""
+        tokens = self.tokens(video, visible)
+        if not pool:
+            return tokens
+        return self.head(self.fc_dropout(self.fc_norm(tokens.mean(dim=1))))
 
 
 def _checked_mask(visible: Tensor, shape: torch.Size) -> Tensor:

@@ -30,7 +30,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(value, float):
             print(f"{key}: {value:.4f}")
     print(f"run folder: {result['run_dir']}")
-    print(f"next: python -m workflows.train --config configs/demo.yaml --set model.init={result['run_dir']}")
+    print(f"next: python -m workflows.train --config configs/demo.yaml --set model.primary={setup.base.model.primary} "
+          f"--set model.init={result['run_dir']}")
     return 0
 
 

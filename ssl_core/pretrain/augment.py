@@ -4,6 +4,7 @@ Each clip of a video gets its own random resized crop, optional horizontal flip,
 contrast, saturation, hue) and grayscale, one draw per clip applied to all its frames (a `tv_tensors.Video`),
 so two clips of a video share their motion but not their colours or framing: the per-video constants of a
 dataset (an actor's colour, the background, the drift) stop identifying the video (a shortcut otherwise).
+videomae (masked reconstruction) gets the crop and flip only: its target is the clip's own pixels.
 
 torchvision's v2 Grayscale / RandomGrayscale pass a Video through unchanged (their kernel takes images only),
 so the grayscale here is VideoGrayscale.
@@ -57,14 +58,15 @@ class VideoGrayscale(nn.Module):
 def pretrain_transform(aug: AugmentConfig, p: PretrainConfig) -> v2.Transform:
     """uint8 Video (T, 3, H, W) -> float (T, 3, crop, crop) in [0, 1]; normalised later by augment_per_clip."""
     ops: list[nn.Module] = [
-        v2.RandomResizedCrop(aug.crop_size, scale=(p.min_scale, p.max_scale), antialias=True),
+        v2.RandomResizedCrop(aug.crop_size, scale=p.crop_scale(), antialias=True),
     ]
     if aug.hflip:
         ops.append(v2.RandomHorizontalFlip())
-    if p.jitter_p > 0 and (p.color_jitter > 0 or p.hue > 0):
+    colour = p.objective != "videomae"  # videomae's target is the clip itself: crop and flip only
+    if colour and p.jitter_p > 0 and (p.color_jitter > 0 or p.hue > 0):
         s = p.color_jitter
         ops.append(v2.RandomApply([v2.ColorJitter(brightness=s, contrast=s, saturation=s, hue=p.hue)], p=p.jitter_p))
-    if p.grayscale_p > 0:
+    if colour and p.grayscale_p > 0:
         ops.append(VideoGrayscale(p.grayscale_p))
     ops.append(v2.ToDtype(torch.float32, scale=True))
     return v2.Compose(ops)

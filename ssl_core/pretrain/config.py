@@ -20,9 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from ssl_core.config import Config, from_dict
+from ssl_core.models.registry import TG_SUFFIX, parse_model_name
+from ssl_core.models.vit import PATCH
+from ssl_core.models.vit import SIZES as VIT_SIZES
 from ssl_core.typed_config import ConfigError, apply_override, build, read_config_file, require, setting
 
-OBJECTIVES = ("rho_moco", "simclr")
+OBJECTIVES = ("rho_moco", "simclr", "videomae")
 PRETEXTS = ("none", "speed", "arrow")
 # Training keys a pretraining run never reads: not logged as its MLflow params (see PretrainSetup.params).
 UNUSED_KEYS = (
@@ -33,16 +36,25 @@ UNUSED_KEYS = (
 )
 # The queue's ceiling when pretrain.queue_size is null (MoCo's 65,536 is for Kinetics-size sets).
 AUTO_QUEUE_CAP = 4096
+# Crop area fractions when pretrain.min_scale / max_scale are null. Contrastive: rho-MoCo's. videomae: VideoMAE's
+# multi-scale crop takes sides of 1 to 0.66 of the short side (areas 0.44 to 1), no more: the clip is the target.
+CONTRASTIVE_SCALE = (0.2, 0.77)
+VIDEOMAE_SCALE = (0.44, 1.0)
+# Decoder attention heads of this width when pretrain.decoder_heads is null (VideoMAE: 384 / 6, 192 / 3).
+DECODER_HEAD_DIM = 64
 
 
 @dataclass
 class PretrainConfig:
     objective: str = setting("rho_moco", "rho_moco: momentum encoder + queue of negative keys, InfoNCE (rho-MoCo, "
                                          "Feichtenhofer et al. 2021); simclr: one encoder, the other clips of the "
-                                         "batch are the negatives (cheaper, needs larger batches)")
+                                         "batch are the negatives (cheaper, needs larger batches); videomae: "
+                                         "reconstruct the pixels of masked tubes from the visible ones (VideoMAE, "
+                                         "Tong et al. 2022; ViT backbones only)")
     # rho 4 beat rho 2 by 3-4 points on Kinetics; each clip is one more forward pass.
     rho: int = setting(2, "clips per video; clips of the same video at independent random times are positives, "
-                          "which rewards features that persist over time (motion) rather than a frame's texture")
+                          "which rewards features that persist over time (motion) rather than a frame's texture; "
+                          "videomae has no positives: each clip is a sample of its own (1 is enough)")
     # A video's own key from its previous visit must have left the queue by the time it comes back, or it is its
     # own negative: each pass over the data enqueues one key per video.
     queue_size: int | None = setting(None, "negative keys kept (rho_moco); null: min(4096, half the train videos)")
@@ -61,9 +73,14 @@ class PretrainConfig:
     bn_splits: int = setting(2, "MoCo's shuffling BN on one device: the query batch runs through the backbone in "
                                 "this many groups, the key batch in as many groups of a shuffled order; 1: off")
     # The videos' per-video constants (colour, background, drift) would otherwise match two clips of a video alone.
-    min_scale: float = setting(0.2, "per-clip appearance augmentation: smallest crop area fraction (rho-MoCo: 0.2)")
-    max_scale: float = setting(0.77, "per-clip appearance augmentation: largest crop area fraction (rho-MoCo: 0.766)")
-    color_jitter: float = setting(0.6, "colour jitter strength for brightness / contrast / saturation")
+    min_scale: float | None = setting(None, "per-clip augmentation: smallest crop area fraction; null: 0.2 for "
+                                            "rho_moco / simclr (rho-MoCo), 0.44 for videomae (VideoMAE's "
+                                            "multi-scale crop)")
+    max_scale: float | None = setting(None, "per-clip augmentation: largest crop area fraction; null: 0.77 for "
+                                            "rho_moco / simclr (rho-MoCo: 0.766), 1 for videomae")
+    # videomae reconstructs the clip's own colours: the colour augmentation below is never applied to it.
+    color_jitter: float = setting(0.6, "colour jitter strength for brightness / contrast / saturation "
+                                       "(rho_moco / simclr)")
     hue: float = setting(0.15, "colour jitter strength for hue")
     jitter_p: float = setting(0.8, "probability of a clip's colour jitter")
     grayscale_p: float = setting(0.2, "probability of a grayscale clip")
@@ -85,10 +102,26 @@ class PretrainConfig:
     pretext: str = setting("none", "an extra pretext task on the same forward passes: speed (each clip at "
                                    "data.stride or 2x, predict which), arrow (forwards or reversed in time), none")
     pretext_weight: float = setting(0.5, "weight of the pretext head's cross-entropy")
+    # 90 % in VideoMAE (75 % for images, MAE): neighbouring frames repeat each other, so little is left to see.
+    mask_ratio: float = setting(0.9, "videomae: fraction of each clip's spatial patch positions masked, the same "
+                                     "positions in every frame (tube masking): int(ratio x patches per frame)")
+    # VideoMAE: 4 blocks; each block runs on all the clip's tubes, while the encoder sees a tenth of them.
+    decoder_depth: int = setting(4, "videomae: decoder transformer blocks (dropped after pretraining)")
+    decoder_dim: int | None = setting(None, "videomae: decoder width; null: half the encoder's (VideoMAE: 384 for "
+                                            "ViT-B, 192 for ViT-S)")
+    decoder_heads: int | None = setting(None, f"videomae: decoder attention heads; null: decoder width / "
+                                              f"{DECODER_HEAD_DIM}, at least 1")
 
     def check(self) -> None:
         require(self.objective in OBJECTIVES, "objective", f"must be one of {OBJECTIVES}, got {self.objective!r}")
-        require(self.rho >= 2, "rho", f"must be >= 2 (positives are other clips of the same video), got {self.rho}")
+        if self.objective == "videomae":
+            require(self.rho >= 1, "rho", f"must be >= 1, got {self.rho}")
+            for key, off in (("pretext", "none"), ("residual_clips", 0), ("background_swap", 0)):
+                require(getattr(self, key) == off, key,
+                        f"videomae reconstructs each clip's own pixels: must be {off!r}, got {getattr(self, key)!r}")
+        else:
+            require(self.rho >= 2, "rho", f"must be >= 2 (positives are other clips of the same video), got "
+                                          f"{self.rho}")
         require(0 <= self.residual_clips < self.rho, "residual_clips",
                 f"must be in [0, pretrain.rho - 1 = {self.rho - 1}] (one clip per video stays RGB), got "
                 f"{self.residual_clips}")
@@ -97,8 +130,9 @@ class PretrainConfig:
         require(0 <= self.momentum < 1, "momentum", f"must be in [0, 1), got {self.momentum}")
         for key in ("hidden_dim", "proj_dim", "proj_layers", "bn_splits", "knn_k"):
             require(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
-        require(0 < self.min_scale <= self.max_scale <= 1, "min_scale",
-                f"need 0 < pretrain.min_scale <= pretrain.max_scale <= 1, got {self.min_scale} and {self.max_scale}")
+        low, high = self.crop_scale()
+        require(0 < low <= high <= 1, "min_scale",
+                f"need 0 < pretrain.min_scale <= pretrain.max_scale <= 1, got {low} and {high}")
         require(self.color_jitter >= 0, "color_jitter", f"must be >= 0, got {self.color_jitter}")
         require(0 <= self.hue <= 0.5, "hue", f"must be in [0, 0.5], got {self.hue}")
         for key in ("jitter_p", "grayscale_p", "background_swap"):
@@ -110,6 +144,23 @@ class PretrainConfig:
         require(self.probe_weight_decay >= 0, "probe_weight_decay", "must be >= 0")
         require(self.pretext in PRETEXTS, "pretext", f"must be one of {PRETEXTS}, got {self.pretext!r}")
         require(self.pretext_weight >= 0, "pretext_weight", "must be >= 0")
+        require(0 < self.mask_ratio < 1, "mask_ratio", f"must be in (0, 1), got {self.mask_ratio}")
+        require(self.decoder_depth >= 1, "decoder_depth", f"must be >= 1, got {self.decoder_depth}")
+        for key in ("decoder_dim", "decoder_heads"):
+            value = getattr(self, key)
+            require(value is None or value >= 1, key, f"must be >= 1, or null (automatic), got {value}")
+
+    def crop_scale(self) -> tuple[float, float]:
+        """(min_scale, max_scale) of the crop area, the objective's defaults where null."""
+        low, high = VIDEOMAE_SCALE if self.objective == "videomae" else CONTRASTIVE_SCALE
+        return (low if self.min_scale is None else self.min_scale, high if self.max_scale is None else self.max_scale)
+
+
+def decoder_shape(p: PretrainConfig, encoder_dim: int) -> tuple[int, int]:
+    """(width, heads) of the videomae decoder on an encoder of `encoder_dim` channels."""
+    dim = p.decoder_dim if p.decoder_dim is not None else max(1, encoder_dim // 2)
+    heads = p.decoder_heads if p.decoder_heads is not None else max(1, dim // DECODER_HEAD_DIM)
+    return dim, heads
 
 
 @dataclass
@@ -130,6 +181,7 @@ class PretrainSetup:
         """`section.key` -> value of every key pretraining reads (MLflow params)."""
         flat = {k: v for k, v in self.base.flat().items() if not k.startswith(UNUSED_KEYS)}
         flat.update({f"pretrain.{k}": v for k, v in dataclasses.asdict(self.pretrain).items()})
+        flat["pretrain.min_scale"], flat["pretrain.max_scale"] = self.pretrain.crop_scale()
         return flat
 
     def queue_size(self, num_train_videos: int) -> int:
@@ -177,11 +229,31 @@ def check_across_sections(setup: PretrainSetup) -> None:
     """The checks between `pretrain` and the training sections (each section checks its own keys)."""
     p, cfg = setup.pretrain, setup.base
     clips = cfg.train.batch_size * p.rho
-    _check(clips >= p.bn_splits, "pretrain.bn_splits",
-           f"{p.bn_splits} groups need at least as many clips per step (train.batch_size x pretrain.rho = {clips})")
+    if p.objective == "videomae":
+        check_videomae(setup)
+    else:  # a ViT has no BatchNorm to split
+        _check(clips >= p.bn_splits, "pretrain.bn_splits",
+               f"{p.bn_splits} groups need at least as many clips per step (train.batch_size x pretrain.rho = "
+               f"{clips})")
     if p.objective == "simclr":
         _check(cfg.train.batch_size >= 2, "train.batch_size",
                "simclr takes its negatives from the other videos of the batch: needs >= 2 videos per step")
     _check(cfg.model.auxiliary_init is None, "model.auxiliary_init",
            "pretraining trains one backbone (model.primary); model.init may start it from weights")
     _check(cfg.data.pseudo_labels is None, "data.pseudo_labels", "pretraining reads every train video, no stored set")
+
+
+def check_videomae(setup: PretrainSetup) -> None:
+    """videomae needs a ViT (tubes to mask) and a mask that leaves some of every frame visible and hides some."""
+    p, cfg = setup.pretrain, setup.base
+    primary = cfg.model.primary
+    base, _ = parse_model_name(primary)
+    _check(base in VIT_SIZES and not primary.endswith(TG_SUFFIX), "model.primary",
+           f"pretrain.objective videomae masks the tubes of a ViT: one of {', '.join(VIT_SIZES)}, got {primary}")
+    patches = (cfg.augment.crop_size // PATCH) ** 2
+    masked = int(p.mask_ratio * patches)  # ssl_core.pretrain.videomae.masked_per_frame
+    _check(0 < masked < patches, "pretrain.mask_ratio",
+           f"{p.mask_ratio} of the {patches} patches per frame of a {cfg.augment.crop_size} px crop masks {masked}: "
+           "at least one must be masked and one visible")
+    dim, heads = decoder_shape(p, VIT_SIZES[base].dim)
+    _check(dim % heads == 0, "pretrain.decoder_heads", f"{heads} heads must divide the decoder width {dim}")

@@ -1,14 +1,16 @@
 """The pretraining network, one optimisation step, and its checkpoint: shared by the Ray Train worker
 (workflows/runtime/pretrain_worker.py) and the Ray-free loop (ssl_core/pretrain/local.py).
 
-    classifier (model.primary, e.g. small3d) with its last nn.Linear replaced by nn.Identity -> features (B, F)
-      -> projection MLP -> embedding (B, proj_dim) -> objective (ssl_core/pretrain/objectives.py)
+    rho_moco / simclr: classifier (model.primary, e.g. small3d) with its last nn.Linear replaced by nn.Identity
+      -> features (B, F) -> projection MLP -> embedding (B, proj_dim) -> objective (ssl_core/pretrain/objectives.py)
       -> [pretext head: Linear(F, 2) on the features, pretrain.pretext]
+    videomae: a ViT classifier, headless, encodes the visible tubes -> decoder -> masked tubes' pixels
+      (ssl_core/pretrain/videomae.py)
 
-The classifier's own last Linear (`fc` for small3d / r3d_18, `blocks.5.proj` for r3d_50) is kept aside at its
-fresh init and saved with the backbone: a checkpoint holds the full classifier's state dict, so model.init,
-workflows.evaluate and model_from_state read it like any vidssl checkpoint. Its meta names that head
-`untrained_head`, and model.init leaves a training run's classifier at its own fresh init (ssl_core/models/init.py).
+Either way the checkpoint holds the full classifier (ssl_core/pretrain/backbone.py: its head untrained), so
+model.init, workflows.evaluate and model_from_state read it like any vidssl checkpoint.
+
+    python -m ssl_core.pretrain --config configs/pretrain_demo.yaml --set train.iterations=20
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ from torch import Tensor, nn
 
 from ssl_core.checkpoint import model_meta, save_training_state
 from ssl_core.models import build_model
-from ssl_core.models.init import InitReport, head_prefix
+from ssl_core.models.init import InitReport
 from ssl_core.models.registry import temporal_gradient
+from ssl_core.pretrain.backbone import HeadAside
 from ssl_core.pretrain.config import PretrainConfig, PretrainSetup
 from ssl_core.pretrain.objectives import (
     KeyQueue,
@@ -37,6 +40,7 @@ from ssl_core.pretrain.objectives import (
     projection_mlp,
     rho_info_nce,
 )
+from ssl_core.pretrain.videomae import MaskedVideoNet, masked_reconstruction
 from ssl_core.train_step import init_models
 from ssl_core.unwrap import unwrap
 
@@ -62,21 +66,11 @@ def grouped(encoder: nn.Module, video: Tensor, groups: int) -> tuple[Tensor, Ten
     return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
 
 
-class PretrainNet(nn.Module):
-    """The trained network (what DDP wraps): encoder (backbone + projector) and the optional pretext head."""
+class PretrainNet(HeadAside):
+    """The contrastive network (what DDP wraps): encoder (backbone + projector) and the optional pretext head."""
 
     def __init__(self, classifier: nn.Module, p: PretrainConfig) -> None:
-        super().__init__()
-        head = head_prefix(classifier)
-        if head is None:
-            raise ValueError(f"{type(classifier).__name__} has no nn.Linear classifier to take features before")
-        linear = classifier.get_submodule(head)
-        assert isinstance(linear, nn.Linear)
-        self.head_name = head
-        self.feature_dim = linear.in_features
-        # A plain attribute, not a submodule: not trained, not wrapped by DDP, saved with the backbone.
-        self.head_state = {f"{head}.{k}": v.detach().cpu().clone() for k, v in linear.state_dict().items()}
-        classifier.set_submodule(head, nn.Identity())
+        super().__init__(classifier)
         self.encoder = Encoder(classifier, projection_mlp(self.feature_dim, p.hidden_dim, p.proj_dim, p.proj_layers,
                                                              batch_norm=p.proj_bn))
         self.pretext_head = nn.Linear(self.feature_dim, 2) if p.pretext != "none" else None
@@ -90,19 +84,17 @@ class PretrainNet(nn.Module):
     def backbone(self) -> nn.Module:
         return self.encoder.backbone
 
-    def classifier_state_dict(self) -> dict[str, Tensor]:
-        """The full classifier's state dict: the trained backbone plus the untouched head."""
-        state = {k: v.detach().cpu().clone() for k, v in self.backbone.state_dict().items()}
-        state.update(self.head_state)
-        return state
+    def objective_state_dict(self) -> dict[str, Any]:
+        return {"projector": self.encoder.projector.state_dict(),
+                "pretext_head": self.pretext_head.state_dict() if self.pretext_head is not None else {}}
 
-    def load_classifier_state_dict(self, state: Mapping[str, Tensor]) -> None:
-        prefix = f"{self.head_name}."
-        self.head_state = {k: v.detach().cpu().clone() for k, v in state.items() if k.startswith(prefix)}
-        self.backbone.load_state_dict({k: v for k, v in state.items() if not k.startswith(prefix)})
+    def load_objective_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.encoder.projector.load_state_dict(state["projector"])
+        if self.pretext_head is not None:
+            self.pretext_head.load_state_dict(state["pretext_head"])
 
 
-def export_classifier(net: PretrainNet, model_name: str, num_classes: int) -> nn.Module:
+def export_classifier(net: HeadAside, model_name: str, num_classes: int) -> nn.Module:
     """A fresh model.primary classifier holding the pretrained backbone (and the untrained head), on the CPU."""
     model = build_model(model_name, num_classes=num_classes)
     model.load_state_dict(net.classifier_state_dict())
@@ -111,29 +103,34 @@ def export_classifier(net: PretrainNet, model_name: str, num_classes: int) -> nn
 
 def build_net(
     setup: PretrainSetup, classes: Sequence[str], sources: Mapping[str, str] | None = None, *, init: bool = True,
-) -> tuple[PretrainNet, list[InitReport]]:
+) -> tuple[HeadAside, list[InitReport]]:
     """The network for model.primary with len(classes) outputs (the head is never trained), started from
     model.init when set and `init` (a fresh start; `sources`: a local file replacing an MLflow URI, see
     ssl_core.train_step.init_models)."""
     cfg = setup.base
     classifier = build_model(cfg.model.primary, num_classes=len(classes))
     reports = init_models(cfg, {"primary": classifier}, classes, sources) if cfg.model.init and init else []
+    if setup.pretrain.objective == "videomae":
+        net = MaskedVideoNet(classifier, setup.pretrain, frames=cfg.data.num_frames, crop=cfg.augment.crop_size)
+        return net, reports
     return PretrainNet(classifier, setup.pretrain), reports
 
 
 class Pretrainer:
-    """The objective around the (possibly DDP-wrapped) PretrainNet: momentum encoder and queue for rho_moco."""
+    """The objective around the (possibly DDP-wrapped) network of build_net: momentum encoder and queue for
+    rho_moco."""
 
     def __init__(self, net: nn.Module, p: PretrainConfig, *, iterations: int, queue_size: int, seed: int = 0) -> None:
         self.net = net
         self.p = p
         self.iterations = iterations
-        core: PretrainNet = unwrap(net)  # type: ignore[assignment]
+        core = self.core
         device = next(core.parameters()).device
         self.key_encoder: nn.Module | None = None
         self.queue: KeyQueue | None = None
         self.momentum = p.momentum
         if p.objective == "rho_moco":
+            assert isinstance(core, PretrainNet)
             self.key_encoder = copy.deepcopy(core.encoder).to(device).train()
             for param in self.key_encoder.parameters():
                 param.requires_grad_(False)
@@ -141,12 +138,14 @@ class Pretrainer:
             self.queue = KeyQueue(queue_size, p.proj_dim, generator=generator).to(device)
 
     @property
-    def core(self) -> PretrainNet:
+    def core(self) -> HeadAside:
         return unwrap(self.net)  # type: ignore[return-value]
 
     def loss(self, views: Tensor, pretext: Tensor | None, step: int) -> tuple[Tensor, dict[str, Tensor | float]]:
         """views (B, rho, 3, T, h, w) normalised; pretext (B, rho) int64 labels (pretrain.pretext) or None."""
         p = self.p
+        if p.objective == "videomae":  # every clip masked and reconstructed on its own: no positives
+            return masked_reconstruction(self.net, views.flatten(0, 1), p.mask_ratio)
         b, rho = views.shape[:2]
         if p.residual_clips:
             rgb = rho - p.residual_clips
@@ -160,7 +159,7 @@ class Pretrainer:
         if self.key_encoder is not None and self.queue is not None:
             m = momentum_at(step, self.iterations, p.momentum, p.momentum_anneal)
             with torch.no_grad():
-                momentum_update(self.core.encoder, self.key_encoder, m)
+                momentum_update(self.core.encoder, self.key_encoder, m)  # type: ignore[arg-type]
                 # Shuffled BN: the keys are computed in groups of another order than the queries'.
                 order = torch.randperm(len(clips), device=clips.device)
                 _, k_shuffled = grouped(self.key_encoder, clips[order], groups)
@@ -188,23 +187,19 @@ class Pretrainer:
         return loss, metrics
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything but the backbone (saved as the classifier): projector, pretext head, key encoder, queue."""
-        core = self.core
+        """Everything but the backbone (saved as the classifier): the projector and pretext head, or the decoder
+        (the network's objective_state_dict), the key encoder, the queue."""
         return {
             "objective": self.p.objective,
-            "projector": core.encoder.projector.state_dict(),
-            "pretext_head": core.pretext_head.state_dict() if core.pretext_head is not None else {},
+            **self.core.objective_state_dict(),
             "key_encoder": self.key_encoder.state_dict() if self.key_encoder is not None else {},
             "queue": self.queue.state_dict() if self.queue is not None else {},
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        core = self.core
         if state.get("objective", self.p.objective) != self.p.objective:
             raise ValueError(f"the checkpoint was pretrained with {state['objective']}, not {self.p.objective}")
-        core.encoder.projector.load_state_dict(state["projector"])
-        if core.pretext_head is not None:
-            core.pretext_head.load_state_dict(state["pretext_head"])
+        self.core.load_objective_state_dict(state)
         if self.key_encoder is not None:
             self.key_encoder.load_state_dict(state["key_encoder"])
         if self.queue is not None:

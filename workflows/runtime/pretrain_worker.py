@@ -57,10 +57,11 @@ def knn_features(backbone: nn.Module, cfg: Config, device: torch.device) -> tupl
 
 
 def pretrain_line(metrics: Mapping[str, float], iterations: int) -> str:
-    """`step 40/400 | loss 5.123 | instance_acc 0.41 | knn/top1 0.250 | clips/s 30.1`, for the run's log."""
+    """`step 40/400 | total 5.123 | instance_acc 0.410 | knn/top1 0.250 | clips/s 30.1` (videomae: mask_ratio in
+    place of instance_acc), for the run's log."""
     shown = [f"step {int(metrics['step'])}/{iterations}"]
-    for key in ("loss/total", "loss/pretext", "pretrain/instance_acc", "pretrain/embedding_std", "knn/top1",
-                "probe/top1"):
+    for key in ("loss/total", "loss/pretext", "pretrain/instance_acc", "pretrain/embedding_std",
+                "pretrain/mask_ratio", "knn/top1", "probe/top1"):
         value = metrics.get(key)
         if value is not None and not math.isnan(value):
             shown.append(f"{key.removeprefix('loss/').removeprefix('pretrain/')} {value:.3f}")
