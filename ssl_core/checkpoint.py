@@ -151,10 +151,21 @@ def restore_training_state(
         raise KeyError(f"checkpoint has no weights for model roles {sorted(missing)}")
     for role, model in models.items():
         unwrap(model).load_state_dict(state["models"][role])
+    saved = [g.get("name", "all") for g in state["optimizer"]["param_groups"]]
+    ours = [g.get("name", "all") for g in optimizer.param_groups]
+    if saved != ours:
+        # torch would only say "a different number of parameter groups", or load other groups' lrs silently
+        raise CheckpointError(f"the checkpoint's optimizer has parameter groups {_first_groups(saved)}, this run's "
+                              f"{_first_groups(ours)}: train.head_lr_scale / layer_decay / decay_norm_and_bias "
+                              "must be those of the run that saved it")
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["torch_rng"])
     return int(state["step"])
+
+
+def _first_groups(names: Sequence[str]) -> str:
+    return f"{len(names)} ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
 
 
 def latest_checkpoint_dir(path: str | Path, warn: Callable[[str], None] = _warn) -> Path:

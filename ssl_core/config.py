@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from ssl_core.algorithms import get_algorithm, list_algorithms
+from ssl_core.auxiliary_pairing import paired_auxiliary
 from ssl_core.data.decode_base import DEFAULT_MAX_DECODE_PIXELS
 from ssl_core.data.transforms import AugmentConfig
 from ssl_core.models import list_models, model_inputs, parse_model_name
@@ -134,8 +135,11 @@ class ModelConfig:
                                       "zoo entry (vit_*, swin3d_t, ...: its `input` in the list) sets "
                                       "data.num_frames / stride / size and augment.crop_size where the config "
                                       "leaves them")
-    auxiliary: str = setting("small3d_w0.5", "the second model of algorithms with an auxiliary role (CMPL, "
-                                             "FixMatch's companion); CMPL's published pair is r3d_50 + r3d_50_w0.25")
+    auxiliary: str | None = setting(None, "the second model of algorithms with an auxiliary role (CMPL, "
+                                          "FixMatch's companion); null: the primary's smaller sibling "
+                                          "(ssl_core/auxiliary_pairing.py: r3d_50 -> r3d_50_w0.25, vit_b -> vit_s, "
+                                          "small3d -> small3d_w0.5, ...; small3d_w0.5 for a primary without one), "
+                                          "resolved when the config is read")
     teacher: str | None = setting(None, "frozen teacher of distill / noisy_student: a vidssl checkpoint directory, "
                                         "a run folder (its latest checkpoint) or an MLflow model URI "
                                         "(models:/name@alias, runs:/<id>/model)")
@@ -162,6 +166,10 @@ class ModelConfig:
                                         "logged by an older vidssl in MLflow's pickled pytorch format (unpickling "
                                         "runs code stored in the artifact); false: such a model stops the run")
 
+    def __post_init__(self) -> None:
+        if self.auxiliary is None:  # resolved here, so the stored config and the logged params name the model
+            self.auxiliary = paired_auxiliary(self.primary)
+
     def check(self) -> None:
         for key in ("primary", "auxiliary"):
             name = getattr(self, key)
@@ -169,6 +177,8 @@ class ModelConfig:
                 parse_model_name(name)
             except KeyError:
                 require(False, key, f"unknown model {name!r}; choose from {[n for n, _ in list_models()]}")
+            except ValueError as err:
+                require(False, key, str(err))
         require(0 <= self.dropout < 1, "dropout", "must be in [0, 1)")
         require(0 <= self.stochastic_depth < 1, "stochastic_depth", "must be in [0, 1)")
         for key in ("init", "auxiliary_init"):
@@ -186,6 +196,14 @@ class TrainConfig:
     lr: float = setting(0.05, "peak learning rate")
     momentum: float = setting(0.9, "SGD momentum")
     weight_decay: float = setting(5e-4, "weight decay")
+    # Fine-tuning a pretrained backbone (model.init): its early layers need small steps, a fresh head large ones.
+    head_lr_scale: float = setting(1.0, "the classifier head's learning rate is lr x this (e.g. 10 with a "
+                                        "pretrained backbone); 1: one lr for all")
+    layer_decay: float = setting(1.0, "layer-wise lr decay d (BEiT / VideoMAE fine-tuning, 0.75 for ViT-B): depth "
+                                      "i of L gets lr x d^(L - i), head at L, embeddings at 0; depth by block for "
+                                      "vit_*, by stage for CNNs (ssl_core/param_groups.py); 1: off")
+    decay_norm_and_bias: bool = setting(True, "weight decay on biases and normalisation weights too; false: none on "
+                                              "them (VideoMAE / timm fine-tuning)")
     warmup_iters: int = setting(50, "linear LR warm-up steps")
     grad_clip: float = setting(5.0, "gradient-norm clip")
     log_every: int = setting(10, "steps between reports (MLflow + Ray Train)")
@@ -212,6 +230,8 @@ class TrainConfig:
         require(self.mu >= 1, "mu", f"must be >= 1, got {self.mu}")
         require(self.optimizer in ("sgd", "adamw"), "optimizer", "must be sgd or adamw")
         require(self.lr > 0, "lr", "must be > 0")
+        require(self.head_lr_scale > 0, "head_lr_scale", f"must be > 0, got {self.head_lr_scale}")
+        require(0 < self.layer_decay <= 1, "layer_decay", f"must be in (0, 1] (1: off), got {self.layer_decay}")
         require(self.warmup_iters >= 0, "warmup_iters", "must be >= 0")
         require(0 <= self.ema_decay < 1, "ema_decay", f"must be in [0, 1), got {self.ema_decay}")
         require(self.ema_start >= 0, "ema_start", "must be >= 0")
@@ -367,20 +387,22 @@ def with_overrides(raw: dict[str, Any], overrides: typing.Sequence[str]) -> Conf
 
 
 def pin_paths(raw: dict[str, Any], tracking_uri: str) -> dict[str, Any]:
-    """A resolved config dict (Config.to_dict()) with every path absolute and the tracking URI fixed: runs
-    started later from another working directory (Tune actors, resumed workflows) see the same files."""
+    """A config dict (resolved, Config.to_dict(), or as written) with every path absolute and the tracking URI
+    fixed: runs started later from another working directory (Tune actors, resumed workflows) see the same files.
+    A path a written config leaves out is pinned at its default (data.root, output.storage)."""
     out = copy.deepcopy(raw)
-    data = out["data"]
+    data = out["data"] = {"root": DataConfig.root, **(out.get("data") or {})}
     for key in ("root", "csv_path", "labeled_split_file", "pseudo_labels", "cache_dir"):
         if data.get(key):
             data[key] = str(Path(data[key]).expanduser().resolve())
-    out["output"]["storage"] = str(Path(out["output"]["storage"]).expanduser().resolve())
+    output = out["output"] = {"storage": OutputConfig.storage, **(out.get("output") or {})}
+    output["storage"] = str(Path(output["storage"]).expanduser().resolve())
     model = out.get("model") or {}
     for key in ("init", "auxiliary_init"):  # a local source (`PATH#role` keeps its role); named sources stay
         if model.get(key) and not is_mlflow_uri(model[key]) and named_source(model[key]) is None:
             path, role = split_role(model[key])
             model[key] = str(Path(path).expanduser().resolve()) + (f"#{role}" if role else "")
-    out["tracking"]["uri"] = tracking_uri
+    out["tracking"] = {**(out.get("tracking") or {}), "uri": tracking_uri}
     return out
 
 
@@ -415,7 +437,7 @@ def with_model_input_defaults(raw: dict[str, Any]) -> dict[str, Any]:
     primary = model.get("primary", ModelConfig.primary) if isinstance(model, dict) else ModelConfig.primary
     try:
         spec = model_inputs(primary) if isinstance(primary, str) else None
-    except KeyError:  # ModelConfig.check names the key
+    except (KeyError, ValueError):  # ModelConfig.check names the key
         return raw
     if spec is None:
         return raw

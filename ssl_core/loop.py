@@ -46,6 +46,7 @@ from ssl_core.config import Config, ConfigError, dump_yaml, load_config
 from ssl_core.data.decode_base import DecodeError
 from ssl_core.engine import Hooks, Report, Schedule, run
 from ssl_core.evaluate import EvalCounts, PreciseBN, video_probs
+from ssl_core.param_groups import base_lr
 from ssl_core.run_folder import claim_run_dir, discarded_on_failure, stamped
 from ssl_core.schedule import build_scheduler
 from ssl_core.train_step import (
@@ -275,7 +276,7 @@ def run_local(
 
         hooks = Hooks(step=step, report=show, evaluate=test_split if evaluate else None,
                       checkpoint=checkpoint if run_dir is not None else None,
-                      extras=lambda: {"lr": scheduler.get_last_lr()[0], "data/skipped_videos": float(len(skipped))})
+                      extras=lambda: {"lr": base_lr(optimizer), "data/skipped_videos": float(len(skipped))})
         return hooks, start_step
 
     schedule = Schedule(t.iterations, t.log_every, t.eval_every, t.checkpoint_every)

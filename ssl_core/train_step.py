@@ -21,6 +21,7 @@ from ssl_core.data.transforms import AugmentConfig
 from ssl_core.models import build_model
 from ssl_core.models.init import InitReport, InitSource, load_init, read_init_source
 from ssl_core.models.stochastic_depth import add_stochastic_depth
+from ssl_core.param_groups import param_groups
 from ssl_core.step import TRUE_LABEL_KEY, ssl_step
 from ssl_core.unwrap import unwrap
 
@@ -89,14 +90,17 @@ def freeze(model: nn.Module) -> nn.Module:
 
 def build_optimizer(cfg: Config, models: Mapping[str, nn.Module]) -> torch.optim.Optimizer:
     """SGD or AdamW over every trained model; the fused (one kernel per step) form when the models are on CUDA,
-    so place them first (place_models)."""
-    params = [p for m in models.values() for p in m.parameters()]
-    fused = bool(params) and all(p.is_cuda for p in params)
+    so place them first (place_models). train.head_lr_scale / layer_decay / decay_norm_and_bias split the
+    parameters into groups (ssl_core.param_groups); with their defaults there is one group, as before."""
     t = cfg.train
+    groups = param_groups(models, lr=t.lr, weight_decay=t.weight_decay, head_lr_scale=t.head_lr_scale,
+                          layer_decay=t.layer_decay, decay_norm_and_bias=t.decay_norm_and_bias)
+    params = [p for g in groups for p in g["params"]]
+    fused = bool(params) and all(p.is_cuda for p in params)
     if t.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, nesterov=True,
+        return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, nesterov=True,
                                fused=fused or None)
-    return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay, fused=fused or None)
+    return torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay, fused=fused or None)
 
 
 def input_memory_format(cfg: Config) -> torch.memory_format:

@@ -174,4 +174,5 @@ _BUILDERS = {
     "mvit_base_16x4": _mvit_base_16x4,
 }
 for _name, _entry in ENTRIES.items():
-    register_model(_name, _entry.description, inputs=input_spec(_name))(_BUILDERS[_name])
+    register_model(_name, _entry.description, inputs=input_spec(_name),
+                   width_scalable=_name.startswith("x3d_") or _name == "slow_r50")(_BUILDERS[_name])

@@ -57,6 +57,7 @@ class InputSpec:
 _BUILDERS: dict[str, tuple[ModelBuilder, str]] = {}
 _INPUTS: dict[str, InputSpec] = {}
 _WEIGHTS: dict[str, str] = {}
+_FIXED_WIDTH: set[str] = set()  # entries without width variants: a width suffix on them is refused by name
 _WIDTH_SUFFIX = re.compile(r"^(?P<base>.+)_w(?P<width>\d+(?:\.\d+)?|\.\d+)$")
 TG_SUFFIX = "+tg"
 
@@ -89,12 +90,15 @@ def add_input_normalisation(model: nn.Module, mean: Stats, std: Stats) -> nn.Mod
 
 
 def register_model(
-    name: str, description: str, *, inputs: InputSpec | None = None, weights: str | None = None
+    name: str, description: str, *, inputs: InputSpec | None = None, weights: str | None = None,
+    width_scalable: bool = True,
 ) -> Callable[[ModelBuilder], ModelBuilder]:
     """Register a keyword-only builder `(*, num_classes, width=1.0, dropout=0.0) -> nn.Module`.
 
     inputs: the clips its published weights expect (config defaults, normalisation); weights: where published
-    weights live, for an entry without `inputs` (it takes the run's clip settings and vidssl's normalisation)."""
+    weights live, for an entry without `inputs` (it takes the run's clip settings and vidssl's normalisation);
+    width_scalable=False: the entry is width 1 only, and parse_model_name refuses a `_w<float>` suffix on it, so a
+    config naming one fails when it is read, not when a worker builds the model."""
 
     def decorator(builder: ModelBuilder) -> ModelBuilder:
         if name in _BUILDERS:
@@ -102,6 +106,8 @@ def register_model(
         if _WIDTH_SUFFIX.match(name):
             raise ValueError(f"model name {name!r} must not end in a width suffix _w<float>")
         _BUILDERS[name] = (builder, description)
+        if not width_scalable:
+            _FIXED_WIDTH.add(name)
         if inputs is not None:
             _INPUTS[name] = inputs
         _WEIGHTS[name] = inputs.weights if inputs is not None else (weights or "none published (random init)")
@@ -112,7 +118,7 @@ def register_model(
 
 def parse_model_name(name: str) -> tuple[str, float]:
     """'r3d_50_w0.25' -> ('r3d_50', 0.25); 'r3d_18' -> ('r3d_18', 1.0); a `+tg` view suffix is allowed.
-    Unknown base -> KeyError."""
+    Unknown base -> KeyError; a width <= 0, or a width suffix on a width-1-only entry -> ValueError."""
     plain = name.removesuffix(TG_SUFFIX)
     match = _WIDTH_SUFFIX.match(plain)
     base, width = (match["base"], float(match["width"])) if match else (plain, 1.0)
@@ -121,6 +127,10 @@ def parse_model_name(name: str) -> tuple[str, float]:
         raise KeyError(f"unknown model {name!r}; available: {available} (optionally with a _w<float> suffix)")
     if width <= 0:
         raise ValueError(f"model {name!r}: width must be > 0, got {width}")
+    if match and base in _FIXED_WIDTH:
+        scalable = ", ".join(sorted(set(_BUILDERS) - _FIXED_WIDTH))
+        raise ValueError(f"model {name!r}: {base} has no width variants (no _w<float> suffix); width-scalable: "
+                         f"{scalable}")
     return base, width
 
 

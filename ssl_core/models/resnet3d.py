@@ -1,4 +1,5 @@
-"""3D ResNets: r3d_18 (torchvision) and r3d_50 (pytorchvideo's slow-only ResNet-50, width-scalable).
+"""3D ResNets: r3d_18 (torchvision; ssl_core/models/video_resnet.py scales its width) and r3d_50 (pytorchvideo's
+slow-only ResNet-50, width-scalable).
 
 CMPL pairs a 3D-ResNet50 primary with `r3d_50_w0.25` (1/4 channel width) as the auxiliary.
 
@@ -12,7 +13,6 @@ from __future__ import annotations
 import warnings
 
 from torch import nn
-from torchvision.models.video import r3d_18 as tv_r3d_18
 
 with warnings.catch_warnings():
     # pytorchvideo 0.1.5 (its last release) decorates helpers with torch.jit.script, which recent torch
@@ -21,20 +21,16 @@ with warnings.catch_warnings():
     from pytorchvideo.models.resnet import create_resnet
 
 from ssl_core.models.registry import register_model
+from ssl_core.models.video_resnet import video_resnet
 
 
 # Its published weights expect 16 x 112 px clips and torchvision's mean / std; r3d_18 keeps taking the run's clip
 # settings and vidssl's normalisation, as it did before the zoo, so checkpoints trained with it predict as before.
-@register_model("r3d_18", "torchvision R3D-18 (3D ResNet-18), random init; width 1 only",
+@register_model("r3d_18", "torchvision R3D-18 (3D ResNet-18), random init; width scales all channels",
                 weights="torchvision R3D_18_Weights: torchvision:r3d_18:KINETICS400_V1 (16 x 112 px, torchvision "
                         "mean / std; r3d_18 reads the run's clip settings and vidssl's normalisation)")
 def r3d_18(*, num_classes: int, width: float = 1.0, dropout: float = 0.0) -> nn.Module:
-    if width != 1.0:
-        raise ValueError(f"r3d_18 supports width 1 only, got {width}; use r3d_50_w<x> or small3d_w<x>")
-    model = tv_r3d_18(weights=None, num_classes=num_classes)
-    if dropout > 0:
-        model.fc = nn.Sequential(nn.Dropout(dropout), model.fc)
-    return model
+    return video_resnet("r3d_18", width=width, num_classes=num_classes, dropout=dropout)
 
 
 @register_model("r3d_50", "slow-only 3D ResNet-50 (pytorchvideo), random init; width scales all channels")

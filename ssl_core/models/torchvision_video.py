@@ -1,6 +1,7 @@
 """torchvision's video classifiers, built by torchvision's own constructors (weights=None) so their module trees,
 and so their state-dict keys, are the published ones: mc3_18, r2plus1d_18, s3d, mvit_v1_b, mvit_v2_s,
-swin3d_t / s / b (r3d_18 is in resnet3d.py, where it was first registered).
+swin3d_t / s / b (r3d_18 is in resnet3d.py, where it was first registered). mc3_18 and r2plus1d_18 take a width
+suffix (ssl_core/models/video_resnet.py); the others are width 1 only, and a width suffix on them is a config error.
 
 Each entry's input (crop, resize, mean / std) is read from torchvision's weights enum (`weights.transforms()`);
 frames and stride come from the clip length and frame rate its weights were evaluated at (the enum's docs text,
@@ -20,12 +21,13 @@ from torch import nn
 from torchvision.models import get_model, get_model_weights
 
 from ssl_core.models.registry import InputSpec, register_model
+from ssl_core.models.video_resnet import CONV_MAKERS, video_resnet
 
 # name -> (frames, stride, description): torchvision's evaluation clips (clip_len, frame_rate 15 -> stride 2,
 # 7.5 -> stride 4).
 ENTRIES: dict[str, tuple[int, int, str]] = {
-    "mc3_18": (16, 2, "torchvision MC3-18 (mixed 3D / 2D convolutions ResNet-18)"),
-    "r2plus1d_18": (16, 2, "torchvision R(2+1)D-18 (factorised space-time convolutions)"),
+    "mc3_18": (16, 2, "torchvision MC3-18 (mixed 3D / 2D convolutions ResNet-18); width-scalable"),
+    "r2plus1d_18": (16, 2, "torchvision R(2+1)D-18 (factorised space-time convolutions); width-scalable"),
     "s3d": (128, 2, "torchvision S3D (separable 3D Inception); needs >= 14 frames of 224 px"),
     "mvit_v1_b": (16, 4, "torchvision MViT-v1-B (multiscale ViT); fixed input 16 x 224 px"),
     "mvit_v2_s": (16, 4, "torchvision MViT-v2-S (multiscale ViT, relative positions); fixed input 16 x 224 px"),
@@ -65,6 +67,8 @@ def with_dropout(model: nn.Module, attr: str, dropout: float) -> nn.Module:
 
 def _builder(name: str):  # noqa: ANN202  (a ModelBuilder)
     def build(*, num_classes: int, width: float = 1.0, dropout: float = 0.0) -> nn.Module:
+        if name in CONV_MAKERS:
+            return video_resnet(name, width=width, num_classes=num_classes, dropout=dropout)
         if width != 1.0:
             raise ValueError(f"{name} supports width 1 only, got {width}")
         if name in ("s3d", "mvit_v1_b", "mvit_v2_s"):  # the constructor's own dropout before the classifier
@@ -76,4 +80,5 @@ def _builder(name: str):  # noqa: ANN202  (a ModelBuilder)
 
 
 for _name, (_frames, _stride, _description) in ENTRIES.items():
-    register_model(_name, _description, inputs=input_spec(_name, _frames, _stride))(_builder(_name))
+    register_model(_name, _description, inputs=input_spec(_name, _frames, _stride),
+                   width_scalable=_name in CONV_MAKERS)(_builder(_name))

@@ -261,8 +261,8 @@ def _builder(name: str, frames: int, crop: int):  # noqa: ANN202  (a ModelBuilde
 _TINY = InputSpec(frames=8, stride=2, crop=64, resize=72, mean=MEAN, std=STD, min_frames=TUBELET, min_side=PATCH,
                   multiple=(TUBELET, PATCH), weights="none published (random init)")
 register_model("vit_tiny", "VideoMAE-layout ViT, dim 192, depth 4, 3 heads: for CPU runs (8 x 64 px clips)",
-               inputs=_TINY)(_builder("vit_tiny", 8, 64))
+               inputs=_TINY, width_scalable=False)(_builder("vit_tiny", 8, 64))
 register_model("vit_s", "VideoMAE ViT-S/16 (dim 384, depth 12, 6 heads), joint space-time attention",
-               inputs=_videomae_spec("small"))(_builder("vit_s", 16, 224))
+               inputs=_videomae_spec("small"), width_scalable=False)(_builder("vit_s", 16, 224))
 register_model("vit_b", "VideoMAE ViT-B/16 (dim 768, depth 12, 12 heads), joint space-time attention",
-               inputs=_videomae_spec("base"))(_builder("vit_b", 16, 224))
+               inputs=_videomae_spec("base"), width_scalable=False)(_builder("vit_b", 16, 224))

@@ -240,6 +240,11 @@ def check_across_sections(setup: PretrainSetup) -> None:
                "simclr takes its negatives from the other videos of the batch: needs >= 2 videos per step")
     _check(cfg.model.auxiliary_init is None, "model.auxiliary_init",
            "pretraining trains one backbone (model.primary); model.init may start it from weights")
+    # Fine-tuning controls: the pretraining network's last Linear is the projector's, not a classifier, and its
+    # backbone learns from the start, so neither a head lr nor a decay by depth means anything here.
+    for key in ("head_lr_scale", "layer_decay"):
+        _check(getattr(cfg.train, key) == 1.0, f"train.{key}",
+               "a fine-tuning control (a pretrained backbone under a classifier head); pretraining takes 1")
     _check(cfg.data.pseudo_labels is None, "data.pseudo_labels", "pretraining reads every train video, no stored set")
 
 

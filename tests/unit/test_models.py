@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch import nn
+from torchvision.models import get_model
 
 from ssl_core.models import build_model, list_models, parse_model_name
+from ssl_core.models.video_resnet import NarrowVideoResNet
 
 
 def _params(model: nn.Module) -> int:
@@ -77,7 +81,30 @@ def test_unknown_model_lists_available_names() -> None:
 
 
 def test_unsupported_width_raises() -> None:
-    with pytest.raises(ValueError, match="r3d_18 supports width 1 only"):
-        build_model("r3d_18_w0.5", num_classes=3)
+    for name in ("vit_s_w0.5", "swin3d_t_w0.5+tg", "mvit_v2_s_w2"):
+        base = name.split("_w")[0]
+        with pytest.raises(ValueError, match=rf"model '{re.escape(name)}': {base} has no width variants"):
+            parse_model_name(name)  # what ModelConfig.check calls: the config fails when read, naming the model
     with pytest.raises(ValueError, match="width must be > 0"):
         build_model("small3d_w0", num_classes=3)
+
+
+@pytest.mark.parametrize("name", ["r3d_18", "mc3_18", "r2plus1d_18"])
+def test_torchvision_video_resnets_take_a_width(name: str) -> None:
+    """A narrower VideoResNet: torchvision's module tree (its keys) with every stage's channels scaled."""
+    narrow = build_model(f"{name}_w0.25+tg", num_classes=3, dropout=0.2)
+    with torch.device("meta"):
+        full = build_model(name, num_classes=3)
+    assert narrow.eval()(torch.randn(1, 3, 2, 16, 16)).shape == (1, 3)
+    assert narrow.layer4[1].conv2[1].num_features == 128 and narrow.fc[1].in_features == 128
+    assert [k.replace("fc.1.", "fc.") for k in narrow.state_dict()] == list(full.state_dict())
+    assert sum(p.numel() for p in narrow.parameters()) < sum(p.numel() for p in full.parameters()) / 10
+
+
+@pytest.mark.parametrize("name", ["mc3_18", "r2plus1d_18"])  # both stems, all three convolution builders
+def test_narrow_video_resnet_at_width_1_is_torchvisions(name: str) -> None:
+    torch.manual_seed(0)
+    ours = NarrowVideoResNet(name, width=1.0, num_classes=3).state_dict()
+    torch.manual_seed(0)
+    theirs = get_model(name, weights=None, num_classes=3).state_dict()
+    assert list(ours) == list(theirs) and all(torch.equal(ours[k], theirs[k]) for k in ours)

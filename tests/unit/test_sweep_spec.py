@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ssl_core.config import ConfigError
+from ssl_core.config import ConfigError, pin_paths
 from workflows.specs.sweep import load_sweep, trial_config
 from workflows.sweep import main
 
@@ -103,6 +103,24 @@ def test_a_sweep_chooses_svformer_and_its_own_keys_reach_it_only(tmp_path: Path)
     assert svformer.algorithm.resolved_params().mix_weight == 2.0
     fixmatch = trial_config(spec.base, {"algorithm.name": "fixmatch", "algorithm.mix_weight": 2.0})
     assert not hasattr(fixmatch.algorithm.resolved_params(), "mix_weight")
+
+
+def test_a_swept_primary_brings_its_input_spec_and_auxiliary(tmp_path: Path) -> None:
+    """Each trial resolves the defaults a training config takes from its primary (`vidssl list models`), not the
+    base's: vit_s clips are 16 frames at stride 4, 224 px, its auxiliary vit_tiny. Keys the base sets stay."""
+    base = {"data": {"root": "data/synth_sweep", "eval_clips": 1}, "train": {"iterations": 5}}
+    spec = load_sweep(write(tmp_path, {"space": {"model.primary": ["small3d", "vit_s"]}}, base=base,
+                            sets=["augment.hflip=false"]))
+    small, vit = (trial_config(spec.base, point) for point in spec.grid())
+    assert (small.data.num_frames, small.data.stride, small.data.size, small.augment.crop_size) == (8, 2, 72, 64)
+    assert (vit.data.num_frames, vit.data.stride, vit.data.size, vit.augment.crop_size) == (16, 4, 224, 224)
+    assert (small.model.auxiliary, vit.model.auxiliary) == ("small3d_w0.5", "vit_tiny")
+    assert vit.data.eval_clips == 1 and vit.augment.hflip is False  # the base and its `set` still apply
+    # What the trials start from, pinned for Tune's actors: the written base, its paths absolute (defaults too).
+    pinned = pin_paths(spec.base, "sqlite:///x.db")
+    assert pinned["data"]["root"] == str(Path("data/synth_sweep").resolve())
+    assert pinned["output"]["storage"] == str(Path("runs").resolve())
+    assert trial_config(pinned, spec.grid()[1]).data.num_frames == 16
 
 
 def test_dry_run_prints_space_and_count_without_starting_anything(capsys: pytest.CaptureFixture[str]) -> None:

@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from ssl_core.param_groups import base_lr
 from workflows.console.terminal import ProgressSender
 from workflows.runtime.worker_args import WorkerArgs
 from workflows.tracking.tracker import Tracker, read_unsent
@@ -114,7 +115,7 @@ def data_extras(args: WorkerArgs, scheduler: torch.optim.lr_scheduler.LRSchedule
 
     def extras() -> dict[str, float]:
         skipped = float(ray.get(args.skip_counter.count.remote()))
-        return {"lr": scheduler.get_last_lr()[0], "data/skipped_videos": skipped}
+        return {"lr": base_lr(scheduler.optimizer), "data/skipped_videos": skipped}
 
     return extras
 

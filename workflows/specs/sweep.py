@@ -23,6 +23,7 @@ against the base config (check_against_base; errors name the key) and the trial 
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from typing import Any
 import yaml
 
 from ssl_core.config import Config, ConfigError, with_overrides
-from ssl_core.typed_config import FieldError, load_file, read_config_file, require, setting
+from ssl_core.typed_config import FieldError, apply_override, load_file, read_config_file, require, setting
 
 SEARCHES = ("grid", "random", "optuna")
 DISTRIBUTIONS = ("uniform", "loguniform", "randint")
@@ -119,7 +120,9 @@ class SweepFile:
 
 @dataclass
 class SweepSpec:
-    base: dict[str, Any]  # the resolved training config (with `set` applied), as a dict
+    # The training config as written, `set` applied, NOT resolved: each trial resolves its own defaults, so a swept
+    # model.primary brings its input spec (data.num_frames, augment.crop_size, ...) and its paired auxiliary.
+    base: dict[str, Any]
     name: str
     search: str
     num_samples: int
@@ -194,9 +197,12 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> SweepSpe
     """Parse and validate a sweep file; `overrides` (KEY=VALUE) apply to the base after its `set` list."""
     path = Path(path)
     file: SweepFile = load_file(SweepFile, path)
-    base_cfg = with_overrides(load_base(file.base, path), [*file.set, *(overrides or [])])
+    base = copy.deepcopy(load_base(file.base, path))
+    for item in [*file.set, *(overrides or [])]:
+        apply_override(base, item)
+    base_cfg = with_overrides(base, [])
     s = file.sweep
-    spec = SweepSpec(base_cfg.to_dict(), check_name(s.name or path.stem), s.search, s.num_samples, s.dimensions(),
+    spec = SweepSpec(base, check_name(s.name or path.stem), s.search, s.num_samples, s.dimensions(),
                      s.metric, s.mode, s.asha, s.max_concurrent_trials)
     check_against_base(spec, base_cfg)
     return spec
