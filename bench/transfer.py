@@ -49,7 +49,7 @@ def _run(cmd: list[str], log: Path) -> str:
 def train_source(args: argparse.Namespace, sets: Path, out: Path) -> Path:
     """The source run's folder: every source label, supervised, the grid's budget."""
     log = out / "source.log"
-    if log.exists() and "run folder: " in log.read_text():
+    if log.exists() and "\ntop1_primary: " in log.read_text():  # a finished run's result lines
         return Path(log.read_text().split("run folder: ")[1].splitlines()[0])
     cmd = [sys.executable, "-m", "ssl_core.loop", "--config", str(DEMO), "--device", args.device,
            "--decode-threads", str(args.decode_threads)]
