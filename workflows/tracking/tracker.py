@@ -30,6 +30,7 @@ import mlflow
 import mlflow.data
 from mlflow import MlflowClient
 from mlflow.entities import DatasetInput, InputTag, Metric, Param
+from mlflow.exceptions import MlflowException
 
 from ssl_core.config import Config, ConfigError
 from workflows.console import terminal
@@ -48,6 +49,9 @@ _PARAM_BATCH = 100
 # its GenAI traces view; the values are the UI's ExperimentKind enum (mlflow/server/js, "custom_model_development").
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
+# How the stores word an insert that lost to a row another client committed first: SQLite "UNIQUE constraint
+# failed", PostgreSQL "violates unique constraint", MySQL "Duplicate entry" (also through a tracking server).
+_LOST_INSERT_RACE = re.compile(r"unique constraint|duplicate entry", re.IGNORECASE)
 log = logging.getLogger("vidssl.tracking")
 
 
@@ -305,8 +309,18 @@ class Tracker:
             warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
             dataset = mlflow.data.from_pandas(table, source=source, name=name, digest=digest)
         tags = [InputTag(key="mlflow.data.context", value=context)]
+        entry = DatasetInput(dataset._to_mlflow_entity(), tags=tags)
         # The client call, not mlflow.log_input: that needs the active run, whose exit would end the run.
-        self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), tags=tags)])
+        try:
+            self.client.log_inputs(self.run_id, datasets=[entry])
+        except MlflowException as err:
+            # Runs that log the same dataset at once (a sweep's trials share the manifest, and trials with the same
+            # labeled fraction the same split): MLflow looks the dataset up by (experiment, name, digest), then
+            # inserts it, and the later insert collides with the row the other run committed in between. That row
+            # is there now, so logging again links this run to it.
+            if not _LOST_INSERT_RACE.search(str(err)):
+                raise
+            self.client.log_inputs(self.run_id, datasets=[entry])
 
     def finish(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)
