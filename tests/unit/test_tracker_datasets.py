@@ -11,6 +11,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from sqlalchemy import event
 
@@ -51,3 +52,19 @@ def test_a_dataset_another_run_inserted_meanwhile_is_linked(tmp_path: Path, monk
     with pytest.raises(MlflowException, match="active"):
         second.log_dataset(SPLIT, (tmp_path / "split.csv").as_uri(), "synth-labeled-split")
     assert len(calls) == 1
+
+
+def test_an_experiment_another_run_created_meanwhile_is_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two workflows starting at once on a new experiment: the one whose create loses finds the other's."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    first = Tracker.start(uri, "new", "run-0", {})
+    real, lookups = MlflowClient.get_experiment_by_name, []
+
+    def looked_up_before_it_existed(client: MlflowClient, name: str) -> Any:
+        lookups.append(name)
+        return None if len(lookups) == 1 else real(client, name)  # the second's lookup came before the first's create
+
+    monkeypatch.setattr(MlflowClient, "get_experiment_by_name", looked_up_before_it_existed)
+    second = Tracker.start(uri, "new", "run-1", {})
+    ids = {first.client.get_run(t.run_id).info.experiment_id for t in (first, second)}
+    assert len(ids) == 1

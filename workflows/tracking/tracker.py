@@ -206,8 +206,14 @@ class Tracker:
             if uri.startswith("sqlite:"):
                 db_path = Path(uri.removeprefix("sqlite:///"))
                 location = (db_path.parent / DEFAULT_ARTIFACTS).resolve().as_uri()
-            exp_id = client.create_experiment(experiment, artifact_location=location,
-                                              tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+            try:
+                exp_id = client.create_experiment(experiment, artifact_location=location,
+                                                  tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+            except MlflowException as err:
+                # Another run made it since the lookup (two workflows started at once on a new experiment).
+                if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+                exp_id = client.get_experiment_by_name(experiment).experiment_id
         else:
             exp_id = exp.experiment_id
             if EXPERIMENT_KIND_TAG not in exp.tags:  # made by an older vidssl or by hand; a kind set in the UI stays
