@@ -259,3 +259,25 @@ def test_x3d_xs_trains_with_cmpl_and_fixmatch(synth_dataset: Path, tmp_path: Pat
     models = {k.removeprefix("top1_") for k in result if k.startswith("top1_")}
     assert models == {"primary", "auxiliary"}
     assert all(0.0 <= result[f"top1_{m}"] <= 1.0 for m in models)
+
+
+def test_the_published_finetune_config_starts_from_published_files(synth_dataset: Path, tmp_path: Path) -> None:
+    """configs/finetune_published.yaml (README's path for a published checkpoint) with local files in pytorchvideo's
+    format for both models, on tiny clips: both load, their 400-class heads are re-initialised, CMPL trains."""
+    files = {}
+    for name in ("x3d_m", "x3d_xs"):
+        files[name] = tmp_path / f"{name.upper()}.pyth"
+        torch.save({"model_state": getattr(hub, name)(pretrained=False).state_dict()}, files[name])
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "finetune_published.yaml", [
+        f"data.root={synth_dataset}", "data.labeled_fraction=0.5", "data.cache=off", "data.num_frames=4",
+        "data.size=40", "data.eval_clips=1", "augment.crop_size=32", f"model.init={files['x3d_m']}",
+        f"model.auxiliary_init={files['x3d_xs']}", "scaling.use_gpu=false", "train.iterations=2", "train.batch_size=2",
+        "train.mu=1", "train.log_every=2", "train.warmup_iters=1", "train.eval_every=2", "train.checkpoint_every=2",
+        f"output.storage={tmp_path}",
+    ])
+    assert (cfg.model.auxiliary, cfg.train.head_lr_scale) == ("x3d_xs", 10.0)
+    said: list[str] = []
+    result = run_local(cfg, decode_threads=1, say=said.append, run_dir=tmp_path / "run")
+    inits = [line for line in said if line.startswith("init ")]
+    assert len(inits) == 2 and all("head re-initialised (400 -> 4 classes)" in line for line in inits), inits
+    assert {"top1_primary", "top1_auxiliary"} <= set(result)
