@@ -105,6 +105,10 @@ class PretrainConfig:
     # 90 % in VideoMAE (75 % for images, MAE): neighbouring frames repeat each other, so little is left to see.
     mask_ratio: float = setting(0.9, "videomae: fraction of each clip's spatial patch positions masked, the same "
                                      "positions in every frame (tube masking): int(ratio x patches per frame)")
+    # MAE's norm_pix_loss: standardised tubes weigh texture and edges over flat colour; where most of a frame is
+    # smooth, standardising blows its noise up into targets nothing can predict.
+    norm_target: bool = setting(True, "videomae: reconstruct each masked tube standardised per channel (VideoMAE's "
+                                      "default); false: the clip's pixels as the model sees them")
     # VideoMAE: 4 blocks; each block runs on all the clip's tubes, while the encoder sees a tenth of them.
     decoder_depth: int = setting(4, "videomae: decoder transformer blocks (dropped after pretraining)")
     decoder_dim: int | None = setting(None, "videomae: decoder width; null: half the encoder's (VideoMAE: 384 for "

@@ -145,7 +145,7 @@ class Pretrainer:
         """views (B, rho, 3, T, h, w) normalised; pretext (B, rho) int64 labels (pretrain.pretext) or None."""
         p = self.p
         if p.objective == "videomae":  # every clip masked and reconstructed on its own: no positives
-            return masked_reconstruction(self.net, views.flatten(0, 1), p.mask_ratio)
+            return masked_reconstruction(self.net, views.flatten(0, 1), p.mask_ratio, p.norm_target)
         b, rho = views.shape[:2]
         if p.residual_clips:
             rgb = rho - p.residual_clips

@@ -61,22 +61,23 @@ def tube_mask(batch: int, grid: tuple[int, int, int], ratio: float, generator: t
     return spatial.repeat(1, t)  # the spatial mask once per temporal position: (t, h, w) order
 
 
-def tube_targets(video: Tensor) -> Tensor:  # (B, 3, T, H, W) -> (B, N, 2 * 16 * 16 * 3) float32
-    """Every tube's pixels in (frame, row, column, channel) order, each channel standardised over the tube
-    (unbiased variance, as VideoMAE). A per-channel affine map of the clip leaves them unchanged, so the clip's
-    input normalisation does not matter."""
+def tube_targets(video: Tensor, normalise: bool = True) -> Tensor:  # (B, 3, T, H, W) -> (B, N, 2*16*16*3) float32
+    """Every tube's pixels in (frame, row, column, channel) order, with `normalise` each channel standardised over
+    the tube (unbiased variance, as VideoMAE): a per-channel affine map of the clip leaves them unchanged, so the
+    clip's input normalisation does not matter; without, the clip's values as given."""
     b, c = video.shape[:2]
     t, h, w = token_grid(video.shape)
     x = video.float().reshape(b, c, t, TUBELET, h, PATCH, w, PATCH)
     x = x.permute(0, 2, 4, 6, 3, 5, 7, 1).reshape(b, t * h * w, TUBE_PIXELS, c)
-    x = (x - x.mean(dim=2, keepdim=True)) / (x.var(dim=2, keepdim=True).sqrt() + NORM_EPS)
+    if normalise:
+        x = (x - x.mean(dim=2, keepdim=True)) / (x.var(dim=2, keepdim=True).sqrt() + NORM_EPS)
     return x.flatten(2)
 
 
-def reconstruction_loss(prediction: Tensor, video: Tensor, masked: Tensor) -> Tensor:
+def reconstruction_loss(prediction: Tensor, video: Tensor, masked: Tensor, normalise: bool = True) -> Tensor:
     """MSE of prediction (B, N_masked, 2 * 16 * 16 * 3), the masked tubes in token order, against their
     tube_targets; visible tubes do not count."""
-    target = tube_targets(video)[masked.to(video.device)].view(prediction.shape)
+    target = tube_targets(video, normalise)[masked.to(video.device)].view(prediction.shape)
     return F.mse_loss(prediction.float(), target)
 
 
@@ -151,12 +152,13 @@ class MaskedVideoNet(HeadAside):
         self.decoder.load_state_dict(state["decoder"])
 
 
-def masked_reconstruction(net: nn.Module, video: Tensor, ratio: float) -> tuple[Tensor, dict[str, Tensor]]:
+def masked_reconstruction(net: nn.Module, video: Tensor, ratio: float, normalise: bool = True
+                          ) -> tuple[Tensor, dict[str, Tensor]]:
     """The videomae loss of a clip batch (N, 3, T, H, W) through `net` (a MaskedVideoNet, possibly DDP-wrapped):
     a fresh tube mask per clip (torch's CPU generator, so a restored RNG state replays it), the masked tubes'
     reconstruction error, and the fraction of tubes masked."""
     masked = tube_mask(len(video), token_grid(video.shape), ratio).to(video.device)
-    loss = reconstruction_loss(net(video, masked), video, masked)
+    loss = reconstruction_loss(net(video, masked), video, masked, normalise)
     metrics = {"loss/reconstruction": loss.detach(), "loss/total": loss.detach(),
                "pretrain/mask_ratio": masked.float().mean()}
     return loss, metrics

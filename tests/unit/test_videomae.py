@@ -73,6 +73,8 @@ def test_targets_are_each_tube_standardised_per_channel_in_token_order() -> None
     assert moved[1].nonzero().flatten().tolist() == [10] and moved[0].abs().sum() == 0
     # A per-channel affine change of the clip (another input normalisation) leaves the targets as they are.
     torch.testing.assert_close(tube_targets(video * 0.5 - 1), targets, atol=1e-4, rtol=1e-4)
+    # pretrain.norm_target=false: the same tube, its pixels as given
+    torch.testing.assert_close(tube_targets(video, normalise=False)[1, 10], tube.flatten())
 
 
 def test_the_loss_counts_only_the_masked_tubes() -> None:
