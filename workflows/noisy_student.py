@@ -241,7 +241,8 @@ def start_or_resume(spec: NoisyStudentSpec, resume: bool) -> WorkflowState:
     # here: MLflow (seconds to load) is imported once terminal.session has told it to leave the console alone
     from workflows.tracking.tracker import Tracker, resolve_uri
 
-    folder = Path(spec.base["output"]["storage"]).expanduser().resolve() / spec.name
+    base = spec.resolved_base()
+    folder = Path(base.output.storage).expanduser().resolve() / spec.name
     if resume:
         if not (folder / STATE_FILE).exists():
             raise ConfigError(f"--resume: no noisy student workflow in {folder}")
@@ -250,10 +251,10 @@ def start_or_resume(spec: NoisyStudentSpec, resume: bool) -> WorkflowState:
         return state
     if folder.exists():
         raise ConfigError(f"noisy_student.name: {folder} already exists; --resume it or choose another name")
-    uri = resolve_uri(spec.base["tracking"]["uri"])
+    uri = resolve_uri(base.tracking.uri)
     folder.mkdir(parents=True)
     stored = dataclasses.asdict(dataclasses.replace(spec, base=pin_paths(spec.base, uri)))
-    parent = Tracker.start(uri, spec.base["tracking"]["experiment"], spec.name, {"vidssl.noisy_student": spec.name})
+    parent = Tracker.start(uri, base.tracking.experiment, spec.name, {"vidssl.noisy_student": spec.name})
     parent.log_params({"rounds": spec.rounds, **{f"pseudo_labels.{k}": v for k, v in stored["labels"].items()},
                        **{f"teacher.{k}": v for k, v in spec.teacher.items()},
                        **{f"student.{k}": v for k, v in spec.student.items()}})

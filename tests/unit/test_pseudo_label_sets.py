@@ -180,3 +180,18 @@ def test_smaller_student_allowed_when_asked(tmp_path: Path) -> None:
     spec = load_noisy_student(_spec(tmp_path, allow_smaller_student=True,
                                     students=[{"model.primary": "small3d_w0.25"}]))
     assert spec.student_point(1)["model.primary"] == "small3d_w0.25"
+
+
+def test_a_student_of_another_model_gets_that_models_input(tmp_path: Path) -> None:
+    """The base is kept as written, so a student's model.primary brings its published input unless the base set
+    the clip keys (as a sweep's trials do)."""
+    base = {"data": {"root": "data/synth", "eval_clips": 1}, "model": {"primary": "small3d"}}
+    path = tmp_path / "ns.yaml"
+    path.write_text(yaml.safe_dump({"base": base, "noisy_student": {
+        "name": "t", "rounds": 1, "teacher": {"algorithm.name": "supervised"}, "student": {"model.primary": "vit_s"}}}))
+    spec = load_noisy_student(path)
+    teacher, student = (spec.stage_config(s, *(("data.pseudo_labels=x.parquet",) if s.kind == "student" else ()))
+                        for s in spec.stages() if s.kind != "labels")
+    assert (teacher.data.num_frames, teacher.augment.crop_size) == (8, 64)
+    assert (student.data.num_frames, student.data.stride, student.augment.crop_size) == (16, 4, 224)
+    assert student.data.eval_clips == 1

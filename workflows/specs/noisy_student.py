@@ -20,6 +20,7 @@ the stage list are plain Python, so `--dry-run` answers without starting anythin
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ import yaml
 
 from ssl_core.config import Config, ConfigError, with_overrides
 from ssl_core.models import build_model
-from ssl_core.typed_config import load_file, require, setting
+from ssl_core.typed_config import apply_override, load_file, require, setting
 from workflows.specs.sweep import BASE_DOC, SET_DOC, check_name, is_plain_name, load_base, trial_config
 
 STUDENT_ALGORITHM = "noisy_student_offline"
@@ -100,13 +101,18 @@ class Stage:
 
 @dataclass(frozen=True)
 class NoisyStudentSpec:
-    base: dict[str, Any]  # the resolved base training config (Config.to_dict())
+    # The base training config as written, `set` applied, NOT resolved: each stage resolves its own defaults, so a
+    # student of another model.primary gets that model's input spec and paired auxiliary (as a sweep's trials do).
+    base: dict[str, Any]
     name: str
     rounds: int
     teacher: dict[str, Any]  # config key -> value, round 0
     student: dict[str, Any]  # every student
     students: list[dict[str, Any]]  # per round, last repeats
     labels: LabelSpec
+
+    def resolved_base(self) -> Config:
+        return with_overrides(self.base, [])
 
     def stages(self) -> list[Stage]:
         out = [Stage("round-0-teacher", "teacher", 0)]
@@ -158,7 +164,10 @@ def load_noisy_student(path: str | Path, overrides: list[str] | None = None) -> 
     """Parse and validate a workflow file; `overrides` (KEY=VALUE) apply to the base after its `set` list."""
     path = Path(path)
     file: NoisyStudentFile = load_file(NoisyStudentFile, path)
-    base = with_overrides(load_base(file.base, path), [*file.set, *(overrides or [])]).to_dict()
+    base = copy.deepcopy(load_base(file.base, path))
+    for item in [*file.set, *(overrides or [])]:
+        apply_override(base, item)
+    with_overrides(base, [])  # the base itself is a valid training config: its errors name its keys
     s = file.noisy_student
     spec = NoisyStudentSpec(base=base, name=check_name(s.name or path.stem), rounds=s.rounds, teacher=s.teacher,
                             student=s.student, students=s.students, labels=s.pseudo_labels)
@@ -169,7 +178,7 @@ def load_noisy_student(path: str | Path, overrides: list[str] | None = None) -> 
 def _check_stages(spec: NoisyStudentSpec, *, allow_smaller: bool) -> None:
     """The checks across the stages: each one's training config is valid, no student is smaller than its teacher."""
     previous: Config | None = None
-    num_classes = spec.base["data"]["synthetic"]["classes"]  # only the size ratio matters for the check
+    num_classes = spec.resolved_base().data.synthetic.classes  # only the size ratio matters for the check
     for stage in spec.stages():
         if stage.kind == "labels":
             continue
