@@ -27,6 +27,8 @@ from ssl_core.typed_config import require, setting
 MEAN: tuple[float, float, float] = (0.45, 0.45, 0.45)
 STD: tuple[float, float, float] = (0.225, 0.225, 0.225)
 PLACEMENTS = ("auto", "device", "data")
+# RandAugment's geometric ops (batched_augment) map pixel corners to [-1, 1]: one pixel has no second corner.
+MIN_CROP = 2
 
 
 @dataclass(frozen=True)
@@ -47,8 +49,8 @@ class AugmentConfig:
         require(self.placement in PLACEMENTS, "placement", f"must be one of {PLACEMENTS}, got {self.placement!r}")
 
     def __post_init__(self) -> None:
-        if self.crop_size <= 0:
-            raise ValueError(f"AugmentConfig.crop_size must be > 0, got {self.crop_size}")
+        if self.crop_size < MIN_CROP:
+            raise ValueError(f"AugmentConfig.crop_size must be >= {MIN_CROP}, got {self.crop_size}")
         if not 0.0 < self.min_scale <= 1.0:
             raise ValueError(f"AugmentConfig.min_scale must be in (0, 1], got {self.min_scale}")
         if not 0.0 <= self.erasing_p <= 1.0:

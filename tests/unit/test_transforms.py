@@ -9,7 +9,14 @@ import pytest
 import torch
 
 from ssl_core.data import batched_augment
-from ssl_core.data.transforms import AugmentConfig, augment_per_clip, eval_view, strong_transform, weak_transform
+from ssl_core.data.transforms import (
+    MIN_CROP,
+    AugmentConfig,
+    augment_per_clip,
+    eval_view,
+    strong_transform,
+    weak_transform,
+)
 
 MEAN, STD = 0.45, 0.225
 
@@ -147,3 +154,13 @@ def test_bad_clips_raise(bad: torch.Tensor) -> None:
 def test_bad_config_raises() -> None:
     with pytest.raises(ValueError, match="min_scale"):
         AugmentConfig(min_scale=0.0)
+    # A 1-pixel crop used to pass and then divide by zero in the strong view's geometric ops.
+    with pytest.raises(ValueError, match="crop_size must be >= 2, got 1"):
+        AugmentConfig(crop_size=1)
+
+
+def test_the_smallest_crop_goes_through_every_view() -> None:
+    clips = torch.randint(0, 256, (2, 3, 8, 8, 3), dtype=torch.uint8)
+    cfg = AugmentConfig(crop_size=MIN_CROP)
+    for view in (*VIEWS["batched"], *VIEWS["per_clip"], eval_view):
+        assert view(clips, cfg).shape == (2, 3, 3, MIN_CROP, MIN_CROP)
