@@ -18,6 +18,7 @@ from ssl_core.auxiliary_pairing import paired_auxiliary
 from ssl_core.checkpoint import latest_intact_checkpoint
 from ssl_core.config import Config, load_config
 from ssl_core.data.transforms import MIN_CROP
+from ssl_core.engine import Report
 from ssl_core.loop import run_local
 from ssl_core.models import list_models, model_inputs
 from workflows.runtime.training import run_training
@@ -73,7 +74,9 @@ def zoo_config(dataset: Path, tmp: Path, primary: str, algorithm: str, *extra: s
         f"data.num_frames={frames}", f"data.size={crop}", "data.eval_clips=1", f"augment.crop_size={crop}",
         f"algorithm.name={algorithm}", f"model.primary={primary}", f"model.auxiliary={auxiliary}",
         f"train.iterations={steps}", f"train.batch_size={batch}", "train.mu=1", f"train.log_every={steps}",
-        "train.warmup_iters=1", f"train.eval_every={steps}", f"train.checkpoint_every={steps}", "algorithm.tau=0.0",
+        "train.warmup_iters=1", f"train.eval_every={steps}", f"train.checkpoint_every={steps}",
+        # every clip passes and the unlabeled term counts fully from the first step: the pseudo-label path trains too
+        "algorithm.tau=0.0", "algorithm.unsup_warmup=0", "algorithm.unsup_rampup=0",
         f"output.storage={tmp}", *extra,
     ])
 
@@ -83,10 +86,10 @@ def zoo_config(dataset: Path, tmp: Path, primary: str, algorithm: str, *extra: s
 def test_every_registered_model_trains_at_its_smallest_clip(synth_dataset: Path, tmp_path: Path, name: str,
                                                             algorithm: str) -> None:
     cfg = zoo_config(synth_dataset, tmp_path, name, algorithm)
-    steps: list[int] = []
-    result = run_local(cfg, decode_threads=1, say=lambda _: None, on_report=lambda r: steps.append(r.step),
-                       run_dir=tmp_path / "run")
-    assert steps == [cfg.train.iterations]
+    reports: list[Report] = []
+    result = run_local(cfg, decode_threads=1, say=lambda _: None, on_report=reports.append, run_dir=tmp_path / "run")
+    assert [r.step for r in reports] == [cfg.train.iterations]
+    assert reports[0].window["unsup_weight"] == 1.0
     models = {k.removeprefix("top1_") for k in result if k.startswith("top1_")}
     assert models == {"primary", "auxiliary"}
     assert all(0.0 <= result[f"top1_{m}"] <= 1.0 for m in models)
