@@ -124,8 +124,8 @@ def test_base_config_comes_from_the_teachers_run_folder(teacher: Teacher) -> Non
 @pytest.mark.parametrize(
     ("student", "message"),
     [
-        ("small4d", "--student: unknown model 'small4d'; available: frame2d, mc3_18, mvit_v1_b,"),
-        ("r3d_18_w0.5", "--student: r3d_18 supports width 1 only"),
+        ("small4d", "--student: unknown model 'small4d'; available: csn_r101, frame2d,"),
+        ("swin3d_t_w0.5", "--student: model 'swin3d_t_w0.5': swin3d_t has no width variants"),
         ("small3d_w2", "--student small3d_w2: 1,165,796 parameters, not fewer than the teacher's 292,596; pick a "
                        "smaller model (e.g. a _w0.25 width) or pass --allow-larger"),
         ("small3d", "--allow-larger"),  # as large as the teacher is refused too
