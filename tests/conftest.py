@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import ray
+import torch
 
 from ssl_core.data.synthetic import generate
 
@@ -86,3 +87,13 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(_session["exit_status"])
+
+
+@pytest.fixture(scope="module")
+def torch_one_thread() -> Iterator[None]:
+    """Torch on one thread for a module of tiny clips: a second thread gains them nothing, and on a busy 2-core
+    machine OpenMP's waiting makes them many times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import math
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 from ssl_core.auxiliary_pairing import paired_auxiliary
 from ssl_core.checkpoint import latest_intact_checkpoint
@@ -25,7 +23,8 @@ from ssl_core.models import list_models, model_inputs
 from workflows.runtime.training import run_training
 
 # pytorchvideo's Swish backward (X3D) reads ctx.saved_variables, which torch deprecates.
-pytestmark = pytest.mark.filterwarnings("ignore:'saved_variables' is deprecated:DeprecationWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore:'saved_variables' is deprecated:DeprecationWarning"),
+              pytest.mark.usefixtures("torch_one_thread")]
 DEMO = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 MODELS = [name for name, _ in list_models()]
 ALGORITHMS = ("cmpl", "fixmatch")
@@ -33,14 +32,6 @@ ALGORITHMS = ("cmpl", "fixmatch")
 # seconds a step: those entries take one step of one clip.
 LARGE_CLIP = 8 * 112 * 112
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    # On a busy 2-core machine OpenMP's waiting between two threads makes small steps several times slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _up_to(value: int, multiple: int) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import urllib.error
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,21 +32,13 @@ with warnings.catch_warnings():
     from pytorchvideo.models import hub
 
 # pytorchvideo's Swish backward (X3D) reads ctx.saved_variables, which torch deprecates.
-pytestmark = pytest.mark.filterwarnings("ignore:'saved_variables' is deprecated:DeprecationWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore:'saved_variables' is deprecated:DeprecationWarning"),
+              pytest.mark.usefixtures("torch_one_thread")]
 DEMO = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 CLASSES = 5
 # mvit_base_16x4 takes its published 16 x 224 px clip only: tests/slow/test_pytorchvideo_zoo_published.py.
 SMALL = [name for name in ENTRIES if not ENTRIES[name].fixed]
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    # Tiny clips gain nothing from a second thread, and on a busy 2-core machine OpenMP's waiting makes them
-    # many times slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def reference(name: str, classes: int) -> nn.Module:
