@@ -56,8 +56,9 @@ demo: $(STAMP)
 
 # The README's test command: tests/unit and tests/e2e (-m "not slow"; tests/conftest.py marks tests by folder).
 # tests/slow, the failure-injection tests (a SIGKILLed Train worker, an MLflow server stopped mid-run, a node of the
-# two-node cluster/local.sh lost mid-run), a pretraining resume and Noisy Student's stop-and-resume, takes ~15 min on
-# 2 cores, over the suite's budget: `make test-slow` runs it; CI (.ci/run) runs both.
+# two-node cluster/local.sh lost mid-run), pretraining and Noisy Student resumes, every zoo model's training and
+# published-size logits, takes ~21 min on 2 cores, over the suite's budget: `make test-slow` runs it; CI (.ci/run)
+# runs both.
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports --no-cache
