@@ -15,12 +15,15 @@ Steps, each skipped when its output exists (so an interrupted benchmark continue
 (`python -m ssl_core.loop`, supervised, every label); `<out>/source/<model>.pth` (its primary's weights without the
 classifier, as a published backbone file: the target's head starts fresh); the target grid through
 `bench.accuracy_local` (configs/bench_accuracy.yaml's recipe, `model.init` = that file) and the scratch row. Prints
-both tables; results.json and one log per run lie under `<out>/pretrained` and `<out>/scratch`.
+both tables, then the primary's pseudo-labels over the steps of each semi-supervised run (share of them right, share
+passing the threshold), read from the run logs; results.json and one log per run lie under `<out>/pretrained` and
+`<out>/scratch`.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -86,6 +89,32 @@ def grid(args: argparse.Namespace, target: Path, out: Path, methods: str, init: 
     subprocess.run(cmd, check=False)
 
 
+_STEP = re.compile(r"^step (\d+): (.*)$", re.MULTILINE)
+TRAJECTORY_KEYS = ("pseudo/accuracy_primary", "pseudo/mask_rate_primary")
+
+
+def trajectory(log_text: str, every: int = 50) -> list[tuple[int, float, float]]:
+    """(step, pseudo-label accuracy, mask rate) of the primary at every `every`-th logged step that has both."""
+    points = []
+    for step, rest in _STEP.findall(log_text):
+        values = dict(item.split("=", 1) for item in rest.split() if "=" in item)
+        if int(step) % every == 0 and all(k in values for k in TRAJECTORY_KEYS):
+            points.append((int(step), *(float(values[k]) for k in TRAJECTORY_KEYS)))
+    return points
+
+
+def trajectory_lines(folder: Path, every: int = 50) -> list[str]:
+    """One markdown line per semi-supervised run log in `folder`: `acc % / mask %` of the primary over the steps."""
+    lines = []
+    for log in sorted(folder.glob("*.log")):
+        points = trajectory(log.read_text(), every)
+        if points:
+            cells = " ".join(f"{step}: {100 * acc:.0f}/{100 * rate:.0f}" for step, acc, rate in points)
+            lines.append(f"| {log.stem} | {cells} |")
+    header = ["| run | step: pseudo-labels right % / passing % |", "|---|---|"]
+    return header + lines if lines else []
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="r2plus1d_18_w0.25", help="the primary (a registered model name)")
@@ -112,6 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     target = args.sets / ("target7_val" if args.val else "target7")
     grid(args, target, out / "pretrained", args.methods, weights)
     grid(args, target, out / "scratch", "supervised", None)
+    print("\n".join(trajectory_lines(out / "pretrained")))
     return 0
 
 
