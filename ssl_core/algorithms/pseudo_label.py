@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssl_core.algorithms.base import Algorithm, StepOutput, check_param, require_keys
-from ssl_core.algorithms.components import masked_cross_entropy, sigmoid_rampup
+from ssl_core.algorithms.components import masked_cross_entropy, primary_loss_metrics, sigmoid_rampup
 from ssl_core.algorithms.registry import register_algorithm
 from ssl_core.algorithms.thresholds import PseudoLabelOptions
 
@@ -64,10 +64,7 @@ class PseudoLabel(Algorithm):
         return StepOutput(
             loss=loss,
             metrics={
-                "loss/sup_primary": loss_sup.detach(),
-                "loss/unsup_primary": loss_unsup.detach(),
-                "loss/total": loss.detach(),
-                "pseudo/mask_rate_primary": targets.mask.float().mean(),
+                **primary_loss_metrics(loss_sup, loss_unsup, loss, targets.mask),
                 "pseudo/threshold_mean_primary": targets.thresholds.float().mean(),
                 "train/unsup_weight": torch.tensor(weight),
             },
