@@ -372,18 +372,25 @@ def check_across_sections(cfg: Config) -> None:
 
 def load_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -> Config:
     """Read a YAML file (or the defaults when path is None), apply `key=value` overrides, validate."""
-    raw = read_config_file(path) if path is not None else {}
-    for item in overrides:
-        apply_override(raw, item)
-    return from_dict(raw)
+    return from_dict(read_with_overrides(path, overrides))
 
 
 def with_overrides(raw: dict[str, Any], overrides: typing.Sequence[str]) -> Config:
     """A config from a resolved dict (e.g. a run's stored config) plus `key=value` overrides."""
-    raw = copy.deepcopy(raw)
+    return from_dict(overridden(raw, overrides))
+
+
+def overridden(raw: dict[str, Any], overrides: typing.Sequence[str]) -> dict[str, Any]:
+    """A copy of `raw` with each `key=value` override applied in order; `raw` itself is left as it was."""
+    out = copy.deepcopy(raw)
     for item in overrides:
-        apply_override(raw, item)
-    return from_dict(raw)
+        apply_override(out, item)
+    return out
+
+
+def read_with_overrides(path: str | Path | None, overrides: typing.Sequence[str]) -> dict[str, Any]:
+    """A config file's raw mapping (empty, for the defaults, when path is None) with `key=value` overrides."""
+    return overridden(read_config_file(path) if path is not None else {}, overrides)
 
 
 def pin_paths(raw: dict[str, Any], tracking_uri: str) -> dict[str, Any]:

@@ -30,7 +30,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -51,6 +50,7 @@ from ssl_core.data.splits import ensure_synthetic, prepare_data
 from ssl_core.user_errors import reports_user_errors
 from workflows.console import terminal
 from workflows.runtime.ray_session import init_ray
+from workflows.runtime.run_state import write_record
 from workflows.specs.noisy_student import LabelSpec, NoisyStudentSpec, Stage, load_noisy_student
 from workflows.specs.sweep import check_name, trial_config
 
@@ -77,9 +77,7 @@ class WorkflowState:
     def save(self) -> None:
         payload = {"parent_run_id": self.parent_run_id, "tracking_uri": self.tracking_uri, "spec": self.spec,
                    "stages": self.stages}
-        tmp = self.folder / (STATE_FILE + ".tmp")
-        tmp.write_text(json.dumps(payload, indent=2))
-        os.replace(tmp, self.folder / STATE_FILE)
+        write_record(self.folder / STATE_FILE, payload)
 
     @classmethod
     def load(cls, folder: Path) -> WorkflowState:

@@ -37,6 +37,7 @@ from ssl_core.data.splits import ensure_synthetic
 from ssl_core.user_errors import reports_user_errors
 from workflows.console import terminal
 from workflows.runtime.ray_session import init_ray
+from workflows.runtime.run_state import write_record
 from workflows.specs.sweep import SweepSpec, check_name, load_sweep, trial_config
 
 SWEEP_FILE = "vidssl_sweep.json"
@@ -60,9 +61,7 @@ class SweepState:
 
     def save(self) -> None:
         payload = {"parent_run_id": self.parent_run_id, "tracking_uri": self.tracking_uri, "base": self.base}
-        tmp = self.sweep_dir / (SWEEP_FILE + ".tmp")
-        tmp.write_text(json.dumps(payload, indent=2))
-        os.replace(tmp, self.sweep_dir / SWEEP_FILE)
+        write_record(self.sweep_dir / SWEEP_FILE, payload)
 
     @classmethod
     def load(cls, sweep_dir: Path) -> SweepState:

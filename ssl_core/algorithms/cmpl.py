@@ -32,22 +32,17 @@ from ssl_core.algorithms.components import (
     warmup_step,
 )
 from ssl_core.algorithms.registry import register_algorithm
-from ssl_core.algorithms.thresholds import PseudoLabeler, PseudoTargets, validate_threshold_options
+from ssl_core.algorithms.thresholds import PseudoLabelOptions, PseudoTargets
 
 
 @dataclass(frozen=True)
-class CMPLParams(RecipeParams):
+class CMPLParams(PseudoLabelOptions, RecipeParams):
     tau: float = 0.95  # confidence threshold for the OTHER model's pseudo-labels (paper: FixMatch's 0.95)
     lambda_u: float = 1.0  # weight of both cross-model unlabeled losses (paper: 1)
-    # fixed | flexmatch | freematch | softmatch: class-wise adaptive thresholds or Gaussian weights
-    threshold: str = "fixed"
-    distribution_alignment: bool = False  # ReMixMatch DA of p before thresholding: counters class imbalance
-    stats_momentum: float = 0.999  # EMA momentum of the adaptive-threshold / DA statistics (~1000-batch memory)
 
     def __post_init__(self) -> None:
-        check_param("cmpl", "tau", self.tau, "unit")
+        self.check_pseudo_labels("cmpl")
         check_param("cmpl", "lambda_u", self.lambda_u, "non_negative")
-        validate_threshold_options("cmpl", self.threshold, self.distribution_alignment, self.stats_momentum)
         self.check_recipe("cmpl")
 
 
@@ -60,11 +55,8 @@ class CMPL(Algorithm):
 
     def __init__(self, models: Mapping[str, nn.Module], params: Any = None) -> None:
         super().__init__(models, params)
-        p = self.params
         # Keyed by the role that PRODUCES the pseudo-labels.
-        self.labelers = {
-            role: PseudoLabeler(p.threshold, p.tau, p.distribution_alignment, p.stats_momentum) for role in self.roles
-        }
+        self.labelers = {role: self.params.labeler() for role in self.roles}
 
     def train_step(self, labeled: dict[str, Tensor], unlabeled: dict[str, Tensor] | None) -> StepOutput:
         require_keys(labeled, ("video", "label"), "labeled", self.name)

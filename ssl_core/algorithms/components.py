@@ -50,6 +50,17 @@ def masked_cross_entropy(
     return (ce * mask.to(ce.dtype)).sum() / logits.shape[0]
 
 
+def primary_loss_metrics(loss_sup: Tensor, loss_unsup: Tensor, loss: Tensor, mask: Tensor) -> dict[str, Tensor]:
+    """The metrics of a one-model step with a supervised and an unlabeled term, under the names the console and
+    tracking read; `mask` (B_u,) says which unlabeled clips taught."""
+    return {
+        "loss/sup_primary": loss_sup.detach(),
+        "loss/unsup_primary": loss_unsup.detach(),
+        "loss/total": loss.detach(),
+        "pseudo/mask_rate_primary": mask.float().mean(),
+    }
+
+
 def sharpen(p: Tensor, temperature: float) -> Tensor:  # (B, C) -> (B, C)
     """MixMatch: p_i^(1/T) / sum_j p_j^(1/T); T < 1 lowers the entropy."""
     if temperature <= 0:

@@ -31,24 +31,19 @@ from ssl_core.algorithms.components import (
     warmup_step,
 )
 from ssl_core.algorithms.registry import register_algorithm
-from ssl_core.algorithms.thresholds import PseudoLabeler, validate_threshold_options
+from ssl_core.algorithms.thresholds import PseudoLabelOptions
 
 
 @dataclass(frozen=True)
-class FixMatchParams(RecipeParams):
+class FixMatchParams(PseudoLabelOptions, RecipeParams):
     tau: float = 0.95  # confidence threshold: high, so only reliable pseudo-labels teach (paper default)
     lambda_u: float = 1.0  # unlabeled loss weight; 1 works without ramp-up because the mask gates early noise
-    # fixed | flexmatch | freematch | softmatch: class-wise adaptive thresholds or Gaussian weights
-    threshold: str = "fixed"
-    distribution_alignment: bool = False  # ReMixMatch DA of p before thresholding: counters class imbalance
-    stats_momentum: float = 0.999  # EMA momentum of the adaptive-threshold / DA statistics (~1000-batch memory)
     # Train model.auxiliary as a companion and label with both models' averaged weak predictions (LTG).
     companion: bool = False
 
     def __post_init__(self) -> None:
-        check_param("fixmatch", "tau", self.tau, "unit")
+        self.check_pseudo_labels("fixmatch")
         check_param("fixmatch", "lambda_u", self.lambda_u, "non_negative")
-        validate_threshold_options("fixmatch", self.threshold, self.distribution_alignment, self.stats_momentum)
         self.check_recipe("fixmatch")
 
 
@@ -61,8 +56,7 @@ class FixMatch(Algorithm):
 
     def __init__(self, models: Mapping[str, nn.Module], params: Any = None) -> None:
         super().__init__(models, params)
-        p = self.params
-        self.labeler = PseudoLabeler(p.threshold, p.tau, p.distribution_alignment, p.stats_momentum)
+        self.labeler = self.params.labeler()
 
     @classmethod
     def roles_for(cls, params: Any) -> tuple[str, ...]:

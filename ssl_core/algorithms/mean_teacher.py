@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssl_core.algorithms.base import Algorithm, StepOutput, check_param, require_keys
-from ssl_core.algorithms.components import sigmoid_rampup, softmax_mse
+from ssl_core.algorithms.components import primary_loss_metrics, sigmoid_rampup, softmax_mse
 from ssl_core.algorithms.ema import ema_update
 from ssl_core.algorithms.registry import register_algorithm
 from ssl_core.unwrap import unwrap
@@ -84,10 +84,7 @@ class MeanTeacher(Algorithm):
         return StepOutput(
             loss=loss,
             metrics={
-                "loss/sup_primary": loss_sup.detach(),
-                "loss/unsup_primary": loss_unsup.detach(),
-                "loss/total": loss.detach(),
-                "pseudo/mask_rate_primary": mask.float().mean(),
+                **primary_loss_metrics(loss_sup, loss_unsup, loss, mask),
                 "train/unsup_weight": torch.tensor(weight),
             },
             pseudo={"primary": (hard, mask)},

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ssl_core.algorithms.base import Algorithm, StepOutput, check_param, require_keys
-from ssl_core.algorithms.components import confidence_mask, masked_cross_entropy, pseudo_label
+from ssl_core.algorithms.components import confidence_mask, masked_cross_entropy, primary_loss_metrics, pseudo_label
 from ssl_core.algorithms.registry import register_algorithm
 
 
@@ -80,12 +80,7 @@ def student_step(
     loss = loss_sup + params.lambda_u * loss_unsup
     return StepOutput(
         loss=loss,
-        metrics={
-            "loss/sup_primary": loss_sup.detach(),
-            "loss/unsup_primary": loss_unsup.detach(),
-            "loss/total": loss.detach(),
-            "pseudo/mask_rate_primary": mask.float().mean(),
-        },
+        metrics=primary_loss_metrics(loss_sup, loss_unsup, loss, mask),
         pseudo={"primary": (hard, mask.bool())},
     )
 

@@ -19,25 +19,21 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssl_core.algorithms.base import Algorithm, StepOutput, check_param, require_keys
-from ssl_core.algorithms.components import masked_cross_entropy, sigmoid_rampup
+from ssl_core.algorithms.components import masked_cross_entropy, primary_loss_metrics, sigmoid_rampup
 from ssl_core.algorithms.registry import register_algorithm
-from ssl_core.algorithms.thresholds import PseudoLabeler, validate_threshold_options
+from ssl_core.algorithms.thresholds import PseudoLabelOptions
 
 
 @dataclass(frozen=True)
-class PseudoLabelParams:
+class PseudoLabelParams(PseudoLabelOptions):
     tau: float = 0.95  # confidence threshold: only confident self-predictions become targets
     lambda_u: float = 1.0  # maximum unlabeled weight, reached at the end of the ramp
     rampup_iters: int = 400  # steps of the exp(-5(1-t)^2) ramp; self-training on early noise confirms errors
-    threshold: str = "fixed"  # fixed | flexmatch | freematch: class-wise adaptive thresholds (thresholds.py)
-    distribution_alignment: bool = False  # ReMixMatch DA of p before thresholding: counters class imbalance
-    stats_momentum: float = 0.999  # EMA momentum of the adaptive-threshold / DA statistics (~1000-batch memory)
 
     def __post_init__(self) -> None:
-        check_param("pseudo_label", "tau", self.tau, "unit")
+        self.check_pseudo_labels("pseudo_label")
         check_param("pseudo_label", "lambda_u", self.lambda_u, "non_negative")
         check_param("pseudo_label", "rampup_iters", self.rampup_iters, "non_negative")
-        validate_threshold_options("pseudo_label", self.threshold, self.distribution_alignment, self.stats_momentum)
 
 
 @register_algorithm("pseudo_label")
@@ -49,8 +45,7 @@ class PseudoLabel(Algorithm):
 
     def __init__(self, models: Mapping[str, nn.Module], params: Any = None) -> None:
         super().__init__(models, params)
-        p = self.params
-        self.labeler = PseudoLabeler(p.threshold, p.tau, p.distribution_alignment, p.stats_momentum)
+        self.labeler = self.params.labeler()
         self.step = torch.zeros((), dtype=torch.long)
 
     def train_step(self, labeled: dict[str, Tensor], unlabeled: dict[str, Tensor] | None) -> StepOutput:
@@ -69,10 +64,7 @@ class PseudoLabel(Algorithm):
         return StepOutput(
             loss=loss,
             metrics={
-                "loss/sup_primary": loss_sup.detach(),
-                "loss/unsup_primary": loss_unsup.detach(),
-                "loss/total": loss.detach(),
-                "pseudo/mask_rate_primary": targets.mask.float().mean(),
+                **primary_loss_metrics(loss_sup, loss_unsup, loss, targets.mask),
                 "pseudo/threshold_mean_primary": targets.thresholds.float().mean(),
                 "train/unsup_weight": torch.tensor(weight),
             },

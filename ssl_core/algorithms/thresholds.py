@@ -43,6 +43,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from ssl_core.algorithms.base import check_param
+
 THRESHOLDS = ("fixed", "flexmatch", "freematch", "softmatch")
 SOFTMATCH_N_SIGMA = 2.0
 
@@ -319,3 +321,23 @@ def validate_threshold_options(algorithm: str, threshold: str, distribution_alig
         raise ValueError(f"{algorithm}.distribution_alignment must be a bool, got {distribution_alignment!r}")
     if not 0.0 <= momentum < 1.0:
         raise ValueError(f"{algorithm}.stats_momentum must be in [0, 1), got {momentum}")
+
+
+@dataclass(frozen=True)
+class PseudoLabelOptions:
+    """The pseudo-label options of fixmatch, cmpl and pseudo_label: a Params base giving the fields, their check
+    and the PseudoLabeler they describe. A subclass may re-declare `tau` (same default) to document its own use."""
+
+    tau: float = 0.95  # confidence threshold: only confident pseudo-labels teach
+    # fixed | flexmatch | freematch | softmatch: class-wise adaptive thresholds or Gaussian weights
+    threshold: str = "fixed"
+    distribution_alignment: bool = False  # ReMixMatch DA of p before thresholding: counters class imbalance
+    stats_momentum: float = 0.999  # EMA momentum of the adaptive-threshold / DA statistics (~1000-batch memory)
+
+    def check_pseudo_labels(self, algorithm: str) -> None:
+        check_param(algorithm, "tau", self.tau, "unit")
+        validate_threshold_options(algorithm, self.threshold, self.distribution_alignment, self.stats_momentum)
+
+    def labeler(self) -> PseudoLabeler:
+        """A fresh labeler: each model whose predictions are labeled needs its own statistics."""
+        return PseudoLabeler(self.threshold, self.tau, self.distribution_alignment, self.stats_momentum)

@@ -12,18 +12,17 @@ print(load_pretrain_config('configs/pretrain_demo.yaml', ['pretrain.rho=4']).pre
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ssl_core.config import Config, from_dict
+from ssl_core.config import Config, from_dict, overridden, read_with_overrides
 from ssl_core.models.registry import TG_SUFFIX, parse_model_name
 from ssl_core.models.vit import PATCH
 from ssl_core.models.vit import SIZES as VIT_SIZES
-from ssl_core.typed_config import ConfigError, apply_override, build, read_config_file, require, setting
+from ssl_core.typed_config import ConfigError, build, require, setting
 
 OBJECTIVES = ("rho_moco", "simclr", "videomae")
 PRETEXTS = ("none", "speed", "arrow")
@@ -197,18 +196,12 @@ class PretrainSetup:
 
 def load_pretrain_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -> PretrainSetup:
     """A pretraining YAML file (or the defaults) plus `key=value` overrides, validated."""
-    raw = read_config_file(path) if path is not None else {}
-    for item in overrides:
-        apply_override(raw, item)
-    return pretrain_from_dict(raw)
+    return pretrain_from_dict(read_with_overrides(path, overrides))
 
 
 def pretrain_with_overrides(raw: dict[str, Any], overrides: typing.Sequence[str]) -> PretrainSetup:
     """A stored config (PretrainSetup.to_dict()) plus overrides, e.g. more iterations for a resumed run."""
-    raw = copy.deepcopy(raw)
-    for item in overrides:
-        apply_override(raw, item)
-    return pretrain_from_dict(raw)
+    return pretrain_from_dict(overridden(raw, overrides))
 
 
 def pretrain_from_dict(raw: dict[str, Any]) -> PretrainSetup:

@@ -15,26 +15,16 @@ import pytest
 from mlflow import MlflowClient
 
 from ssl_core.config import load_config
+from tests.tiny_runs import DEMO, PRETRAIN, tiny_run
 from workflows.pretrain import main
 from workflows.runtime.run_state import RunState
 from workflows.runtime.training import run_training
-
-ROOT = Path(__file__).resolve().parents[2]
-PRETRAIN = ROOT / "configs" / "pretrain_demo.yaml"
-DEMO = ROOT / "configs" / "demo.yaml"
-
-
-def common(dataset: Path, tmp: Path) -> list[str]:
-    return [f"data.root={dataset}", "data.synthetic.enabled=false", "data.labeled_fraction=0.5", "data.num_frames=4",
-            "data.size=40", "data.eval_clips=1", "augment.crop_size=32", "model.primary=small3d_w0.25",
-            "train.warmup_iters=1", f"tracking.uri=sqlite:///{tmp}/mlflow.db", f"output.storage={tmp}/runs",
-            f"data.cache_dir={tmp}/cache"]
 
 
 def test_pretrain_then_fixmatch_from_the_backbone(
     ray_local: None, synth_dataset: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    overrides = [*common(synth_dataset, tmp_path), "train.iterations=4", "train.batch_size=2", "train.log_every=2",
+    overrides = [*tiny_run(synth_dataset, tmp_path), "train.iterations=4", "train.batch_size=2", "train.log_every=2",
                  "train.checkpoint_every=2", "pretrain.knn_every=2", "pretrain.pretext=arrow",
                  "pretrain.hidden_dim=32", "pretrain.proj_dim=16", "pretrain.probe_steps=10",
                  "scaling.num_workers=2", "scaling.cpus_per_worker=0.5", "tracking.experiment=e2e-pretrain",
@@ -75,7 +65,7 @@ def test_pretrain_then_fixmatch_from_the_backbone(
             "vidssl.run_id": run.info.run_id}.items() <= version.tags.items()
 
     # Fine-tune: FixMatch from the pretraining run folder; its classifier starts fresh, every backbone key loads.
-    cfg = load_config(DEMO, [*common(synth_dataset, tmp_path), "algorithm.name=fixmatch", f"model.init={run_dir}",
+    cfg = load_config(DEMO, [*tiny_run(synth_dataset, tmp_path), "algorithm.name=fixmatch", f"model.init={run_dir}",
                              "train.iterations=2", "train.batch_size=4", "train.mu=1", "train.log_every=2",
                              "train.eval_every=2", "train.checkpoint_every=2", "scaling.num_workers=1",
                              "scaling.cpus_per_worker=0.5", "tracking.experiment=e2e-finetune",
@@ -96,7 +86,7 @@ def test_pretrain_then_fixmatch_from_the_backbone(
     # The registered backbone as an MLflow URI: resolved on the driver, its untrained head still left out.
     from workflows.tracking.model_init import prepare_init
 
-    uri_cfg = load_config(DEMO, [*common(synth_dataset, tmp_path), "algorithm.name=fixmatch",
+    uri_cfg = load_config(DEMO, [*tiny_run(synth_dataset, tmp_path), "algorithm.name=fixmatch",
                                  "model.init=models:/e2e-backbone/1"])
     prepared = prepare_init(uri_cfg, tmp_path / "uri-run", f"sqlite:///{tmp_path}/mlflow.db",
                             _classes(outcome.run_dir), fresh=True)

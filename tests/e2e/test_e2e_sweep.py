@@ -15,15 +15,13 @@ from typing import Any
 
 import pytest
 import ray.tune.schedulers
-import yaml
 from mlflow import MlflowClient
 from ray.tune.schedulers import ASHAScheduler
 
-from ssl_core.data import synthetic
+from tests.tiny_runs import workflow_spec
 from workflows.specs.sweep import load_sweep
 from workflows.sweep import SWEEP_FILE, SweepState, run_sweep
 
-DEMO = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 METRIC = "eval/top1_primary"
 WEAK = ("cmpl", 0.67)  # the grid's last point: two trials at a time, it starts once an earlier one has ended
 
@@ -43,27 +41,14 @@ class WeakPointASHA(ASHAScheduler):
 @pytest.fixture(scope="module")
 def sweep_run(ray_local: None, tmp_path_factory: pytest.TempPathFactory) -> dict:
     tmp = tmp_path_factory.mktemp("sweep")
-    root = tmp / "synth"
-    synthetic.generate(root, classes=3, videos_per_class=6, seed=5, frames=16, size=48)
-    sweep_file = tmp / "sweep.yaml"
-    sweep_file.write_text(yaml.safe_dump({
-        "base": str(DEMO),
-        "set": [
-            f"data.root={root}", "data.synthetic.enabled=false", "data.num_frames=4", "data.size=40",
-            # two trials at a time on 2 CPUs (auto concurrency: 1 worker x 0.5 CPU + a 0.25 CPU decode task)
-            "scaling.cpus_per_worker=0.5", "data.decode_cpus=0.25",
-            "data.eval_clips=1", "augment.crop_size=32", "train.iterations=4", "train.batch_size=2", "train.mu=1",
-            "train.log_every=2", "train.eval_every=2", "train.checkpoint_every=2", "train.warmup_iters=1",
-            f"tracking.uri=sqlite:///{tmp}/mlflow.db", "tracking.experiment=e2e-sweep",
-            "tracking.registered_model=e2e-sweep-primary", f"output.storage={tmp}/runs",
-        ],
-        "sweep": {
-            "name": "tiny", "search": "grid",
-            "space": {"algorithm.name": ["fixmatch", "cmpl"], "algorithm.tau": [0.5], "algorithm.lambda_u": [1.0],
-                      "data.labeled_fraction": [0.34, 0.67]},
-            "asha": {"enabled": True, "grace_period": 2, "reduction_factor": 2},
-        },
-    }))
+    sets = ["train.mu=1", "train.eval_every=2", "tracking.experiment=e2e-sweep",
+            "tracking.registered_model=e2e-sweep-primary"]
+    sweep_file = workflow_spec(tmp, 5, sets, "sweep", {
+        "name": "tiny", "search": "grid",
+        "space": {"algorithm.name": ["fixmatch", "cmpl"], "algorithm.tau": [0.5], "algorithm.lambda_u": [1.0],
+                  "data.labeled_fraction": [0.34, 0.67]},
+        "asha": {"enabled": True, "grace_period": 2, "reduction_factor": 2},
+    })
     spec = load_sweep(sweep_file)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(ray.tune.schedulers, "ASHAScheduler", WeakPointASHA)  # build_tuner imports it when called

@@ -17,22 +17,17 @@ from ssl_core.engine import Report
 from ssl_core.loop import run_local
 from ssl_core.pretrain.config import load_pretrain_config
 from ssl_core.pretrain.local import run_local_pretrain
+from tests.tiny_runs import DEMO, PRETRAIN, tiny_run
 from workflows.pretrain import run_pretraining
 from workflows.runtime.training import run_training
 
 pytestmark = pytest.mark.e2e
-ROOT = Path(__file__).resolve().parents[2]
-DEMO = ROOT / "configs" / "demo.yaml"
-PRETRAIN = ROOT / "configs" / "pretrain_demo.yaml"
 
 
 def common(dataset: Path, tmp: Path) -> list[str]:
-    return [f"data.root={dataset}", "data.synthetic.enabled=false", "data.labeled_fraction=0.5", "data.num_frames=4",
-            "data.size=40", "data.eval_clips=1", "augment.crop_size=32", "model.primary=small3d_w0.25",
-            "train.iterations=4", "train.batch_size=2", "train.log_every=2", "train.checkpoint_every=4",
-            "train.warmup_iters=1", "scaling.num_workers=1", "scaling.cpus_per_worker=0.5",
-            f"tracking.uri=sqlite:///{tmp}/mlflow.db", "tracking.registered_model=null",
-            f"output.storage={tmp}/runs", f"data.cache_dir={tmp}/cache"]
+    return [*tiny_run(dataset, tmp), "train.iterations=4", "train.batch_size=2", "train.log_every=2",
+            "train.checkpoint_every=4", "scaling.num_workers=1", "scaling.cpus_per_worker=0.5",
+            "tracking.registered_model=null"]
 
 
 def logged_keys(tmp: Path, run_id: str) -> set[str]:

@@ -13,50 +13,36 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-import yaml
 from mlflow import MlflowClient
 
-from ssl_core.data import synthetic
 from ssl_core.data.manifest import load_manifest
 from ssl_core.data.pseudo_labels import read_pseudo_labels
+from tests.tiny_runs import workflow_spec
 from workflows import noisy_student
 from workflows.noisy_student import STATE_FILE, WorkflowState
-
-DEMO = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 
 
 @pytest.fixture(scope="module")
 def workflow(ray_local: None, tmp_path_factory: pytest.TempPathFactory) -> dict:
     tmp = tmp_path_factory.mktemp("noisy_student")
+    sets = ["data.labeled_per_class=1", "data.labeled_fraction=null", "train.mu=2", "train.eval_every=4",
+            "tracking.experiment=e2e-ns", "tracking.registered_model=e2e-ns"]
+    spec_file = workflow_spec(tmp, 3, sets, "noisy_student", {
+        "name": "ns", "rounds": 2,
+        "teacher": {"algorithm.name": "supervised", "model.primary": "small3d_w0.5"},
+        "student": {"model.dropout": 0.2},
+        "students": [{"model.primary": "small3d_w0.5"}, {"model.primary": "small3d"}],
+        "pseudo_labels": {"min_confidence": 0.0, "top_k_per_class": 3, "clips": 1},
+    })
     root = tmp / "synth"
-    synthetic.generate(root, classes=3, videos_per_class=6, seed=3, frames=16, size=48)
-    spec_file = tmp / "ns.yaml"
-    spec_file.write_text(yaml.safe_dump({
-        "base": str(DEMO),
-        "set": [
-            f"data.root={root}", "data.synthetic.enabled=false", "data.num_frames=4", "data.size=40",
-            "data.labeled_per_class=1", "data.labeled_fraction=null", "data.eval_clips=1", "augment.crop_size=32",
-            "train.iterations=4", "train.batch_size=2", "train.mu=2", "train.log_every=2", "train.eval_every=4",
-            "train.checkpoint_every=2", "train.warmup_iters=1", "scaling.cpus_per_worker=0.5",
-            "data.decode_cpus=0.25", f"tracking.uri=sqlite:///{tmp}/mlflow.db", "tracking.experiment=e2e-ns",
-            "tracking.registered_model=e2e-ns", f"output.storage={tmp}/runs",
-        ],
-        "noisy_student": {
-            "name": "ns", "rounds": 2,
-            "teacher": {"algorithm.name": "supervised", "model.primary": "small3d_w0.5"},
-            "student": {"model.dropout": 0.2},
-            "students": [{"model.primary": "small3d_w0.5"}, {"model.primary": "small3d"}],
-            "pseudo_labels": {"min_confidence": 0.0, "top_k_per_class": 3, "clips": 1},
-        },
-    }))
     args = ["--config", str(spec_file)]
     first = noisy_student.main([*args, "--until", "round-1-labels"])
     folder = tmp / "runs" / "ns"
     after_stop = json.loads((folder / STATE_FILE).read_text())["stages"]
     second = noisy_student.main([*args, "--resume"])
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp}/mlflow.db")
-    return {"tmp": tmp, "root": root, "folder": folder, "first": first, "second": second, "after_stop": after_stop,
-            "state": WorkflowState.load(folder), "client": client}
+    return {"tmp": tmp, "root": root, "spec_file": spec_file, "folder": folder, "first": first, "second": second,
+            "after_stop": after_stop, "state": WorkflowState.load(folder), "client": client}
 
 
 def test_stops_after_a_stage_and_resumes_without_redoing_it(workflow: dict) -> None:
@@ -128,5 +114,4 @@ def test_lineage_in_mlflow(workflow: dict) -> None:
 
 
 def test_new_workflow_refuses_an_existing_folder(workflow: dict) -> None:
-    spec_file = workflow["tmp"] / "ns.yaml"
-    assert noisy_student.main(["--config", str(spec_file)]) == 2
+    assert noisy_student.main(["--config", str(workflow["spec_file"])]) == 2

@@ -11,12 +11,12 @@ from pathlib import Path
 from mlflow import MlflowClient
 
 from ssl_core.pretrain.config import load_pretrain_config
-from tests.e2e.test_e2e_pretrain import PRETRAIN, common
+from tests.tiny_runs import PRETRAIN, tiny_run
 from workflows.pretrain import run_pretraining
 
 
 def test_pretrain_resumes_in_the_same_run(ray_local: None, synth_dataset: Path, tmp_path: Path) -> None:
-    overrides = [*common(synth_dataset, tmp_path), "train.iterations=4", "train.batch_size=2", "train.log_every=2",
+    overrides = [*tiny_run(synth_dataset, tmp_path), "train.iterations=4", "train.batch_size=2", "train.log_every=2",
                  "train.checkpoint_every=2", "pretrain.knn_every=2", "pretrain.hidden_dim=32", "pretrain.proj_dim=16",
                  "pretrain.probe_steps=10", "scaling.num_workers=2", "scaling.cpus_per_worker=0.5",
                  "tracking.experiment=e2e-pretrain-resume", "tracking.registered_model=e2e-backbone-resume"]

@@ -16,7 +16,7 @@ from ssl_core.config import load_config
 from ssl_core.models import build_model
 from ssl_core.pretrain.config import load_pretrain_config
 from ssl_core.train_step import init_models
-from tests.e2e.test_e2e_pretrain import DEMO, ROOT, common
+from tests.tiny_runs import DEMO, ROOT, tiny_run
 from workflows.pretrain import run_pretraining
 
 VIDEOMAE = ROOT / "configs" / "pretrain_videomae_demo.yaml"
@@ -24,7 +24,7 @@ VIDEOMAE = ROOT / "configs" / "pretrain_videomae_demo.yaml"
 
 def test_videomae_pretrains_on_two_ddp_workers(ray_local: None, synth_dataset: Path, tmp_path: Path) -> None:
     vit = ["model.primary=vit_tiny", "data.num_frames=4", "augment.crop_size=32"]
-    overrides = [*common(synth_dataset, tmp_path), *vit, "pretrain.mask_ratio=0.75", "train.iterations=4",
+    overrides = [*tiny_run(synth_dataset, tmp_path), *vit, "pretrain.mask_ratio=0.75", "train.iterations=4",
                  "train.batch_size=2", "train.log_every=2", "train.checkpoint_every=4", "pretrain.knn_every=2",
                  "pretrain.probe_steps=10", "scaling.num_workers=2", "scaling.cpus_per_worker=0.5",
                  "tracking.experiment=e2e-videomae", "tracking.registered_model=e2e-vit-backbone"]
@@ -36,6 +36,6 @@ def test_videomae_pretrains_on_two_ddp_workers(ray_local: None, synth_dataset: P
     assert [m.value for m in client.get_metric_history(run.info.run_id, "pretrain/mask_ratio")] == [0.75, 0.75]
     assert [m.step for m in client.get_metric_history(run.info.run_id, "loss/reconstruction")] == [2, 4]
     assert [m.step for m in client.get_metric_history(run.info.run_id, "knn/top1")] == [0, 2, 4]
-    cfg = load_config(DEMO, [*common(synth_dataset, tmp_path), *vit, f"model.init={outcome.run_dir}"])
+    cfg = load_config(DEMO, [*tiny_run(synth_dataset, tmp_path), *vit, f"model.init={outcome.run_dir}"])
     (report,) = init_models(cfg, {"primary": build_model("vit_tiny", num_classes=outcome.num_classes)})
     assert report.missing == [] and report.unexpected == [] and report.reinitialised == ["head.weight", "head.bias"]

@@ -40,10 +40,10 @@ from ssl_core.pretrain.step import (
     Pretrainer,
     build_net,
     pretrain_optimize,
-    restore_pretrain_state,
     save_pretrain_checkpoint,
 )
 from ssl_core.typed_config import ConfigError
+from tests.unit.pretrain_resume import assert_resume_takes_the_same_step, fresh_pretrainer
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "pretrain_demo.yaml"
 
@@ -349,23 +349,12 @@ def test_rho_moco_learns_to_tell_videos_apart() -> None:
 @pytest.mark.parametrize(("objective", "pretext"), [("rho_moco", "arrow"), ("simclr", "speed")])
 def test_checkpoint_resumes_exactly_and_model_init_reads_the_backbone(tmp_path: Path, objective: str,
                                                                       pretext: str) -> None:
-    from ssl_core.schedule import build_scheduler
-    from ssl_core.train_step import build_optimizer
-
     torch.set_num_threads(1)
     setup = load_pretrain_config(CONFIG, ["model.primary=small3d_w0.25", f"pretrain.objective={objective}",
                                           f"pretrain.pretext={pretext}", "train.batch_size=4",
                                           "augment.crop_size=32", "pretrain.hidden_dim=32", "pretrain.proj_dim=16"])
     classes = ["a", "b", "c"]
-
-    def make() -> tuple[Pretrainer, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-        torch.manual_seed(0)
-        net, _ = build_net(setup, classes)
-        optimizer = build_optimizer(setup.base, {"net": net})
-        return (Pretrainer(net, setup.pretrain, iterations=10, queue_size=12, seed=0), optimizer,
-                build_scheduler(optimizer, warmup=2, total=10))
-
-    trainer, optimizer, scheduler = make()
+    trainer, optimizer, scheduler = fresh_pretrainer(setup, classes, queue_size=12)
     batch = [torch.randn(4, 2, 3, 8, 32, 32) for _ in range(3)]
     labels = torch.randint(0, 2, (4, 2))
     for views in batch[:2]:
@@ -387,15 +376,10 @@ def test_checkpoint_resumes_exactly_and_model_init_reads_the_backbone(tmp_path: 
     assert classifier(torch.randn(1, 3, 8, 32, 32)).shape == (1, 3)
 
     # Resume: a fresh trainer restored from the checkpoint takes the same next step as the original.
-    resumed, optimizer2, scheduler2 = make()
-    assert restore_pretrain_state(state, trainer=resumed, optimizer=optimizer2, scheduler=scheduler2) == 2
-    rng = torch.get_rng_state()
-    expected = pretrain_optimize(trainer, optimizer, scheduler, batch[2], labels, grad_clip=5.0)
-    torch.set_rng_state(rng)
-    got = pretrain_optimize(resumed, optimizer2, scheduler2, batch[2], labels, grad_clip=5.0)
-    assert float(got["loss/total"]) == pytest.approx(float(expected["loss/total"]), rel=1e-5)
+    resumed = fresh_pretrainer(setup, classes, queue_size=12)
+    assert_resume_takes_the_same_step(state, (trainer, optimizer, scheduler), resumed, batch[2], labels)
     if objective == "rho_moco":
-        assert torch.equal(resumed.queue.keys, trainer.queue.keys)
+        assert torch.equal(resumed[0].queue.keys, trainer.queue.keys)
 
     # model.init from the run folder: every backbone key, the classifier left at the run's fresh init.
     src = read_init_source(str(tmp_path / "run"))

@@ -22,13 +22,13 @@ from ssl_core.pretrain.step import (
     Pretrainer,
     build_net,
     pretrain_optimize,
-    restore_pretrain_state,
     save_pretrain_checkpoint,
 )
 from ssl_core.pretrain.videomae import reconstruction_loss, tube_mask, tube_targets
 from ssl_core.schedule import build_scheduler
 from ssl_core.train_step import build_optimizer, init_models
 from ssl_core.typed_config import ConfigError
+from tests.unit.pretrain_resume import assert_resume_takes_the_same_step, fresh_pretrainer
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs" / "pretrain_videomae_demo.yaml"
@@ -120,15 +120,7 @@ def test_checkpoint_resumes_exactly_and_model_init_loads_every_encoder_key(tmp_p
     torch.set_num_threads(1)
     setup = load_pretrain_config(CONFIG, TINY)
     classes = ["a", "b", "c"]
-
-    def make() -> tuple[Pretrainer, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-        torch.manual_seed(0)
-        net, _ = build_net(setup, classes)
-        optimizer = build_optimizer(setup.base, {"net": net})
-        return (Pretrainer(net, setup.pretrain, iterations=10, queue_size=1, seed=0), optimizer,
-                build_scheduler(optimizer, warmup=2, total=10))
-
-    trainer, optimizer, scheduler = make()
+    trainer, optimizer, scheduler = fresh_pretrainer(setup, classes, queue_size=1)
     batch = [torch.randn(4, 1, 3, 8, 32, 32) for _ in range(3)]
     for views in batch[:2]:
         pretrain_optimize(trainer, optimizer, scheduler, views, None, grad_clip=5.0)
@@ -140,13 +132,8 @@ def test_checkpoint_resumes_exactly_and_model_init_loads_every_encoder_key(tmp_p
     assert "decoder" in state["algorithm"]
 
     # Resume: a fresh trainer restored from the checkpoint takes the same next step (mask draw included).
-    resumed, optimizer2, scheduler2 = make()
-    assert restore_pretrain_state(state, trainer=resumed, optimizer=optimizer2, scheduler=scheduler2) == 2
-    rng = torch.get_rng_state()
-    expected = pretrain_optimize(trainer, optimizer, scheduler, batch[2], None, grad_clip=5.0)
-    torch.set_rng_state(rng)
-    got = pretrain_optimize(resumed, optimizer2, scheduler2, batch[2], None, grad_clip=5.0)
-    assert float(got["loss/total"]) == pytest.approx(float(expected["loss/total"]), rel=1e-5)
+    resumed = fresh_pretrainer(setup, classes, queue_size=1)
+    assert_resume_takes_the_same_step(state, (trainer, optimizer, scheduler), resumed, batch[2], None)
 
     # model.init of a ViT training run from the run folder: every encoder key, the head left fresh.
     cfg = load_config(DEMO, ["model.primary=vit_tiny", f"model.init={run}"])

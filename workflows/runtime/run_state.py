@@ -26,6 +26,13 @@ RUN_FILE = "vidssl_run.json"
 LOG_FILE = terminal.LOG_FILE  # in the run folder: this process's logs and Ray's workers' output, see terminal.py
 
 
+def write_record(path: Path, payload: dict[str, Any]) -> None:
+    """A `--resume` record as indented JSON, through a temporary file: a crash never leaves half a record."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2))
+    os.replace(tmp, path)
+
+
 @dataclass
 class RunState:
     """What a run needs to be resumed: its Ray Train name, its MLflow run, its resolved config."""
@@ -39,9 +46,7 @@ class RunState:
     def save(self) -> None:
         payload = {"name": self.name, "mlflow_run_id": self.mlflow_run_id, "tracking_uri": self.tracking_uri,
                    "config": self.config}
-        tmp = self.run_dir / (RUN_FILE + ".tmp")
-        tmp.write_text(json.dumps(payload, indent=2))
-        os.replace(tmp, self.run_dir / RUN_FILE)
+        write_record(self.run_dir / RUN_FILE, payload)
 
     @classmethod
     def load(cls, run_dir: Path) -> RunState:
