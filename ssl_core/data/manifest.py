@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ssl_core.atomic_file import write_text_atomic
 from ssl_core.data.synthetic import stratified_test_mask
 from ssl_core.user_errors import UserError, read_text
 
@@ -395,9 +396,7 @@ def write_split_file(path: Path, labeled: Sequence[VideoRecord], manifest: Manif
             "(delete it or choose another path)"
         )
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(content)
-    os.replace(tmp, path)  # atomic: a crash never leaves half a split file that a later run would trust
+    write_text_atomic(path, content)
 
 
 def read_split_file(path: Path, manifest: Manifest, root: Path) -> list[VideoRecord]:

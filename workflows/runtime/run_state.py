@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ssl_core.atomic_file import write_text_atomic
 from ssl_core.config import ConfigError
 from ssl_core.run_folder import discard
 from workflows.console import terminal
@@ -28,9 +28,7 @@ LOG_FILE = terminal.LOG_FILE  # in the run folder: this process's logs and Ray's
 
 def write_record(path: Path, payload: dict[str, Any]) -> None:
     """A `--resume` record as indented JSON, through a temporary file: a crash never leaves half a record."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(payload, indent=2))
 
 
 @dataclass

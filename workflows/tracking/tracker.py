@@ -32,6 +32,7 @@ from mlflow import MlflowClient
 from mlflow.entities import DatasetInput, InputTag, Metric, Param
 from mlflow.exceptions import MlflowException
 
+from ssl_core.atomic_file import write_text_atomic
 from ssl_core.config import Config, ConfigError
 from workflows.console import terminal
 from workflows.tracking.safe_model import log_safe_model, version_description, version_tags
@@ -95,12 +96,6 @@ def check_reachable(uri: str) -> None:
         reason = re.search(r"\[Errno -?\d+\][^'\")]*", str(err))
         detail = reason.group(0) if reason else " ".join(str(err).split())[:300]
         raise TrackingUnreachable(f"MLflow tracking server {uri} is unreachable: {detail}") from err
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def read_unsent(directory: str | Path) -> list[dict[str, Any]]:
@@ -262,7 +257,7 @@ class Tracker:
         lines = [json.dumps({"uri": self.uri, "run_id": self.run_id, "key": m.key, "value": m.value,
                              "timestamp": m.timestamp, "step": m.step, "model_id": m.model_id})
                  for m in self.unsent]
-        _write_atomic(Path(directory) / UNSENT_FILE, "".join(line + "\n" for line in lines))
+        write_text_atomic(Path(directory) / UNSENT_FILE, "".join(line + "\n" for line in lines))
         return len(lines)
 
     def requeue(self, records: list[dict[str, Any]]) -> None:
