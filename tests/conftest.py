@@ -1,9 +1,11 @@
 """Shared fixtures (a tiny synthetic dataset generated once per test session; Ray in-process per module) and the
-markers, which follow the folders: tests/e2e -> e2e, tests/slow -> e2e + slow; tests/unit carries neither.
+markers, which follow the folders: tests/e2e -> e2e, tests/slow -> e2e + slow, tests/zoo -> e2e + slow + zoo;
+tests/unit carries none.
 
     make test-unit   # tests/unit
     make test        # -m "not slow": tests/unit + tests/e2e
-    make test-slow   # -m slow: tests/slow
+    make test-slow   # -m "slow and not zoo": tests/slow
+    make test-zoo    # -m zoo: tests/zoo
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ def ray_local() -> Iterator[None]:
     ray.shutdown()
 
 
-FOLDER_MARKERS = {"unit": set(), "e2e": {"e2e"}, "slow": {"e2e", "slow"}}
+FOLDER_MARKERS = {"unit": set(), "e2e": {"e2e"}, "slow": {"e2e", "slow"}, "zoo": {"e2e", "slow", "zoo"}}
 
 
 @pytest.hookimpl(tryfirst=True)  # before -m deselects by these markers
@@ -56,9 +58,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         folder = item.path.relative_to(root).parts[0]
         wanted = FOLDER_MARKERS.get(folder)
         if wanted is None:
-            misplaced.append(f"{item.nodeid}: not under tests/unit, tests/e2e or tests/slow")
+            misplaced.append(f"{item.nodeid}: not under tests/unit, tests/e2e, tests/slow or tests/zoo")
             continue
-        own = {m.name for m in item.iter_markers()} & {"e2e", "slow"}
+        own = {m.name for m in item.iter_markers()} & {"e2e", "slow", "zoo"}
         if own - wanted:
             misplaced.append(f"{item.nodeid}: marked {sorted(own - wanted)}, which tests/{folder} does not hold")
         for name in sorted(wanted - own):
