@@ -12,38 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mlflow import MlflowClient
 
 from ssl_core.config import ConfigError
 from ssl_core.data.cache_errors import CacheTooLarge
+from tests.failed_runs import error_line, runs_of, tiny_sets
+from tests.tiny_runs import DEMO
 from workflows.runtime import fit, streams, training
 from workflows.runtime.run_state import find_run
 from workflows.train import main
-
-DEMO = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
-
-
-def tiny_sets(dataset: Path, tmp: Path, *extra: str) -> list[str]:
-    overrides = [
-        f"data.root={dataset}", "data.synthetic.enabled=false", "data.labeled_fraction=0.5", "data.num_frames=4",
-        "data.size=40", "data.eval_clips=1", "augment.crop_size=32", "model.primary=small3d_w0.25",
-        "model.auxiliary=small3d_w0.25", "train.iterations=2", "train.batch_size=4",
-        f"tracking.uri=sqlite:///{tmp}/mlflow.db", "tracking.experiment=prep", f"output.storage={tmp}/runs", *extra,
-    ]
-    return [arg for o in overrides for arg in ("--set", o)]
-
-
-def runs_of(tmp: Path) -> list[Any]:
-    client = MlflowClient(f"sqlite:///{tmp}/mlflow.db")
-    experiment = client.get_experiment_by_name("prep")
-    return [] if experiment is None else client.search_runs([experiment.experiment_id])
-
-
-def error_line(capsys: pytest.CaptureFixture[str]) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    (line,) = [line for line in err.splitlines() if line.startswith("error:")]
-    return line
 
 
 def test_an_error_after_the_mlflow_run_opened_marks_it_failed_and_leaves_no_run_folder(

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from tests.e2e.test_failed_preparation import DEMO, error_line, runs_of, tiny_sets
+from tests.failed_runs import error_line, runs_of, tiny_sets
+from tests.tiny_runs import DEMO
 from workflows.train import main
 
 

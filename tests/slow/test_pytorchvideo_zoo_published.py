@@ -16,7 +16,7 @@ import torch
 from ssl_core.models import build_model
 from ssl_core.models.init import load_init, read_init_source
 from ssl_core.models.pytorchvideo_hub import ENTRIES
-from tests.unit.test_pytorchvideo_zoo import reference, reference_logits, save_pyth
+from tests.pytorchvideo_reference import reference, reference_logits, save_pyth
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 

@@ -23,7 +23,7 @@ from ssl_core.algorithms.components import (
     sharpen,
 )
 from ssl_core.algorithms.ema import ema_update
-from tests.unit.handmade import TableModel, ce, ids, softmax
+from tests.unit.handmade import FIXMATCH_ROWS, TableModel, ce, fixmatch_batch, ids, softmax
 
 # ---------------------------------------------------------------- components
 
@@ -108,30 +108,12 @@ def test_supervised_is_plain_cross_entropy() -> None:
 
 # ---------------------------------------------------------------- fixmatch
 
-# Rows: 0 labeled, 1-4 weak views, 5-8 strong views of unlabeled clips 0..3.
-FIXMATCH_ROWS = [
-    [2.0, 1.0, 0.0],  # labeled, label 1
-    [6.0, 0.0, 0.0],  # weak u0: p_max = e^6 / (e^6 + 2) = 0.995 -> confident, class 0
-    [1.0, 0.0, 0.0],  # weak u1: 0.576 -> not confident
-    [0.0, 1.5, 0.0],  # weak u2: 0.69 -> not confident
-    [0.0, 0.0, 0.2],  # weak u3: not confident
-    [0.5, 1.0, -0.3],  # strong u0
-    [0.0, 3.0, 0.0],  # strong u1
-    [1.0, 1.0, 1.0],  # strong u2
-    [0.0, 0.0, 0.0],  # strong u3
-]
-
-
-def _fixmatch_batch() -> tuple[dict, dict]:
-    labeled = {"video": ids(0), "label": torch.tensor([1])}
-    unlabeled = {"weak": ids(1, 2, 3, 4), "strong": ids(5, 6, 7, 8)}
-    return labeled, unlabeled
 
 
 def test_fixmatch_normalises_by_unlabeled_batch_size() -> None:
     cls = get_algorithm("fixmatch")
     algo = cls({"primary": TableModel(FIXMATCH_ROWS)}, cls.Params(tau=0.95, lambda_u=2.0))
-    out = algo.train_step(*_fixmatch_batch())
+    out = algo.train_step(*fixmatch_batch())
     sup = ce(FIXMATCH_ROWS[0], 1)
     unsup = ce(FIXMATCH_ROWS[5], 0) / 4  # 1 of 4 confident: a quarter of that sample's CE
     assert float(out.metrics["loss/sup_primary"]) == pytest.approx(sup, rel=1e-9)
@@ -147,7 +129,7 @@ def test_fixmatch_normalises_by_unlabeled_batch_size() -> None:
 def test_fixmatch_tau_one_gives_zero_unsupervised_loss() -> None:
     cls = get_algorithm("fixmatch")
     algo = cls({"primary": TableModel(FIXMATCH_ROWS)}, cls.Params(tau=1.0))
-    out = algo.train_step(*_fixmatch_batch())
+    out = algo.train_step(*fixmatch_batch())
     assert float(out.metrics["loss/unsup_primary"]) == 0.0
     assert out.loss.item() == pytest.approx(ce(FIXMATCH_ROWS[0], 1), rel=1e-9)
 
@@ -155,7 +137,7 @@ def test_fixmatch_tau_one_gives_zero_unsupervised_loss() -> None:
 def test_fixmatch_gradient_flows_through_strong_and_labeled_not_weak() -> None:
     cls = get_algorithm("fixmatch")
     model = TableModel(FIXMATCH_ROWS)
-    cls({"primary": model}, cls.Params(tau=0.6)).train_step(*_fixmatch_batch()).loss.backward()
+    cls({"primary": model}, cls.Params(tau=0.6)).train_step(*fixmatch_batch()).loss.backward()
     grad_norm = model.table.grad.abs().sum(dim=1)
     assert grad_norm[0] > 0  # labeled
     assert torch.all(grad_norm[1:5] == 0)  # weak views: targets only
@@ -250,7 +232,7 @@ def test_bad_inputs_raise_clear_errors() -> None:
     with pytest.raises(ValueError, match="tau"):
         fixmatch.Params(tau=1.5)
     algo = fixmatch({"primary": TableModel(FIXMATCH_ROWS)}, None)
-    labeled, unlabeled = _fixmatch_batch()
+    labeled, unlabeled = fixmatch_batch()
     with pytest.raises(ValueError, match="unlabeled batch"):
         algo.train_step(labeled, None)
     with pytest.raises(KeyError, match=r"lacks keys \['strong'\]"):

@@ -23,7 +23,7 @@ from ssl_core.data import clip_cache, decode
 from ssl_core.data.clip_cache import CacheTooLarge, ClipCache, build_cache, cache_for_config, select_frames
 from ssl_core.data.decode_base import DecodeError, DecodeTimeout
 from ssl_core.data.manifest import VideoRecord
-from tests.unit.test_decode_robustness import FPS, bad_files, write_video
+from tests.unit.odd_videos import FPS, bad_files, write_video
 
 SIZE = 24
 

@@ -18,7 +18,7 @@ from ssl_core.config import load_config
 from ssl_core.data import clip_cache, decode
 from ssl_core.data.decode_base import DEFAULT_MAX_DECODE_PIXELS, DecodeError
 from ssl_core.data.decoders import get_decoder, torchcodec_unavailable
-from tests.unit.test_decode_robustness import half_white, write_video
+from tests.unit.odd_videos import half_white, write_video
 
 W, H = 64, 48  # 3072 pixels
 ROOT = Path(__file__).resolve().parents[2]

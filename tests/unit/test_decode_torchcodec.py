@@ -13,7 +13,7 @@ pytest.importorskip("torchcodec")
 from ssl_core.data import decode as pyav_backend  # noqa: E402
 from ssl_core.data.decode_base import DecodeError, DecodeTimeout  # noqa: E402
 from ssl_core.data.decoders import DecoderUnavailable, get_decoder  # noqa: E402
-from tests.unit.test_decode_robustness import FPS, bad_files, half_white, write_video  # noqa: E402
+from tests.unit.odd_videos import FPS, bad_files, half_white, write_video  # noqa: E402
 
 try:
     tc = get_decoder("torchcodec")

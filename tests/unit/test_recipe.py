@@ -22,8 +22,7 @@ from ssl_core.models import build_model
 from ssl_core.models.registry import temporal_gradient
 from ssl_core.schedule import build_scheduler
 from ssl_core.train_step import optimize
-from tests.unit.handmade import TableModel, ce, ids, softmax
-from tests.unit.test_algorithms import FIXMATCH_ROWS, _fixmatch_batch
+from tests.unit.handmade import FIXMATCH_ROWS, TableModel, ce, fixmatch_batch, ids, softmax
 
 # ---------------------------------------------------------------- warm-up and ramp
 
@@ -48,7 +47,7 @@ def test_fixmatch_warmup_forwards_labeled_clips_only_then_ramps_in() -> None:
     losses = []
     for step in range(4):
         algo.steps_done = step
-        losses.append(algo.train_step(*_fixmatch_batch()).loss.item())
+        losses.append(algo.train_step(*fixmatch_batch()).loss.item())
     assert seen == [1, 1, 9, 9]  # warm-up: the labeled clip alone; then labeled + weak + strong
     assert losses == pytest.approx([sup, sup, sup + 0.5 * unsup, sup + unsup], rel=1e-9)
 

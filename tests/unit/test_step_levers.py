@@ -13,8 +13,7 @@ from ssl_core.algorithms import get_algorithm
 from ssl_core.config import load_config
 from ssl_core.schedule import build_scheduler
 from ssl_core.train_step import build_models, build_optimizer, input_memory_format, make_batches, optimize, place_models
-from tests.unit.handmade import TableModel
-from tests.unit.test_algorithms import FIXMATCH_ROWS, _fixmatch_batch
+from tests.unit.handmade import FIXMATCH_ROWS, TableModel, fixmatch_batch
 
 
 class Recorder(TableModel):
@@ -36,7 +35,7 @@ def test_weak_no_grad_keeps_the_loss_and_forwards_the_weak_view_without_gradient
     for weak_no_grad in (False, True):
         models = {role: Recorder(FIXMATCH_ROWS) for role in cls.roles}
         algo = cls(models, cls.Params(tau=0.95, weak_no_grad=weak_no_grad))
-        losses[weak_no_grad] = float(algo.train_step(*_fixmatch_batch()).loss.detach())
+        losses[weak_no_grad] = float(algo.train_step(*fixmatch_batch()).loss.detach())
         calls[weak_no_grad] = models["primary"].calls
     assert losses[True] == pytest.approx(losses[False], rel=1e-12)  # no BatchNorm here: the same logits
     assert calls[False] == [(9, True)]  # labeled + weak + strong in one forward
