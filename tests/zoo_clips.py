@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from torch import Tensor
+
 from ssl_core.data.transforms import MIN_CROP
 from ssl_core.models import model_inputs
 from ssl_core.models.registry import TG_SUFFIX
@@ -52,3 +54,10 @@ def zoo_overrides(dataset: Path, tmp: Path, primary: str, auxiliary: str, algori
         "algorithm.tau=0.0", "algorithm.unsup_warmup=0", "algorithm.unsup_rampup=0",
         f"output.storage={tmp}/runs",
     ]
+
+
+def assert_both_slowfast_pathways_trained(weights: dict[str, Tensor]) -> None:
+    """SlowFast's slow (0) and fast (1) pathway, both made from the one clip the stream carries, saw every
+    training batch: their stems' BatchNorm counted the same batches."""
+    seen = [int(weights[f"blocks.0.multipathway_blocks.{p}.norm.num_batches_tracked"]) for p in (0, 1)]
+    assert seen[0] == seen[1] > 0

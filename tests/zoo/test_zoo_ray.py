@@ -21,7 +21,7 @@ from ssl_core.config import load_config
 from ssl_core.models import list_models
 from ssl_core.models.registry import TG_SUFFIX
 from tests.tiny_runs import DEMO
-from tests.zoo_clips import LARGE_CLIP, smallest_clip, zoo_overrides
+from tests.zoo_clips import LARGE_CLIP, assert_both_slowfast_pathways_trained, smallest_clip, zoo_overrides
 from workflows.runtime.training import run_training
 
 # pytorchvideo's Swish backward (X3D) reads ctx.saved_variables, which torch deprecates.
@@ -71,11 +71,7 @@ def test_every_registered_model_trains_through_ray_data_and_ray_train(
         assert state["model_names"] == {"primary": primary, "auxiliary": auxiliary}
         for role, name in state["model_names"].items():
             if name.removesuffix(TG_SUFFIX) == "slowfast_r50":
-                # the slow (0) and the fast (1) pathway, both made from the one clip the stream carries, saw every
-                # training batch
-                weights = state["models"][role]
-                seen = [int(weights[f"blocks.0.multipathway_blocks.{p}.norm.num_batches_tracked"]) for p in (0, 1)]
-                assert seen[0] == seen[1] > 0
+                assert_both_slowfast_pathways_trained(state["models"][role])
     finally:
         # the large entries' checkpoints and logged models hold hundreds of MB; pytest keeps three sessions' folders
         shutil.rmtree(tmp_path, ignore_errors=True)
