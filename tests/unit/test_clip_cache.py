@@ -18,23 +18,12 @@ import numpy as np
 import pytest
 import torch
 
-from ssl_core.config import Config, with_overrides
 from ssl_core.data import clip_cache, decode
 from ssl_core.data.clip_cache import CacheTooLarge, ClipCache, build_cache, cache_for_config, select_frames
 from ssl_core.data.decode_base import DecodeError, DecodeTimeout
 from ssl_core.data.manifest import VideoRecord
-from tests.unit.odd_videos import FPS, bad_files, write_video
-
-SIZE = 24
-
-
-def painted(path: Path, n: int, *, side: int = 40, width: int | None = None) -> str:
-    """Frame k: a flat grey 20 + 7k (mod 230) with a moving bar (so crops and frame order both show)."""
-    frames = np.zeros((n, side, width or side, 3), np.uint8)
-    for k in range(n):
-        frames[k] = (20 + 7 * k) % 230
-        frames[k, :, (3 * k) % frames.shape[2]] = 255
-    return str(write_video(path, frames))
+from tests.unit.cache_clips import SIZE, config, painted
+from tests.unit.odd_videos import FPS, bad_files
 
 
 def vfr_video(path: Path) -> str:
@@ -248,11 +237,6 @@ def test_a_failed_build_leaves_no_cache(videos: dict[str, str], tmp_path: Path,
     with pytest.raises(OSError, match="disk full"):
         build_cache([videos["long"]], SIZE, tmp_path)
     assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == []
-
-
-def config(tmp_path: Path, *overrides: str) -> Config:
-    return with_overrides({}, [f"output.storage={tmp_path / 'runs'}", f"data.size={SIZE}", "augment.crop_size=16",
-                               *overrides])
 
 
 def test_the_budget_turns_auto_off_and_makes_on_an_error(videos: dict[str, str], tmp_path: Path) -> None:

@@ -31,7 +31,7 @@ from ssl_core.data.clip_cache import (
     cache_for_config,
     remove_stale_builds,
 )
-from tests.unit.test_clip_cache import SIZE, config, painted
+from tests.unit.cache_clips import SIZE, config, painted
 
 ROOT = Path(__file__).resolve().parents[2]
 
