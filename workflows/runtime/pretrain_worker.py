@@ -114,7 +114,7 @@ def build_pretraining(args: WorkerArgs, setup: PretrainSetup) -> tuple[Hooks, in
         tracker.log_metrics(knn, step=0)
         if progress is not None:
             progress.report({**knn, "step": 0, **shown_as_eval(knn)})
-    train_it = cycle(ray.train.get_dataset_shard("train"), t.batch_size)
+    train_it = cycle(ray.train.get_dataset_shard("train"), t.batch_size, "train split")
 
     def step(_: int) -> tuple[Mapping[str, Tensor], int]:
         batch = next(train_it)

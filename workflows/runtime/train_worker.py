@@ -127,9 +127,9 @@ def build_training(args: WorkerArgs, cfg: Config, rank: int) -> tuple[Hooks, int
 
     rank_zero = RankZero.open(args, rank, start_step, unsent if state is not None else None)
     t = cfg.train
-    labeled_it = cycle(ray.train.get_dataset_shard("labeled"), t.batch_size)
+    labeled_it = cycle(ray.train.get_dataset_shard("labeled"), t.batch_size, "labeled split")
     unlabeled_it = (
-        cycle(ray.train.get_dataset_shard("unlabeled"), t.batch_size * t.mu)
+        cycle(ray.train.get_dataset_shard("unlabeled"), t.batch_size * t.mu, "unlabeled split")
         if algorithm_cls.needs_unlabeled
         else None
     )

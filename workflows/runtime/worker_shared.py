@@ -27,15 +27,18 @@ from workflows.runtime.worker_args import WorkerArgs
 from workflows.tracking.tracker import Tracker, read_unsent
 
 
-def cycle(shard: Any, batch_size: int) -> Iterator[dict[str, Tensor]]:
-    """Batches from a dataset shard forever; a new pass re-executes the stream (fresh random clips)."""
+def cycle(shard: Any, batch_size: int, what: str) -> Iterator[dict[str, Tensor]]:
+    """Batches from a dataset shard forever; a new pass re-executes the stream (fresh random clips). `what`
+    names the split in the error raised when a whole pass yields no full batch."""
     while True:
         empty = True
         for batch in shard.iter_torch_batches(batch_size=batch_size, drop_last=True):
             empty = False
             yield batch
         if empty:
-            raise RuntimeError("a training stream produced no full batch: too few readable videos per worker")
+            raise RuntimeError(f"the {what} produced no full batch of {batch_size} clips: fewer readable videos per "
+                               "worker than a batch (lower train.batch_size or scaling.num_workers; the unreadable "
+                               "ones are listed in the run's MLflow artifact data/skipped_videos.tsv)")
 
 
 def mean_across_workers(sums: Mapping[str, float], counts: Mapping[str, int]) -> dict[str, float]:
