@@ -204,6 +204,10 @@ class TrainConfig:
                                       "vit_*, by stage for CNNs (ssl_core/param_groups.py); 1: off")
     decay_norm_and_bias: bool = setting(True, "weight decay on biases and normalisation weights too; false: none on "
                                               "them (VideoMAE / timm fine-tuning)")
+    freeze_backbone_steps: int = setting(0, "linear probing, then fine-tuning (LP-FT): for the first N steps only "
+                                            "the classifier head learns, the backbone keeps its loaded weights and "
+                                            "normalisation statistics (ssl_core/frozen_backbone.py); >= iterations: "
+                                            "a linear probe; 0: off")
     warmup_iters: int = setting(50, "linear LR warm-up steps")
     grad_clip: float = setting(5.0, "gradient-norm clip")
     log_every: int = setting(10, "steps between reports (MLflow + Ray Train)")
@@ -233,6 +237,7 @@ class TrainConfig:
         require(self.head_lr_scale > 0, "head_lr_scale", f"must be > 0, got {self.head_lr_scale}")
         require(0 < self.layer_decay <= 1, "layer_decay", f"must be in (0, 1] (1: off), got {self.layer_decay}")
         require(self.warmup_iters >= 0, "warmup_iters", "must be >= 0")
+        require(self.freeze_backbone_steps >= 0, "freeze_backbone_steps", "must be >= 0")
         require(0 <= self.ema_decay < 1, "ema_decay", f"must be in [0, 1), got {self.ema_decay}")
         require(self.ema_start >= 0, "ema_start", "must be >= 0")
         require(self.precise_bn_batches >= 0, "precise_bn_batches", "must be >= 0")

@@ -46,6 +46,7 @@ from ssl_core.config import Config, ConfigError, dump_yaml, load_config
 from ssl_core.data.decode_base import DecodeError
 from ssl_core.engine import Hooks, Report, Schedule, run
 from ssl_core.evaluate import EvalCounts, PreciseBN, video_probs
+from ssl_core.frozen_backbone import backbone_freeze
 from ssl_core.param_groups import base_lr
 from ssl_core.run_folder import claim_run_dir, discarded_on_failure, stamped
 from ssl_core.schedule import build_scheduler
@@ -196,6 +197,7 @@ def run_local(
             models[role] = freeze(load_checkpoint_model(str(cfg.model.teacher))).to(dev)
         algorithm = algorithm_cls(models, cfg.algorithm.resolved_params())
         algorithm.configure_ema(t.ema_decay, t.ema_start)
+        held = backbone_freeze(algorithm.trainable_models(), t.freeze_backbone_steps)
         if state is not None:
             algorithm.load_state_dict(state["algorithm"])
             algorithm.load_ema_state_dict(state.get("ema", {}))
@@ -216,7 +218,8 @@ def run_local(
             labeled, unlabeled = make_batches(lb, y, ub, truth, cfg.augment, dev,
                                               memory_format=input_memory_format(cfg))
             precise_bn.remember(labeled, unlabeled)
-            _, metrics = optimize(algorithm, optimizer, scheduler, labeled, unlabeled, grad_clip=t.grad_clip)
+            _, metrics = optimize(algorithm, optimizer, scheduler, labeled, unlabeled, grad_clip=t.grad_clip,
+                                 freeze=held)
             return metrics, lb.shape[0] + (0 if ub is None else ub.shape[0])
 
         def test_split(done: int, last: bool) -> dict[str, float]:

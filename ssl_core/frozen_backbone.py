@@ -1,0 +1,61 @@
+"""Linear probing, then fine-tuning (LP-FT: Kumar et al., ICLR 2022, "Fine-Tuning can Distort Pretrained
+Features and Underperform Out-of-Distribution"): for the first `train.freeze_backbone_steps` optimizer steps only
+each trained model's classifier head learns; the backbone keeps the weights and normalisation statistics it was
+loaded with, and from then on the whole model fine-tunes.
+
+A few labeled clips fitted end to end rewrite a pretrained backbone before its features have been used: a head
+fitted first on the frozen features starts the fine-tuning (and a teacher's first pseudo-labels) from the linear
+probe's accuracy instead of a random head's. With `freeze_backbone_steps >= train.iterations` the run is a
+linear probe throughout. The head is what `train.head_lr_scale` scales (ssl_core.param_groups: the last
+classifier layer, and ViT's final norm).
+
+    python -m ssl_core.loop --config configs/demo.yaml --set model.init=<pretraining run folder> \
+        --set train.freeze_backbone_steps=200
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from torch import nn
+
+from ssl_core.param_groups import layer_depths
+from ssl_core.unwrap import unwrap
+
+
+class BackboneFreeze:
+    """Holds the backbones of `models` still for the first `steps` steps: call `hold(step)` before the forward
+    pass and `drop_gradients()` after the backward pass of each step."""
+
+    def __init__(self, models: Mapping[str, nn.Module], steps: int) -> None:
+        self.steps = steps
+        self.parameters: list[nn.Parameter] = []
+        self.norms: list[nn.Module] = []
+        for model in models.values():
+            depths, head = layer_depths(model)
+            core = unwrap(model)
+            self.parameters += [p for name, p in core.named_parameters() if depths[name] != head]
+            backbone = {name.rpartition(".")[0] for name, _ in core.named_parameters() if depths[name] != head}
+            self.norms += [m for name, m in core.named_modules()
+                           if isinstance(m, nn.modules.batchnorm._NormBase) and name in backbone]
+        self.frozen = False
+
+    def hold(self, step: int) -> bool:
+        """Whether `step` (0-based) is a frozen one; its backbone normalisation layers use (and keep) their
+        running statistics while frozen and return to training mode at the first step after."""
+        self.frozen = step < self.steps
+        for norm in self.norms:
+            norm.train(not self.frozen)
+        return self.frozen
+
+    def drop_gradients(self) -> None:
+        """On a frozen step, the backbone's gradients go: the optimizer skips those parameters (no update, no
+        weight decay, no moment estimates) and the gradient-norm clip sees the head's alone."""
+        if self.frozen:
+            for p in self.parameters:
+                p.grad = None
+
+
+def backbone_freeze(models: Mapping[str, nn.Module], steps: int) -> BackboneFreeze | None:
+    """The freeze of train.freeze_backbone_steps = `steps` over the trained `models`; None when off."""
+    return BackboneFreeze(models, steps) if steps > 0 else None

@@ -1,0 +1,59 @@
+"""train.freeze_backbone_steps (LP-FT): the head alone learns for the first steps, then the whole model.
+
+    python -m pytest tests/unit/test_frozen_backbone.py -q
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from ssl_core.algorithms import get_algorithm
+from ssl_core.config import ConfigError, load_config
+from ssl_core.frozen_backbone import BackboneFreeze, backbone_freeze
+from ssl_core.models import build_model
+from ssl_core.schedule import build_scheduler
+from ssl_core.train_step import build_optimizer, optimize
+
+CFG = load_config(None, ["train.warmup_iters=0", "train.iterations=10", "train.optimizer=adamw",
+                         "train.freeze_backbone_steps=3"])
+
+
+def batch(step: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(step)
+    return {"video": torch.randn(4, 3, 4, 16, 16, generator=g), "label": torch.tensor([0, 1, 2, 1])}
+
+
+def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def changed(before: dict[str, torch.Tensor], model: nn.Module) -> set[str]:
+    return {k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.equal(before[k], v)}
+
+
+@pytest.mark.parametrize("name", ["small3d_w0.25", "frame2d_w0.25"])
+def test_only_the_head_learns_until_the_freeze_ends(name: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=3)
+    optimizer = build_optimizer(CFG, {"primary": model})
+    scheduler = build_scheduler(optimizer, warmup=0, total=10)
+    algorithm = get_algorithm("supervised")({"primary": model}, get_algorithm("supervised").Params())
+    held = backbone_freeze(algorithm.trainable_models(), CFG.train.freeze_backbone_steps)
+    assert isinstance(held, BackboneFreeze) and held.norms  # both models normalise: their statistics are held too
+    model.train()
+    start = snapshot(model)
+    for step in range(3):
+        optimize(algorithm, optimizer, scheduler, batch(step), None, grad_clip=5.0, freeze=held)
+    assert changed(start, model) == {"fc.weight", "fc.bias"}  # running statistics and the backbone as loaded
+    optimize(algorithm, optimizer, scheduler, batch(3), None, grad_clip=5.0, freeze=held)
+    moved = changed(start, model)
+    assert any(k.endswith("running_mean") for k in moved) and len(moved) > 4
+    assert all(norm.training for norm in held.norms)
+
+
+def test_off_by_default_and_checked() -> None:
+    assert backbone_freeze({"primary": build_model("small3d_w0.25", num_classes=3)}, 0) is None
+    with pytest.raises(ConfigError, match="train.freeze_backbone_steps"):
+        load_config(None, ["train.freeze_backbone_steps=-1"])
