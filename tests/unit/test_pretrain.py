@@ -395,15 +395,21 @@ def test_checkpoint_resumes_exactly_and_model_init_reads_the_backbone(tmp_path: 
     assert all(torch.equal(target.state_dict()[k], saved[k]) for k in saved if not k.startswith("fc."))
 
 
-def test_ray_free_run_writes_a_backbone_checkpoint(synth_dataset: Path, tmp_path: Path,
+# The shipped recipes: motion-defined classes (small3d, residual clips) and appearance-defined ones (frame2d,
+# background swap, any hue), each at a tiny size.
+RECIPES = [(CONFIG, "small3d_w0.25"), (CONFIG.with_name("pretrain_appearance.yaml"), "frame2d_w0.25")]
+
+
+@pytest.mark.parametrize(("config", "model"), RECIPES, ids=["pretrain_demo", "pretrain_appearance"])
+def test_ray_free_run_writes_a_backbone_checkpoint(synth_dataset: Path, tmp_path: Path, config: Path, model: str,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     from ssl_core.pretrain.local import run_local_pretrain
 
     torch.set_num_threads(1)
-    setup = load_pretrain_config(CONFIG, [
+    setup = load_pretrain_config(config, [
         f"data.root={synth_dataset}", "data.synthetic.enabled=false", "data.labeled_fraction=0.5",
         "data.num_frames=4", "data.size=40", "data.eval_clips=1", "augment.crop_size=32", "data.cache=off",
-        "model.primary=small3d_w0.25", "train.iterations=3", "train.batch_size=4", "train.log_every=1",
+        f"model.primary={model}", "train.iterations=3", "train.batch_size=4", "train.log_every=1",
         "train.warmup_iters=1", "train.checkpoint_every=2", "pretrain.knn_every=2", "pretrain.hidden_dim=32",
         "pretrain.proj_dim=16", "pretrain.probe_steps=5", f"output.storage={tmp_path}",
     ])
