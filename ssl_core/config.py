@@ -205,7 +205,8 @@ class TrainConfig:
     decay_norm_and_bias: bool = setting(True, "weight decay on biases and normalisation weights too; false: none on "
                                               "them (VideoMAE / timm fine-tuning)")
     freeze_backbone_steps: int = setting(0, "linear probing, then fine-tuning (LP-FT): for the first N steps only "
-                                            "the classifier head learns, the backbone keeps its loaded weights and "
+                                            "the classifier head of each model loaded from model.init / "
+                                            "model.auxiliary_init learns, its backbone keeps the loaded weights and "
                                             "normalisation statistics (ssl_core/frozen_backbone.py); >= iterations: "
                                             "a linear probe; 0: off")
     warmup_iters: int = setting(50, "linear LR warm-up steps")
@@ -370,6 +371,9 @@ def check_across_sections(cfg: Config) -> None:
            "ignore it")
     _check(not algorithm_cls.frozen_roles or cfg.model.teacher is not None, "model.teacher",
            f"algorithm {cfg.algorithm.name} needs a teacher: a checkpoint directory or models:/<name>@<alias>")
+    _check(cfg.train.freeze_backbone_steps == 0 or cfg.model.init is not None or cfg.model.auxiliary_init is not None,
+           "train.freeze_backbone_steps", "holds the backbones loaded from model.init / model.auxiliary_init, and "
+           "neither is set: a freshly built backbone has no features to keep")
 
 
 # --- loading -------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Linear probing, then fine-tuning (LP-FT: Kumar et al., ICLR 2022, "Fine-Tuning can Distort Pretrained
 Features and Underperform Out-of-Distribution"): for the first `train.freeze_backbone_steps` optimizer steps only
-each trained model's classifier head learns; the backbone keeps the weights and normalisation statistics it was
+the classifier head of each model loaded from pretrained weights learns (ssl_core.train_step.held_backbones; a
+model built fresh trains from the first step); its backbone keeps the weights and normalisation statistics it was
 loaded with, and from then on the whole model fine-tunes.
 
 A few labeled clips fitted end to end rewrite a pretrained backbone before its features have been used: a head

@@ -46,7 +46,6 @@ from ssl_core.config import Config, ConfigError, dump_yaml, load_config
 from ssl_core.data.decode_base import DecodeError
 from ssl_core.engine import Hooks, Report, Schedule, run
 from ssl_core.evaluate import EvalCounts, PreciseBN, video_probs
-from ssl_core.frozen_backbone import backbone_freeze
 from ssl_core.param_groups import base_lr
 from ssl_core.run_folder import claim_run_dir, discarded_on_failure, stamped
 from ssl_core.schedule import build_scheduler
@@ -54,6 +53,7 @@ from ssl_core.train_step import (
     build_models,
     build_optimizer,
     freeze,
+    held_backbones,
     init_models,
     input_memory_format,
     make_batches,
@@ -197,7 +197,7 @@ def run_local(
             models[role] = freeze(load_checkpoint_model(str(cfg.model.teacher))).to(dev)
         algorithm = algorithm_cls(models, cfg.algorithm.resolved_params())
         algorithm.configure_ema(t.ema_decay, t.ema_start)
-        held = backbone_freeze(algorithm.trainable_models(), t.freeze_backbone_steps)
+        held = held_backbones(cfg, algorithm)
         if state is not None:
             algorithm.load_state_dict(state["algorithm"])
             algorithm.load_ema_state_dict(state.get("ema", {}))

@@ -18,7 +18,7 @@ from ssl_core.algorithms.base import Algorithm, StepOutput
 from ssl_core.config import Config
 from ssl_core.data.batched_augment import unlabeled_views, weak_view
 from ssl_core.data.transforms import AugmentConfig
-from ssl_core.frozen_backbone import BackboneFreeze
+from ssl_core.frozen_backbone import BackboneFreeze, backbone_freeze
 from ssl_core.models import build_model
 from ssl_core.models.init import InitReport, InitSource, load_init, read_init_source
 from ssl_core.models.stochastic_depth import add_stochastic_depth
@@ -79,6 +79,14 @@ def init_models(
         reports.append(load_init(unwrap(model), src.state_dict, name=role, source=src.description,
                                  key=f"model.{key}", source_classes=src.classes, classes=classes))
     return reports
+
+
+def held_backbones(cfg: Config, algorithm: Algorithm) -> BackboneFreeze | None:
+    """train.freeze_backbone_steps over the trained models that start from pretrained weights (INIT_KEYS: the
+    primary from model.init, CMPL's auxiliary from model.auxiliary_init); a model built fresh trains from step 0."""
+    started = {role: m for role, m in algorithm.trainable_models().items()
+               if role in INIT_KEYS and getattr(cfg.model, INIT_KEYS[role]) is not None}
+    return backbone_freeze(started, cfg.train.freeze_backbone_steps)
 
 
 def freeze(model: nn.Module) -> nn.Module:

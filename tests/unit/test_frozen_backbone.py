@@ -14,10 +14,10 @@ from ssl_core.config import ConfigError, load_config
 from ssl_core.frozen_backbone import BackboneFreeze, backbone_freeze
 from ssl_core.models import build_model
 from ssl_core.schedule import build_scheduler
-from ssl_core.train_step import build_optimizer, optimize
+from ssl_core.train_step import build_optimizer, held_backbones, optimize
 
 CFG = load_config(None, ["train.warmup_iters=0", "train.iterations=10", "train.optimizer=adamw",
-                         "train.freeze_backbone_steps=3"])
+                         "train.freeze_backbone_steps=3", "model.init=pretrained/backbone.pt"])
 
 
 def batch(step: int) -> dict[str, torch.Tensor]:
@@ -40,7 +40,7 @@ def test_only_the_head_learns_until_the_freeze_ends(name: str) -> None:
     optimizer = build_optimizer(CFG, {"primary": model})
     scheduler = build_scheduler(optimizer, warmup=0, total=10)
     algorithm = get_algorithm("supervised")({"primary": model}, get_algorithm("supervised").Params())
-    held = backbone_freeze(algorithm.trainable_models(), CFG.train.freeze_backbone_steps)
+    held = held_backbones(CFG, algorithm)
     assert isinstance(held, BackboneFreeze) and held.norms  # both models normalise: their statistics are held too
     model.train()
     start = snapshot(model)
@@ -53,7 +53,20 @@ def test_only_the_head_learns_until_the_freeze_ends(name: str) -> None:
     assert all(norm.training for norm in held.norms)
 
 
+def test_only_models_that_load_weights_are_held() -> None:
+    """CMPL with a pretrained primary and a fresh auxiliary: the auxiliary trains from the first step."""
+    cmpl = get_algorithm("cmpl")
+    models = {"primary": build_model("frame2d_w0.25", num_classes=3), "auxiliary": build_model("small3d_w0.25",
+                                                                                              num_classes=3)}
+    held = held_backbones(CFG, cmpl(models, cmpl.Params()))
+    assert held is not None
+    primary = {id(p) for p in models["primary"].parameters()}
+    assert held.parameters and all(id(p) in primary for p in held.parameters)
+
+
 def test_off_by_default_and_checked() -> None:
     assert backbone_freeze({"primary": build_model("small3d_w0.25", num_classes=3)}, 0) is None
     with pytest.raises(ConfigError, match="train.freeze_backbone_steps"):
         load_config(None, ["train.freeze_backbone_steps=-1"])
+    with pytest.raises(ConfigError, match="train.freeze_backbone_steps: holds the backbones loaded from model.init"):
+        load_config(None, ["train.freeze_backbone_steps=10"])

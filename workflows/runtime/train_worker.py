@@ -32,12 +32,12 @@ from ssl_core.checkpoint import (
 from ssl_core.config import Config, from_dict
 from ssl_core.engine import Hooks, Report, Schedule, run
 from ssl_core.evaluate import EvalCounts, PreciseBN, video_probs
-from ssl_core.frozen_backbone import backbone_freeze
 from ssl_core.schedule import build_scheduler
 from ssl_core.train_step import (
     build_models,
     build_optimizer,
     freeze,
+    held_backbones,
     init_models,
     input_memory_format,
     model_names,
@@ -122,7 +122,7 @@ def build_training(args: WorkerArgs, cfg: Config, rank: int) -> tuple[Hooks, int
         models[role] = freeze(teacher).to(device)
     algorithm = algorithm_cls(models, cfg.algorithm.resolved_params())
     algorithm.configure_ema(cfg.train.ema_decay, cfg.train.ema_start)
-    held = backbone_freeze(algorithm.trainable_models(), cfg.train.freeze_backbone_steps)
+    held = held_backbones(cfg, algorithm)
     if state is not None:
         algorithm.load_state_dict(state["algorithm"])  # EMA teacher, step counters, class-wise thresholds
         algorithm.load_ema_state_dict(state.get("ema", {}))
