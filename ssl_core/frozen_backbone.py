@@ -41,13 +41,12 @@ class BackboneFreeze:
                            if isinstance(m, nn.modules.batchnorm._NormBase) and name in backbone]
         self.frozen = False
 
-    def hold(self, step: int) -> bool:
-        """Whether `step` (0-based) is a frozen one; its backbone normalisation layers use (and keep) their
-        running statistics while frozen and return to training mode at the first step after."""
+    def hold(self, step: int) -> None:
+        """Marks `step` (0-based) frozen or not; while frozen the backbone normalisation layers use (and keep)
+        their running statistics, and they return to training mode at the first step after."""
         self.frozen = step < self.steps
         for norm in self.norms:
             norm.train(not self.frozen)
-        return self.frozen
 
     def drop_gradients(self) -> None:
         """On a frozen step, the backbone's gradients go: the optimizer skips those parameters (no update, no
