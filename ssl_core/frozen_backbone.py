@@ -35,10 +35,13 @@ class BackboneFreeze:
         for model in models.values():
             depths, head = layer_depths(model)
             core = unwrap(model)
-            self.parameters += [p for name, p in core.named_parameters() if depths[name] != head]
-            backbone = {name.rpartition(".")[0] for name, _ in core.named_parameters() if depths[name] != head}
+            owners: set[str] = set()  # modules holding backbone parameters
+            for name, p in core.named_parameters():
+                if depths[name] != head:
+                    self.parameters.append(p)
+                    owners.add(name.rpartition(".")[0])
             self.norms += [m for name, m in core.named_modules()
-                           if isinstance(m, nn.modules.batchnorm._NormBase) and name in backbone]
+                           if isinstance(m, nn.modules.batchnorm._NormBase) and name in owners]
         self.frozen = False
 
     def hold(self, step: int) -> None:
@@ -54,8 +57,3 @@ class BackboneFreeze:
         if self.frozen:
             for p in self.parameters:
                 p.grad = None
-
-
-def backbone_freeze(models: Mapping[str, nn.Module], steps: int) -> BackboneFreeze | None:
-    """The freeze of train.freeze_backbone_steps = `steps` over the trained `models`; None when off."""
-    return BackboneFreeze(models, steps) if steps > 0 else None

@@ -219,7 +219,7 @@ def run_local(
                                               memory_format=input_memory_format(cfg))
             precise_bn.remember(labeled, unlabeled)
             _, metrics = optimize(algorithm, optimizer, scheduler, labeled, unlabeled, grad_clip=t.grad_clip,
-                                 freeze=held)
+                                 held=held)
             return metrics, lb.shape[0] + (0 if ub is None else ub.shape[0])
 
         def test_split(done: int, last: bool) -> dict[str, float]:

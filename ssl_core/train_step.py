@@ -18,7 +18,7 @@ from ssl_core.algorithms.base import Algorithm, StepOutput
 from ssl_core.config import Config
 from ssl_core.data.batched_augment import unlabeled_views, weak_view
 from ssl_core.data.transforms import AugmentConfig
-from ssl_core.frozen_backbone import BackboneFreeze, backbone_freeze
+from ssl_core.frozen_backbone import BackboneFreeze
 from ssl_core.models import build_model
 from ssl_core.models.init import InitReport, InitSource, load_init, read_init_source
 from ssl_core.models.stochastic_depth import add_stochastic_depth
@@ -86,7 +86,8 @@ def held_backbones(cfg: Config, algorithm: Algorithm) -> BackboneFreeze | None:
     primary from model.init, CMPL's auxiliary from model.auxiliary_init); a model built fresh trains from step 0."""
     started = {role: m for role, m in algorithm.trainable_models().items()
                if role in INIT_KEYS and getattr(cfg.model, INIT_KEYS[role]) is not None}
-    return backbone_freeze(started, cfg.train.freeze_backbone_steps)
+    steps = cfg.train.freeze_backbone_steps
+    return BackboneFreeze(started, steps) if steps > 0 and started else None
 
 
 def freeze(model: nn.Module) -> nn.Module:
@@ -193,15 +194,15 @@ def optimize(
     unlabeled: dict[str, Tensor] | None,
     *,
     grad_clip: float,
-    freeze: BackboneFreeze | None = None,
+    held: BackboneFreeze | None = None,
 ) -> tuple[StepOutput, dict[str, Tensor]]:
-    """ssl_step -> backward -> clip -> step -> EMA -> LR (with `freeze`, train.freeze_backbone_steps, the
+    """ssl_step -> backward -> clip -> step -> EMA -> LR (with `held`, train.freeze_backbone_steps, the
     backbones sit out the first steps: ssl_core.frozen_backbone); returns the step output and its scalar metrics as
     detached 0-d tensors on the device: nothing here waits for the device (ssl_core.metrics.WindowMeans
     brings them over once per logging window)."""
     algorithm.steps_done = scheduler.last_epoch  # steps done so far (the scheduler is checkpointed, so this resumes)
-    if freeze is not None:
-        freeze.hold(algorithm.steps_done)
+    if held is not None:
+        held.hold(algorithm.steps_done)
     device_type = labeled["video"].device.type
     autocast = (
         torch.autocast(device_type="cuda", dtype=torch.bfloat16) if device_type == "cuda" else contextlib.nullcontext()
@@ -210,8 +211,8 @@ def optimize(
         out = ssl_step(algorithm, labeled, unlabeled)
     optimizer.zero_grad(set_to_none=True)
     out.loss.backward()
-    if freeze is not None:
-        freeze.drop_gradients()
+    if held is not None:
+        held.drop_gradients()
     params = [p for m in algorithm.trainable_models().values() for p in m.parameters()]
     grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
     optimizer.step()

@@ -11,7 +11,7 @@ from torch import nn
 
 from ssl_core.algorithms import get_algorithm
 from ssl_core.config import ConfigError, load_config
-from ssl_core.frozen_backbone import BackboneFreeze, backbone_freeze
+from ssl_core.frozen_backbone import BackboneFreeze
 from ssl_core.models import build_model
 from ssl_core.schedule import build_scheduler
 from ssl_core.train_step import build_optimizer, held_backbones, optimize
@@ -45,9 +45,9 @@ def test_only_the_head_learns_until_the_freeze_ends(name: str) -> None:
     model.train()
     start = snapshot(model)
     for step in range(3):
-        optimize(algorithm, optimizer, scheduler, batch(step), None, grad_clip=5.0, freeze=held)
+        optimize(algorithm, optimizer, scheduler, batch(step), None, grad_clip=5.0, held=held)
     assert changed(start, model) == {"fc.weight", "fc.bias"}  # running statistics and the backbone as loaded
-    optimize(algorithm, optimizer, scheduler, batch(3), None, grad_clip=5.0, freeze=held)
+    optimize(algorithm, optimizer, scheduler, batch(3), None, grad_clip=5.0, held=held)
     moved = changed(start, model)
     assert any(k.endswith("running_mean") for k in moved) and len(moved) > 4
     assert all(norm.training for norm in held.norms)
@@ -65,7 +65,10 @@ def test_only_models_that_load_weights_are_held() -> None:
 
 
 def test_off_by_default_and_checked() -> None:
-    assert backbone_freeze({"primary": build_model("small3d_w0.25", num_classes=3)}, 0) is None
+    off = load_config(None, ["model.init=pretrained/backbone.pt"])
+    supervised = get_algorithm("supervised")
+    assert held_backbones(off, supervised({"primary": build_model("small3d_w0.25", num_classes=3)},
+                                          supervised.Params())) is None
     with pytest.raises(ConfigError, match="train.freeze_backbone_steps"):
         load_config(None, ["train.freeze_backbone_steps=-1"])
     with pytest.raises(ConfigError, match="train.freeze_backbone_steps: holds the backbones loaded from model.init"):

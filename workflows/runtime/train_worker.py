@@ -145,7 +145,7 @@ def build_training(args: WorkerArgs, cfg: Config, rank: int) -> tuple[Hooks, int
         if rank == 0:
             precise_bn.remember(labeled, unlabeled)
         _, metrics = optimize(algorithm, optimizer, scheduler, labeled, unlabeled, grad_clip=t.grad_clip,
-                             freeze=held)
+                             held=held)
         return metrics, len(lb["label"]) + (0 if ub is None else len(ub["true_label"]))
 
     def test_split(done: int, last: bool) -> dict[str, float]:
