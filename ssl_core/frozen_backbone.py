@@ -10,6 +10,11 @@ probe's accuracy instead of a random head's. With `freeze_backbone_steps >= trai
 linear probe throughout. The head is what `train.head_lr_scale` scales (ssl_core.param_groups: the last
 classifier layer, and ViT's final norm).
 
+While frozen, the backbone parameters stop requiring gradients, so autograd records nothing through the backbone
+and the backward pass reaches the head alone (a frozen step costs about a forward pass). A model wrapped in
+DistributedDataParallel (Ray Train with several workers) keeps them: DDP's reducer expects a gradient for every
+parameter it registered, so there the backbone's gradients are computed and dropped after the backward pass.
+
     python -m ssl_core.loop --config configs/demo.yaml --set model.init=<pretraining run folder> \
         --set train.freeze_backbone_steps=200
 """
@@ -42,18 +47,26 @@ class BackboneFreeze:
                     owners.add(name.rpartition(".")[0])
             self.norms += [m for name, m in core.named_modules()
                            if isinstance(m, nn.modules.batchnorm._NormBase) and name in owners]
+        # DDP registers its parameters once, when it wraps the model: toggling requires_grad afterwards would stall
+        # its gradient reduction.
+        self.toggle = not any(isinstance(m, nn.parallel.DistributedDataParallel) for m in models.values())
         self.frozen = False
 
     def hold(self, step: int) -> None:
         """Marks `step` (0-based) frozen or not; while frozen the backbone normalisation layers use (and keep)
         their running statistics, and they return to training mode at the first step after."""
-        self.frozen = step < self.steps
+        frozen = step < self.steps
+        if self.toggle and frozen != self.frozen:
+            for p in self.parameters:
+                p.requires_grad_(not frozen)
+        self.frozen = frozen
         for norm in self.norms:
-            norm.train(not self.frozen)
+            norm.train(not frozen)
 
     def drop_gradients(self) -> None:
-        """On a frozen step, the backbone's gradients go: the optimizer skips those parameters (no update, no
-        weight decay, no moment estimates) and the gradient-norm clip sees the head's alone."""
+        """On a frozen step, the backbone's gradients (computed under DDP only) go: the optimizer skips those
+        parameters (no update, no weight decay, no moment estimates) and the gradient-norm clip sees the head's
+        alone."""
         if self.frozen:
             for p in self.parameters:
                 p.grad = None

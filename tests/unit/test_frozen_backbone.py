@@ -5,8 +5,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from ssl_core.algorithms import get_algorithm
@@ -46,11 +49,37 @@ def test_only_the_head_learns_until_the_freeze_ends(name: str) -> None:
     start = snapshot(model)
     for step in range(3):
         optimize(algorithm, optimizer, scheduler, batch(step), None, grad_clip=5.0, held=held)
+        # autograd recorded nothing through the backbone: the backward pass reached the head alone
+        assert not any(p.requires_grad for p in held.parameters) and all(p.grad is None for p in held.parameters)
     assert changed(start, model) == {"fc.weight", "fc.bias"}  # running statistics and the backbone as loaded
     optimize(algorithm, optimizer, scheduler, batch(3), None, grad_clip=5.0, held=held)
     moved = changed(start, model)
     assert any(k.endswith("running_mean") for k in moved) and len(moved) > 4
-    assert all(norm.training for norm in held.norms)
+    assert all(norm.training for norm in held.norms) and all(p.requires_grad for p in held.parameters)
+
+
+def test_a_ddp_model_keeps_its_gradients_registered(tmp_path: Path) -> None:
+    """Under DistributedDataParallel the backbone still requires gradients (its reducer registered them at
+    wrapping time); they are computed and dropped, and the backbone stays as loaded."""
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'group'}", rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        model = nn.parallel.DistributedDataParallel(build_model("frame2d_w0.25", num_classes=3))
+        optimizer = build_optimizer(CFG, {"primary": model})
+        scheduler = build_scheduler(optimizer, warmup=0, total=10)
+        algorithm = get_algorithm("supervised")({"primary": model}, get_algorithm("supervised").Params())
+        held = held_backbones(CFG, algorithm)
+        assert held is not None and not held.toggle
+        model.train()
+        start = snapshot(model.module)
+        for step in range(3):
+            optimize(algorithm, optimizer, scheduler, batch(step), None, grad_clip=5.0, held=held)
+            assert all(p.requires_grad for p in held.parameters) and all(p.grad is None for p in held.parameters)
+        assert changed(start, model.module) == {"fc.weight", "fc.bias"}
+        optimize(algorithm, optimizer, scheduler, batch(3), None, grad_clip=5.0, held=held)
+        assert len(changed(start, model.module)) > 4
+    finally:
+        dist.destroy_process_group()
 
 
 def test_only_models_that_load_weights_are_held() -> None:
