@@ -209,6 +209,10 @@ class TrainConfig:
                                             "model.auxiliary_init learns, its backbone keeps the loaded weights and "
                                             "normalisation statistics (ssl_core/frozen_backbone.py); >= iterations: "
                                             "a linear probe; 0: off")
+    frozen_stages: int = setting(0, "the first N stages of each backbone loaded from model.init / "
+                                    "model.auxiliary_init stay frozen for the whole run, weights and normalisation "
+                                    "statistics (stage depths as train.layer_decay's: the stem is 0; "
+                                    "ssl_core/frozen_backbone.py); 0: off")
     warmup_iters: int = setting(50, "linear LR warm-up steps")
     grad_clip: float = setting(5.0, "gradient-norm clip")
     log_every: int = setting(10, "steps between reports (MLflow + Ray Train)")
@@ -239,6 +243,7 @@ class TrainConfig:
         require(0 < self.layer_decay <= 1, "layer_decay", f"must be in (0, 1] (1: off), got {self.layer_decay}")
         require(self.warmup_iters >= 0, "warmup_iters", "must be >= 0")
         require(self.freeze_backbone_steps >= 0, "freeze_backbone_steps", "must be >= 0")
+        require(self.frozen_stages >= 0, "frozen_stages", "must be >= 0")
         require(0 <= self.ema_decay < 1, "ema_decay", f"must be in [0, 1), got {self.ema_decay}")
         require(self.ema_start >= 0, "ema_start", "must be >= 0")
         require(self.precise_bn_batches >= 0, "precise_bn_batches", "must be >= 0")
@@ -371,9 +376,10 @@ def check_across_sections(cfg: Config) -> None:
            "ignore it")
     _check(not algorithm_cls.frozen_roles or cfg.model.teacher is not None, "model.teacher",
            f"algorithm {cfg.algorithm.name} needs a teacher: a checkpoint directory or models:/<name>@<alias>")
-    _check(cfg.train.freeze_backbone_steps == 0 or cfg.model.init is not None or cfg.model.auxiliary_init is not None,
-           "train.freeze_backbone_steps", "holds the backbones loaded from model.init / model.auxiliary_init, and "
-           "neither is set: a freshly built backbone has no features to keep")
+    for key in ("freeze_backbone_steps", "frozen_stages"):
+        _check(getattr(cfg.train, key) == 0 or cfg.model.init is not None or cfg.model.auxiliary_init is not None,
+               f"train.{key}", "holds the backbones loaded from model.init / model.auxiliary_init, and neither is "
+               "set: a freshly built backbone has no features to keep")
 
 
 # --- loading -------------------------------------------------------------------------------------

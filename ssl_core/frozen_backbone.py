@@ -10,6 +10,10 @@ probe's accuracy instead of a random head's. With `freeze_backbone_steps >= trai
 linear probe throughout. The head is what `train.head_lr_scale` scales (ssl_core.param_groups: the last
 classifier layer, and ViT's final norm).
 
+`train.frozen_stages=K` holds the first K stages (the stem is stage 0; depths as train.layer_decay's) for the
+whole run while the later stages and the head learn: partial fine-tuning, the standard middle ground between a
+linear probe and the whole network when the labels are few (MMAction2's `frozen_stages`).
+
 While frozen, the backbone parameters stop requiring gradients, so autograd records nothing through the backbone
 and the backward pass reaches the head alone (a frozen step costs about a forward pass). A model wrapped in
 DistributedDataParallel (Ray Train with several workers) keeps them: DDP's reducer expects a gradient for every
@@ -17,11 +21,15 @@ parameter it registered, so there the backbone's gradients are computed and drop
 
     python -m ssl_core.loop --config configs/demo.yaml --set model.init=<pretraining run folder> \
         --set train.freeze_backbone_steps=200
+    python -m ssl_core.loop --config configs/demo.yaml --set model.init=<pretraining run folder> \
+        --set train.frozen_stages=2
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from torch import nn
 
@@ -29,44 +37,66 @@ from ssl_core.param_groups import layer_depths
 from ssl_core.unwrap import unwrap
 
 
-class BackboneFreeze:
-    """Holds the backbones of `models` still for the first `steps` steps: call `hold(step)` before the forward
-    pass and `drop_gradients()` after the backward pass of each step."""
+@dataclass
+class _Held:
+    """Backbone parameters held until step `until` (exclusive), and the normalisation layers that own them."""
 
-    def __init__(self, models: Mapping[str, nn.Module], steps: int) -> None:
+    until: float
+    parameters: list[nn.Parameter] = field(default_factory=list)
+    norms: list[nn.Module] = field(default_factory=list)
+    frozen: bool = False
+
+
+class BackboneFreeze:
+    """Holds the backbones of `models` still for the first `steps` steps, and their first `frozen_stages` stages
+    (param_groups.layer_depths: the stem is depth 0) for the whole run: call `hold(step)` before the forward pass
+    and `drop_gradients()` after the backward pass of each step."""
+
+    def __init__(self, models: Mapping[str, nn.Module], steps: int, *, frozen_stages: int = 0) -> None:
         self.steps = steps
-        self.parameters: list[nn.Parameter] = []
-        self.norms: list[nn.Module] = []
+        early, late = _Held(until=math.inf), _Held(until=steps)  # stages below frozen_stages / the rest
         for model in models.values():
             depths, head = layer_depths(model)
             core = unwrap(model)
-            owners: set[str] = set()  # modules holding backbone parameters
+            owners: dict[str, _Held] = {}  # module name -> the group holding its parameters
             for name, p in core.named_parameters():
                 if depths[name] != head:
-                    self.parameters.append(p)
-                    owners.add(name.rpartition(".")[0])
-            self.norms += [m for name, m in core.named_modules()
-                           if isinstance(m, nn.modules.batchnorm._NormBase) and name in owners]
+                    group = early if depths[name] < frozen_stages else late
+                    group.parameters.append(p)
+                    owners[name.rpartition(".")[0]] = group
+            for name, m in core.named_modules():
+                if isinstance(m, nn.modules.batchnorm._NormBase) and name in owners:
+                    owners[name].norms.append(m)
+        self.groups = [g for g in (early, late) if g.parameters and g.until > 0]
         # DDP registers its parameters once, when it wraps the model: toggling requires_grad afterwards would stall
         # its gradient reduction.
         self.toggle = not any(isinstance(m, nn.parallel.DistributedDataParallel) for m in models.values())
-        self.frozen = False
+
+    @property
+    def parameters(self) -> list[nn.Parameter]:
+        return [p for g in self.groups for p in g.parameters]
+
+    @property
+    def norms(self) -> list[nn.Module]:
+        return [m for g in self.groups for m in g.norms]
 
     def hold(self, step: int) -> None:
-        """Marks `step` (0-based) frozen or not; while frozen the backbone normalisation layers use (and keep)
-        their running statistics, and they return to training mode at the first step after."""
-        frozen = step < self.steps
-        if self.toggle and frozen != self.frozen:
-            for p in self.parameters:
-                p.requires_grad_(not frozen)
-        self.frozen = frozen
-        for norm in self.norms:
-            norm.train(not frozen)
+        """Marks `step` (0-based) frozen or not for each group; while frozen a group's normalisation layers use
+        (and keep) their running statistics, and they return to training mode at the first step after."""
+        for group in self.groups:
+            frozen = step < group.until
+            if self.toggle and frozen != group.frozen:
+                for p in group.parameters:
+                    p.requires_grad_(not frozen)
+            group.frozen = frozen
+            for norm in group.norms:
+                norm.train(not frozen)
 
     def drop_gradients(self) -> None:
-        """On a frozen step, the backbone's gradients (computed under DDP only) go: the optimizer skips those
-        parameters (no update, no weight decay, no moment estimates) and the gradient-norm clip sees the head's
-        alone."""
-        if self.frozen:
-            for p in self.parameters:
-                p.grad = None
+        """On a frozen step, the held backbone's gradients (computed under DDP only) go: the optimizer skips those
+        parameters (no update, no weight decay, no moment estimates) and the gradient-norm clip does not see
+        them."""
+        for group in self.groups:
+            if group.frozen:
+                for p in group.parameters:
+                    p.grad = None

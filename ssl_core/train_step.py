@@ -82,12 +82,14 @@ def init_models(
 
 
 def held_backbones(cfg: Config, algorithm: Algorithm) -> BackboneFreeze | None:
-    """train.freeze_backbone_steps over the trained models that start from pretrained weights (INIT_KEYS: the
-    primary from model.init, CMPL's auxiliary from model.auxiliary_init); a model built fresh trains from step 0."""
+    """train.freeze_backbone_steps and train.frozen_stages over the trained models that start from pretrained
+    weights (INIT_KEYS: the primary from model.init, CMPL's auxiliary from model.auxiliary_init); a model built
+    fresh trains whole from step 0."""
     started = {role: m for role, m in algorithm.trainable_models().items()
                if role in INIT_KEYS and getattr(cfg.model, INIT_KEYS[role]) is not None}
-    steps = cfg.train.freeze_backbone_steps
-    return BackboneFreeze(started, steps) if steps > 0 and started else None
+    t = cfg.train
+    held = started and (t.freeze_backbone_steps > 0 or t.frozen_stages > 0)
+    return BackboneFreeze(started, t.freeze_backbone_steps, frozen_stages=t.frozen_stages) if held else None
 
 
 def freeze(model: nn.Module) -> nn.Module:

@@ -102,3 +102,27 @@ def test_off_by_default_and_checked() -> None:
         load_config(None, ["train.freeze_backbone_steps=-1"])
     with pytest.raises(ConfigError, match="train.freeze_backbone_steps: holds the backbones loaded from model.init"):
         load_config(None, ["train.freeze_backbone_steps=10"])
+
+
+def test_frozen_stages_hold_the_early_stages_for_the_whole_run() -> None:
+    """frame2d's depths: 0-3 the per-frame convolutions, 4 the temporal block, 5 the head. With frozen_stages=4
+    and no frozen steps, the temporal block and the head learn from the first step, the convolutions never."""
+    cfg = load_config(None, ["train.warmup_iters=0", "train.iterations=10", "train.optimizer=adamw",
+                             "train.frozen_stages=4", "model.init=pretrained/backbone.pt"])
+    torch.manual_seed(0)
+    model = build_model("frame2d_w0.25", num_classes=3)
+    optimizer = build_optimizer(cfg, {"primary": model})
+    scheduler = build_scheduler(optimizer, warmup=0, total=10)
+    algorithm = get_algorithm("supervised")({"primary": model}, get_algorithm("supervised").Params())
+    held = held_backbones(cfg, algorithm)
+    assert held is not None
+    model.train()
+    start = snapshot(model)
+    for step in range(4):
+        optimize(algorithm, optimizer, scheduler, batch(step), None, grad_clip=5.0, held=held)
+    moved = changed(start, model)
+    assert moved and all(k.startswith(("temporal.", "fc.")) for k in moved)
+    assert {"temporal.0.weight", "temporal.1.running_mean", "fc.weight"} <= moved
+    assert not any(p.requires_grad for p in held.parameters)
+    with pytest.raises(ConfigError, match="train.frozen_stages: holds the backbones loaded from model.init"):
+        load_config(None, ["train.frozen_stages=2"])
