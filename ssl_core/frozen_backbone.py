@@ -14,8 +14,8 @@ classifier layer, and ViT's final norm).
 whole run while the later stages and the head learn: partial fine-tuning, the standard middle ground between a
 linear probe and the whole network when the labels are few (MMAction2's `frozen_stages`).
 
-While frozen, the backbone parameters stop requiring gradients, so autograd records nothing through the backbone
-and the backward pass reaches the head alone (a frozen step costs about a forward pass). A model wrapped in
+Frozen parameters stop requiring gradients, so autograd records nothing through them and the backward pass stops
+at the first stage that learns (a step with the whole backbone frozen costs about a forward pass). A model wrapped in
 DistributedDataParallel (Ray Train with several workers) keeps them: DDP's reducer expects a gradient for every
 parameter it registered, so there the backbone's gradients are computed and dropped after the backward pass.
 
@@ -53,7 +53,6 @@ class BackboneFreeze:
     and `drop_gradients()` after the backward pass of each step."""
 
     def __init__(self, models: Mapping[str, nn.Module], steps: int, *, frozen_stages: int = 0) -> None:
-        self.steps = steps
         early, late = _Held(until=math.inf), _Held(until=steps)  # stages below frozen_stages / the rest
         for model in models.values():
             depths, head = layer_depths(model)
