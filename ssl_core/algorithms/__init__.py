@@ -2,6 +2,7 @@
 
 from ssl_core.algorithms import (  # noqa: F401  (imported for their registrations)
     cmpl,
+    comatch,
     distill,
     fixmatch,
     mean_teacher,
