@@ -295,7 +295,7 @@ class OutputConfig:
 @dataclass
 class AlgorithmConfig:
     name: str = setting("cmpl", "the method (`vidssl list algorithms`): supervised, pseudo_label, mean_teacher, "
-                                "mixmatch, fixmatch, cmpl, svformer, meta_pseudo_labels, noisy_student, "
+                                "mixmatch, fixmatch, comatch, cmpl, svformer, meta_pseudo_labels, noisy_student, "
                                 "distill, noisy_student_offline")
     params: dict[str, Any] = setting(doc="flat hyper-parameters, written algorithm.<param> (the form of --set and "
                                          "sweeps): any key a registered algorithm's Params declares; they apply to "
