@@ -32,7 +32,8 @@ from pathlib import Path
 import torch
 
 from bench.class_sets import main as make_class_sets
-from ssl_core.models.init import head_prefix, read_init_source
+from ssl_core.models.heads import head_prefix
+from ssl_core.models.init import read_init_source
 from ssl_core.models.registry import build_model
 
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"

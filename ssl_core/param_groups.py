@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ssl_core.models.init import head_prefix
+from ssl_core.models.heads import head_prefix
 from ssl_core.unwrap import unwrap
 
 # Top-level containers whose items are a model's stages or blocks.

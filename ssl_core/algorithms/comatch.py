@@ -14,6 +14,8 @@ L = CE(labeled) + ramp * (lambda_u * class term + lambda_c * L_c).
 Unlike FixMatch on a pretrained backbone, the contrast keeps the features learning from every unlabeled clip,
 not only from the confident ones. The memory is not checkpointed: after a resume it refills within
 memory_size / (B_l + B_u) steps. Pseudo-label options (threshold, distribution alignment) as fixmatch.
+`background_swap`: the strong views keep their moving foreground on another clip's still frame (FAME), so the
+class term and the contrast cannot match a clip's views by their scenery.
 
     python -m ssl_core.loop --config configs/demo.yaml --set algorithm.name=comatch --set train.iterations=40
 """
@@ -40,7 +42,8 @@ from ssl_core.algorithms.components import (
 )
 from ssl_core.algorithms.registry import register_algorithm
 from ssl_core.algorithms.thresholds import PseudoLabelOptions
-from ssl_core.models.init import head_prefix
+from ssl_core.data.foreground import swap_view_backgrounds
+from ssl_core.models.heads import head_prefix
 from ssl_core.unwrap import unwrap
 
 
@@ -53,12 +56,17 @@ class CoMatchParams(PseudoLabelOptions, RecipeParams):
     temperature: float = 0.2  # of the embedding similarities, in the smoothing and the contrast (CoMatch's)
     contrast_threshold: float = 0.8  # pseudo-label agreement q_i . q_j below which two clips are not positives
     memory_size: int = 256  # weak embeddings remembered for the smoothing (labeled ones included)
+    # Share of strong views whose moving foreground is pasted on another clip's still frame (FAME, as the
+    # appearance pretraining's pretrain.background_swap): weak and strong views of a clip share their scenery,
+    # which the contrast would otherwise learn to match on.
+    background_swap: float = 0.0
+    foreground_ratio: float = 0.15  # share of a swapped clip's pixels taken as its foreground
 
     def __post_init__(self) -> None:
         self.check_pseudo_labels("comatch")
         for name in ("lambda_u", "lambda_c"):
             check_param("comatch", name, getattr(self, name), "non_negative")
-        for name in ("alpha", "contrast_threshold"):
+        for name in ("alpha", "contrast_threshold", "background_swap", "foreground_ratio"):
             check_param("comatch", name, getattr(self, name), "unit")
         check_param("comatch", "temperature", self.temperature, "positive")
         check_param("comatch", "memory_size", self.memory_size, "positive")
@@ -142,9 +150,9 @@ class CoMatch(Algorithm):
         model = self.models["primary"]
         teacher = self.ema.get("primary") if p.ema_teacher else None
         n_lab = batch.video.shape[0]
+        strong = swap_view_backgrounds(unlabeled["strong"], p.background_swap, p.foreground_ratio)
         with head_inputs(model) as student_feats:
-            logits_lab, logits_strong = model(torch.cat([batch.video, unlabeled["strong"]])).split(
-                [n_lab, unlabeled["strong"].shape[0]])
+            logits_lab, logits_strong = model(torch.cat([batch.video, strong])).split([n_lab, strong.shape[0]])
         labeler_net = teacher if teacher is not None else model
         with torch.no_grad(), head_inputs(labeler_net) as weak_feats:
             logits_weak = labeler_net(unlabeled["weak"]).float()

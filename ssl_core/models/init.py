@@ -51,6 +51,7 @@ from torch import Tensor, nn
 from torchvision.models import get_model_weights
 
 from ssl_core.checkpoint import CheckpointError, deployed_weights, latest_intact_checkpoint
+from ssl_core.models.heads import head_prefix
 from ssl_core.models.init_spec import is_mlflow_uri, named_source, split_role
 from ssl_core.models.pytorchvideo_hub import URLS as HUB_URLS
 from ssl_core.models.vit import is_transformers_layout, transformers_to_official
@@ -300,16 +301,6 @@ def _first(names: Sequence[str]) -> str:
 
 def _shape(t: Tensor) -> tuple[int, ...]:
     return tuple(t.shape)
-
-
-def head_prefix(model: nn.Module) -> str | None:
-    """Module name of the classifier: the model's last nn.Linear (`fc`, `fc.1` behind dropout, `blocks.5.proj`,
-    `head`) or 1x1x1 nn.Conv3d (S3D's `classifier.1`)."""
-    last = None
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear) or (isinstance(module, nn.Conv3d) and module.kernel_size == (1, 1, 1)):
-            last = name
-    return last
 
 
 def _head_aliases(head: str) -> list[str]:

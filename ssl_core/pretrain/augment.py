@@ -24,11 +24,11 @@ PretrainConfig()).shape)"
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from ssl_core.data.foreground import foreground_masks
 from ssl_core.data.transforms import AugmentConfig, augment_per_clip
 from ssl_core.pretrain.config import PretrainConfig
 
@@ -70,17 +70,6 @@ def pretrain_transform(aug: AugmentConfig, p: PretrainConfig) -> v2.Transform:
         ops.append(VideoGrayscale(p.grayscale_p))
     ops.append(v2.ToDtype(torch.float32, scale=True))
     return v2.Compose(ops)
-
-
-def foreground_masks(clips: Tensor, ratio: float) -> Tensor:
-    """clips (N, T, H, W, 3) uint8 -> (N, 1, H, W, 1) float 0/1: the `ratio` of each clip's pixels that change
-    most (absolute frame differences, averaged over time and channels, smoothed over 9 x 9 pixels)."""
-    x = clips.float()
-    energy = (x[:, 1:] - x[:, :-1]).abs().mean(dim=(1, 4))  # (N, H, W)
-    energy = F.avg_pool2d(energy[:, None], 9, stride=1, padding=4, count_include_pad=False)[:, 0]
-    keep = max(1, round(ratio * energy[0].numel()))
-    threshold = energy.flatten(1).topk(keep, dim=1).values[:, -1]
-    return (energy >= threshold[:, None, None]).float()[:, None, :, :, None]
 
 
 def swap_backgrounds(clips: Tensor, p: float, ratio: float, generator: torch.Generator | None = None) -> Tensor:

@@ -19,7 +19,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from ssl_core.models.init import head_prefix
+from ssl_core.models.heads import head_prefix
 
 
 class HeadAside(nn.Module, ABC):

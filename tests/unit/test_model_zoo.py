@@ -19,7 +19,8 @@ from torchvision.models import get_model, get_model_weights
 from ssl_core.config import ConfigError, load_config, pin_paths
 from ssl_core.data.transforms import MEAN, STD
 from ssl_core.models import build_model, list_models, model_inputs
-from ssl_core.models.init import InitError, head_prefix, load_init, read_init_source
+from ssl_core.models.heads import head_prefix
+from ssl_core.models.init import InitError, load_init, read_init_source
 from ssl_core.models.init_spec import init_spec_problem
 from ssl_core.models.torchvision_video import ENTRIES
 from workflows.cli import main as cli

@@ -19,10 +19,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from ssl_core.checkpoint import latest_checkpoint_dir, load_training_state, model_from_state
+from ssl_core.data.foreground import foreground_masks
 from ssl_core.data.transforms import AugmentConfig
 from ssl_core.models import build_model
 from ssl_core.models.init import load_init, read_init_source
-from ssl_core.pretrain.augment import VideoGrayscale, foreground_masks, pretrain_views, swap_backgrounds
+from ssl_core.pretrain.augment import VideoGrayscale, pretrain_views, swap_backgrounds
 from ssl_core.pretrain.config import PretrainConfig, load_pretrain_config
 from ssl_core.pretrain.data import decode_views
 from ssl_core.pretrain.knn import knn_accuracy, knn_scores, linear_probe
