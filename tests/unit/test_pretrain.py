@@ -19,7 +19,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from ssl_core.checkpoint import latest_checkpoint_dir, load_training_state, model_from_state
-from ssl_core.data.foreground import foreground_masks
+from ssl_core.data.foreground import foreground_masks, swap_view_backgrounds
 from ssl_core.data.transforms import AugmentConfig
 from ssl_core.models import build_model
 from ssl_core.models.init import load_init, read_init_source
@@ -220,6 +220,20 @@ def test_background_swap_keeps_the_moving_foreground_on_another_videos_still_fra
         assert torch.equal(swapped[v, 0, 3, 10:18, 16:24], clips[v, 0, 3, 10:18, 16:24])  # the square stays
     assert torch.equal(swap_backgrounds(clips, 0.0, 0.1), clips)
     assert torch.equal(swap_backgrounds(clips[:1], 1.0, 0.1), clips[:1])  # one video: no other background
+
+
+def test_view_background_swap_does_the_same_on_augmented_float_views() -> None:
+    """comatch's strong views: (B, 3, T, h, w) floats, the same foreground kept, another clip's first frame behind."""
+    clips = _moving_square_clips(3)
+    views = clips[:, 0].permute(0, 4, 1, 2, 3).float() / 255  # (3, 3, 6, 48, 48)
+    swapped = swap_view_backgrounds(views, 1.0, 0.1, torch.Generator().manual_seed(0))
+    assert swapped.shape == views.shape and swapped.dtype == views.dtype
+    for v in range(3):
+        corner = round(float(swapped[v, 0, 3, 40, 40]) * 255)
+        assert corner != 20 * (v + 1) and corner in {20, 40, 60}
+        assert torch.equal(swapped[v, :, 3, 10:18, 16:24], views[v, :, 3, 10:18, 16:24])
+    assert torch.equal(swap_view_backgrounds(views, 0.0, 0.1), views)
+    assert torch.equal(swap_view_backgrounds(views[:1], 1.0, 0.1), views[:1])
 
 
 def test_projection_batch_norm_spreads_the_embeddings_of_a_relu_backbone() -> None:
