@@ -41,7 +41,7 @@ from ssl_core.algorithms.components import (
     warmup_step,
 )
 from ssl_core.algorithms.registry import register_algorithm
-from ssl_core.algorithms.thresholds import PseudoLabelOptions
+from ssl_core.algorithms.thresholds import LabelerState, PseudoLabelOptions
 from ssl_core.data.foreground import swap_view_backgrounds
 from ssl_core.models.heads import head_prefix
 from ssl_core.unwrap import unwrap
@@ -128,7 +128,7 @@ def graph_contrast(q: Tensor, z_strong: Tensor, z_weak: Tensor, threshold: float
 
 
 @register_algorithm("comatch")
-class CoMatch(Algorithm):
+class CoMatch(LabelerState, Algorithm):
     description = "memory-smoothed pseudo-labels + a graph-contrastive term on the embeddings (Li et al. 2021)"
     Params = CoMatchParams
     roles = ("primary",)
@@ -180,16 +180,3 @@ class CoMatch(Algorithm):
         }
         return StepOutput(loss=loss, metrics=metrics, pseudo={"primary": (targets.hard, targets.confident)},
                           logits_weak={"primary": logits_weak.detach()})
-
-    def state_dict(self) -> dict[str, Any]:
-        """Adaptive-threshold / DA statistics; the embedding memory refills after a resume."""
-        return {"labeler": self.labeler.state_dict()} if self.labeler.stateful else {}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if not self.labeler.stateful:
-            super().load_state_dict(state)
-            return
-        unknown = set(state) - {"labeler"}
-        if unknown:
-            raise KeyError(f"{self.name}: unexpected state keys {sorted(unknown)}")
-        self.labeler.load_state_dict(state.get("labeler", {}))

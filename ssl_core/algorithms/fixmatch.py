@@ -31,7 +31,7 @@ from ssl_core.algorithms.components import (
     warmup_step,
 )
 from ssl_core.algorithms.registry import register_algorithm
-from ssl_core.algorithms.thresholds import PseudoLabelOptions
+from ssl_core.algorithms.thresholds import LabelerState, PseudoLabelOptions
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ class FixMatchParams(PseudoLabelOptions, RecipeParams):
 
 
 @register_algorithm("fixmatch")
-class FixMatch(Algorithm):
+class FixMatch(LabelerState, Algorithm):
     description = "confident weak-view pseudo-labels teach the strong view (Sohn et al. 2020)"
     Params = FixMatchParams
     roles = ("primary",)
@@ -105,16 +105,3 @@ class FixMatch(Algorithm):
             pseudo={role: (targets.hard, targets.confident) for role in roles},
             logits_weak={role: logits.detach() for role, logits in weak.items()},
         )
-
-    def state_dict(self) -> dict[str, Any]:
-        """Adaptive-threshold / DA statistics; empty with the default fixed threshold and no DA."""
-        return {"labeler": self.labeler.state_dict()} if self.labeler.stateful else {}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if not self.labeler.stateful:
-            super().load_state_dict(state)
-            return
-        unknown = set(state) - {"labeler"}
-        if unknown:
-            raise KeyError(f"{self.name}: unexpected state keys {sorted(unknown)}")
-        self.labeler.load_state_dict(state.get("labeler", {}))

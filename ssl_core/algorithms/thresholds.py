@@ -341,3 +341,24 @@ class PseudoLabelOptions:
     def labeler(self) -> PseudoLabeler:
         """A fresh labeler: each model whose predictions are labeled needs its own statistics."""
         return PseudoLabeler(self.threshold, self.tau, self.distribution_alignment, self.stats_momentum)
+
+
+class LabelerState:
+    """state_dict / load_state_dict of an algorithm whose one `labeler` is its only state beyond the models
+    (fixmatch, comatch): the adaptive-threshold / DA statistics, nothing with the fixed threshold and no DA.
+    Listed before Algorithm among the bases, whose empty-state check it falls back to."""
+
+    name: str
+    labeler: PseudoLabeler
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"labeler": self.labeler.state_dict()} if self.labeler.stateful else {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if not self.labeler.stateful:
+            super().load_state_dict(state)  # type: ignore[misc]  # Algorithm's: no state expected
+            return
+        unknown = set(state) - {"labeler"}
+        if unknown:
+            raise KeyError(f"{self.name}: unexpected state keys {sorted(unknown)}")
+        self.labeler.load_state_dict(state.get("labeler", {}))
