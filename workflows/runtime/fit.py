@@ -75,7 +75,9 @@ def fit(
             callbacks=list(callbacks),
         ),
         datasets=dict(datasets),
-        dataset_config=ray.train.DataConfig(datasets_to_split=list(split)),
+        # One worker reads its streams whole: splitting them for one would put Ray Data's split coordinator (an
+        # actor that hands every block on) beside the trainer, on a small machine most of a core.
+        dataset_config=ray.train.DataConfig(datasets_to_split=list(split) if s.num_workers > 1 else []),
     )
     try:
         with terminal.TrainingProgress(channel, cfg.train.iterations, name):
