@@ -75,9 +75,7 @@ def fit(
             callbacks=list(callbacks),
         ),
         datasets=dict(datasets),
-        # One worker reads its streams whole: splitting them for one would put Ray Data's split coordinator (an
-        # actor that hands every block on) beside the trainer, on a small machine most of a core.
-        dataset_config=ray.train.DataConfig(datasets_to_split=list(split) if s.num_workers > 1 else []),
+        dataset_config=ray.train.DataConfig(datasets_to_split=list(split)),
     )
     try:
         with terminal.TrainingProgress(channel, cfg.train.iterations, name):
