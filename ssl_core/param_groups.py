@@ -1,6 +1,6 @@
 """The optimizer's parameter groups: the fine-tuning controls for pretrained backbones.
 
-`train.head_lr_scale` gives the classifier head (ssl_core.models.init.head_prefix) lr x scale; `train.layer_decay`
+`train.head_lr_scale` gives the classifier head (ssl_core.models.heads.head_prefix) lr x scale; `train.layer_decay`
 = d < 1 gives a parameter at depth i of L the learning rate lr x d^(L - i): the head at depth L keeps lr, the
 embeddings at depth 0 get lr x d^L (BEiT, Bao et al. 2022; VideoMAE's fine-tuning, optim_factory.py
 LayerDecayValueAssigner). Both together: the head's lr x scale, the rest lr x d^(L - i).
