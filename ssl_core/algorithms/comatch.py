@@ -11,8 +11,9 @@ features entering the classifier head (the embedding; no separate projector):
                      gradient) and the weak views' (without); L_c = -(1/B_u) sum_ij W^q_ij log W^z_ij: clips whose
                      pseudo-labels agree pull together in feature space, the rest push apart.
 L = CE(labeled) + ramp * (lambda_u * class term + lambda_c * L_c).
-Unlike FixMatch on a pretrained backbone, the contrast keeps the features learning from every unlabeled clip,
-not only from the confident ones. The memory is not checkpointed: after a resume it refills within
+The contrast lets every unlabeled clip shape the features, not only the confident ones (what it bought, and did
+not, on appearance- and motion-defined classes: docs/results.md). The weak views always go through without
+gradient (the recipe's weak_no_grad is implied). The memory is not checkpointed: after a resume it refills within
 memory_size / (B_l + B_u) steps. Pseudo-label options (threshold, distribution alignment) as fixmatch.
 `background_swap`: the strong views keep their moving foreground on another clip's still frame (FAME), so the
 class term and the contrast cannot match a clip's views by their scenery.
