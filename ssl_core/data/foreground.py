@@ -26,15 +26,26 @@ def foreground_masks(clips: Tensor, ratio: float) -> Tensor:
     return (energy >= threshold[:, None, None]).float()[:, None, :, :, None]
 
 
+def paste_foregrounds(clips: Tensor, stills: Tensor, ratio: float) -> Tensor:
+    """clips (N, T, H, W, 3) with stills (N, 1, H, W, 3) -> float (N, T, H, W, 3): each clip's foreground
+    (foreground_masks) over its still frame."""
+    mask = foreground_masks(clips, ratio)
+    return mask * clips.float() + (1 - mask) * stills.float()
+
+
 def swap_view_backgrounds(views: Tensor, p: float, ratio: float, generator: torch.Generator | None = None) -> Tensor:
     """views (B, 3, T, h, w) float: each clip, with probability p, keeps its foreground on the first frame of
     another clip of the batch, held still. Needs B >= 2 and T >= 2 (else unchanged)."""
     b, t = views.shape[0], views.shape[2]
     if p <= 0 or b < 2 or t < 2:
         return views
-    chosen = (torch.rand(b, generator=generator) < p).to(views.device)
-    donor = (torch.arange(b) + torch.randint(1, b, (b,), generator=generator)) % b
-    mask = foreground_masks(views.permute(0, 2, 3, 4, 1), ratio).permute(0, 4, 1, 2, 3)  # (B, 1, 1, h, w)
-    still = views[donor.to(views.device), :, :1]  # (B, 3, 1, h, w)
-    merged = mask * views + (1 - mask) * still
-    return torch.where(chosen.view(b, 1, 1, 1, 1), merged.to(views.dtype), views)
+    chosen = (torch.rand(b, generator=generator) < p).nonzero().squeeze(1)
+    if chosen.numel() == 0:
+        return views
+    donor = (chosen + torch.randint(1, b, (chosen.numel(),), generator=generator)) % b
+    frames = views.permute(0, 2, 3, 4, 1)  # (B, T, h, w, 3), the layout of the pretraining's uint8 clips
+    picked, donors = chosen.to(views.device), donor.to(views.device)
+    merged = paste_foregrounds(frames[picked], frames[donors, :1], ratio)
+    out = views.clone()
+    out[picked] = merged.permute(0, 4, 1, 2, 3).to(views.dtype)
+    return out

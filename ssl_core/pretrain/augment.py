@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from ssl_core.data.foreground import foreground_masks
+from ssl_core.data.foreground import paste_foregrounds
 from ssl_core.data.transforms import AugmentConfig, augment_per_clip
 from ssl_core.pretrain.config import PretrainConfig
 
@@ -86,9 +86,8 @@ def swap_backgrounds(clips: Tensor, p: float, ratio: float, generator: torch.Gen
     flat, donors = clips.flatten(0, 1), donor.flatten()
     idx = chosen.flatten().nonzero().squeeze(1).to(clips.device)
     picked = flat[idx]
-    still = clips[donors[idx.cpu()].to(clips.device), 0, :1].float()  # (n, 1, H, W, 3): a donor's first frame
-    mask = foreground_masks(picked, ratio)
-    merged = (mask * picked.float() + (1 - mask) * still).round().clamp(0, 255).to(torch.uint8)
+    still = clips[donors[idx.cpu()].to(clips.device), 0, :1]  # (n, 1, H, W, 3): a donor's first frame
+    merged = paste_foregrounds(picked, still, ratio).round().clamp(0, 255).to(torch.uint8)
     out = flat.clone()
     out[idx] = merged
     return out.view_as(clips)
