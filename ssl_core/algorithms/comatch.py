@@ -23,8 +23,7 @@ class term and the contrast cannot match a clip's views by their scenery.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,8 +43,7 @@ from ssl_core.algorithms.components import (
 from ssl_core.algorithms.registry import register_algorithm
 from ssl_core.algorithms.thresholds import LabelerState, PseudoLabelOptions
 from ssl_core.data.foreground import swap_view_backgrounds
-from ssl_core.models.heads import head_prefix
-from ssl_core.unwrap import unwrap
+from ssl_core.models.heads import head_inputs
 
 
 @dataclass(frozen=True)
@@ -76,26 +74,6 @@ class CoMatchParams(PseudoLabelOptions, RecipeParams):
 
 def _unit(features: Tensor) -> Tensor:
     return F.normalize(features.float(), dim=-1)
-
-
-@contextmanager
-def head_inputs(model: nn.Module) -> Iterator[list[Tensor]]:
-    """The features each forward of `model` hands its classifier head, (N, D) per call, in call order."""
-    net = unwrap(model)
-    name = head_prefix(net)
-    if name is None:
-        raise ValueError(f"comatch: {type(net).__name__} has no classifier head to take embeddings before")
-    seen: list[Tensor] = []
-
-    def keep(_module: nn.Module, args: tuple[Tensor, ...]) -> None:
-        x = args[0]
-        seen.append(x.flatten(2).mean(-1) if x.ndim > 2 else x)  # a 1x1x1 conv head (S3D): pool its map
-
-    hook = net.get_submodule(name).register_forward_pre_hook(keep)
-    try:
-        yield seen
-    finally:
-        hook.remove()
 
 
 class EmbeddingMemory:

@@ -12,9 +12,10 @@ import torch
 from torch import Tensor, nn
 
 from ssl_core.algorithms import get_algorithm
-from ssl_core.algorithms.comatch import EmbeddingMemory, graph_contrast, head_inputs
+from ssl_core.algorithms.comatch import EmbeddingMemory, graph_contrast
 from ssl_core.config import load_config
 from ssl_core.models import build_model
+from ssl_core.models.heads import head_inputs
 from tests.unit.handmade import ce
 
 COMATCH = get_algorithm("comatch")
