@@ -81,6 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.05, 0.1])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = parser.parse_args(argv)
+    if not all(0 < f < 1 for f in args.fractions):
+        parser.error(f"--fractions must lie strictly between 0 and 1 (unlabeled rows are needed), got {args.fractions}")
     try:
         cfg = load_config(args.config, args.set)
         data = prepare_data(cfg, None)
