@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -129,3 +130,39 @@ def test_streams_through_ray_data_in_either_placement(tmp_path: Path, ray_local:
     assert len(list((tmp_path / "runs" / ".clip_cache").glob("s24-*/index.json"))) == 1
     lb, ub = stream_batches(labeled[0], unlabeled, cfg.augment, torch.device("cpu"))
     assert lb["video"].shape == (2, 3, 4, 16, 16) and ub["weak"].shape == (4, 3, 4, 16, 16)
+
+
+def test_evaluation_clips_decode_while_training_tasks_hold_every_cpu(tmp_path: Path, ray_local: None) -> None:
+    """While the worker evaluates, the training streams' paused decode tasks keep their CPUs: the evaluation decode
+    tasks must run without a free CPU, or the run waits for them forever."""
+    import ray
+
+    from workflows.runtime.streams import SkipCounter, build_datasets
+
+    generate(tmp_path, classes=2, videos_per_class=2, frames=16, size=32)
+    cfg = with_overrides({}, [
+        f"data.root={tmp_path}", "data.layout=csv", "data.labeled_fraction=1.0", "data.size=24",
+        "data.num_frames=4", "data.stride=2", "data.eval_clips=1", "data.cache=off", "data.decode_cpus=0.5",
+        "augment.crop_size=16",
+        "train.batch_size=2", "train.iterations=1", f"output.storage={tmp_path / 'runs'}",
+    ])
+    records = load_manifest("csv", tmp_path).split("train")
+    datasets = build_datasets(cfg, records, records, records, SkipCounter.remote(), with_unlabeled=False)
+
+    @ray.remote(num_cpus=2)
+    class EveryCpu:  # stands in for the paused training tasks (the worker's own CPU included)
+        def ready(self) -> bool:
+            return True
+
+    holder = EveryCpu.remote()
+    ray.get(holder.ready.remote())
+    rows: list[int] = []
+    # A daemon thread: were the decode tasks never scheduled, the test fails instead of waiting with them.
+    reader = threading.Thread(target=lambda: rows.append(sum(
+        len(b["label"]) for b in datasets["eval"].iter_batches(batch_size=2))), daemon=True)
+    try:
+        reader.start()
+        reader.join(timeout=120)
+        assert rows == [len(records)], "the evaluation clips were not decoded within 120 s"
+    finally:
+        ray.kill(holder)

@@ -32,6 +32,7 @@ from workflows.runtime.streams import (
     _backend,
     _decode_eval_row,
     _table,
+    evaluation_decode_resources,
     record_table,
     resolve_placement,
     rows_for_ids,
@@ -146,5 +147,5 @@ def build_pretrain_datasets(
     items += [{"path": r.path, "label": r.label, "bank": 0} for r in test]
     knn = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / 8)))
     knn = knn.flat_map(_decode_knn_row, fn_kwargs={"cfg": {**decode_cfg, "num_clips": d.eval_clips},
-                                                   "counter": counter}, num_cpus=d.decode_cpus)
+                                                   "counter": counter}, **evaluation_decode_resources(d.decode_cpus))
     return {"train": ds, "knn": knn}

@@ -280,9 +280,20 @@ def build_datasets(
     datasets["eval"] = eval_ds.flat_map(
         _decode_eval_row,
         fn_kwargs={"cfg": {**decode_cfg, "num_clips": d.eval_clips}, "counter": counter},
-        num_cpus=d.decode_cpus,
+        **evaluation_decode_resources(d.decode_cpus),
     )
     return datasets
+
+
+def evaluation_decode_resources(decode_cpus: float) -> dict[str, Any]:
+    """Ray task options of the decode tasks that read evaluation clips while training waits for them.
+
+    They reserve no CPU: while the worker evaluates, the training streams' decode tasks, paused by backpressure
+    with their outputs unconsumed, keep holding theirs, and a pretraining on 2 CPUs waited forever for k-NN decode
+    tasks that could not be scheduled (Ray Data: "Cluster resources are not enough to run any task"). The CPUs
+    those paused tasks hold sit idle meanwhile; `concurrency` keeps as many tasks running as the reservation allowed."""
+    cpus = ray.cluster_resources().get("CPU", 1.0)
+    return {"num_cpus": 0, "concurrency": max(1, int(cpus / decode_cpus))}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
