@@ -28,12 +28,11 @@ from ssl_core.config import Config, ConfigError, load_config
 from ssl_core.data.clip_cache import cache_for_config
 from ssl_core.data.decode import decode_eval_clips
 from ssl_core.data.splits import prepare_data
-from ssl_core.data.transforms import eval_view
 from ssl_core.metrics import confusion_matrix
 from ssl_core.models.heads import head_inputs
 from ssl_core.models.init import InitError, load_init, read_init_source
 from ssl_core.models.registry import build_model
-from ssl_core.pretrain.knn import knn_accuracy, knn_scores, linear_probe
+from ssl_core.pretrain.knn import knn_accuracy, knn_scores, linear_probe, video_features
 
 
 def label_spreading(features: Tensor, labels: Tensor, labeled: Tensor, num_classes: int, *, k: int = 10,
@@ -62,14 +61,17 @@ def video_embeddings(cfg: Config, init: str, paths: Sequence[str], num_classes: 
     d = cfg.data
     cache, _ = cache_for_config(cfg, paths, workers=1)
     read = cache.decode_eval_clips if cache is not None else decode_eval_clips
+
+    def embed(video: Tensor) -> Tensor:
+        with head_inputs(model) as seen:
+            model(video)
+        return seen[0]
+
     out = []
     for start in range(0, len(paths), 16):
-        clips = torch.from_numpy(np.stack([
-            read(p, num_frames=d.num_frames, stride=d.stride, size=d.size, num_clips=d.eval_clips,
-                 max_pixels=d.max_decode_pixels) for p in paths[start:start + 16]]))
-        with head_inputs(model) as seen:
-            model(eval_view(clips.flatten(0, 1), cfg.augment))
-        out.append(F.normalize(seen[0].float().view(clips.shape[0], clips.shape[1], -1).mean(dim=1), dim=1))
+        clips = np.stack([read(p, num_frames=d.num_frames, stride=d.stride, size=d.size, num_clips=d.eval_clips,
+                               max_pixels=d.max_decode_pixels) for p in paths[start:start + 16]])
+        out.append(video_features(embed, torch.from_numpy(clips), cfg.augment, torch.device("cpu")))
     return torch.cat(out)
 
 

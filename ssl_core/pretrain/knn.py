@@ -12,6 +12,8 @@ bank = torch.eye(3); print(knn_scores(bank, torch.tensor([0, 1, 2]), torch.eye(3
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -21,7 +23,7 @@ from ssl_core.data.transforms import AugmentConfig, eval_view
 
 @torch.no_grad()
 def video_features(
-    backbone: nn.Module,  # video (N, 3, T, h, w) -> features (N, F)
+    backbone: Callable[[Tensor], Tensor],  # video (N, 3, T, h, w) -> features (N, F)
     clips: Tensor,  # (B, C, T, H, W, 3) uint8: C evaluation clips per video
     aug: AugmentConfig,
     device: torch.device,
