@@ -27,6 +27,7 @@ from torch import Tensor
 from ssl_core.config import Config, ConfigError, load_config
 from ssl_core.data.clip_cache import cache_for_config
 from ssl_core.data.decode import decode_eval_clips
+from ssl_core.data.decode_base import DecodeError
 from ssl_core.data.splits import prepare_data
 from ssl_core.metrics import confusion_matrix
 from ssl_core.models.heads import head_inputs
@@ -96,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     paths = sorted({r.path for r in records})
     try:
         feats = video_embeddings(cfg, args.init, paths, len(classes))
-    except InitError as err:
+    except (InitError, DecodeError) as err:  # every video is scored, so one that cannot be read stops the table
         print(f"error: {err}", file=sys.stderr)
         return 2
     row_of = {p: i for i, p in enumerate(paths)}

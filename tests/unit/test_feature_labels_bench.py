@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.feature_labels import label_spreading, main
+from ssl_core.data.synthetic import generate
 from ssl_core.models import build_model
 
 
@@ -59,3 +60,17 @@ def test_an_unreadable_init_is_an_error_naming_the_flag(synth_dataset: Path, tmp
     rc = main(["--config", "configs/demo.yaml", "--init", str(tmp_path / "none"), "--set", f"data.root={synth_dataset}",
                "--set", "data.synthetic.enabled=false", "--set", "data.cache=off"])
     assert rc == 2 and "--init: no such file or directory" in capsys.readouterr().err
+
+
+def test_an_unreadable_video_is_an_error_naming_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    generate(tmp_path, classes=2, videos_per_class=4, frames=16, size=32)
+    (tmp_path / "bad.mp4").write_bytes(b"")
+    with (tmp_path / "manifest.csv").open("a") as f:
+        f.write("bad.mp4,move_left,train\n")
+    weights = tmp_path / "backbone.pt"
+    torch.save(build_model("frame2d_w0.25", num_classes=2).state_dict(), weights)
+    rc = main(["--config", "configs/demo.yaml", "--init", str(weights), "--fractions", "0.5", "--seeds", "0",
+               *(a for kv in (f"data.root={tmp_path}", "data.synthetic.enabled=false", "data.cache=off",
+                              "model.primary=frame2d_w0.25", "data.size=24", "augment.crop_size=16",
+                              "data.num_frames=4", "data.eval_clips=1") for a in ("--set", kv))])
+    assert rc == 2 and "bad.mp4" in capsys.readouterr().err
