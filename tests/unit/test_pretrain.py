@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from ssl_core.checkpoint import latest_checkpoint_dir, load_training_state, model_from_state
+from ssl_core.checkpoint import latest_checkpoint_dir, load_checkpoint_model, load_training_state, model_from_state
 from ssl_core.data.foreground import foreground_masks, swap_view_backgrounds
 from ssl_core.data.transforms import AugmentConfig
 from ssl_core.models import build_model
@@ -437,3 +437,36 @@ def test_ray_free_run_writes_a_backbone_checkpoint(synth_dataset: Path, tmp_path
     assert (tmp_path / "run" / "labeled_split.csv").exists()
     assert read_init_source(str(tmp_path / "run")).description.startswith(f"{tmp_path / 'run'} (step 3)")
     assert os.path.exists(latest_checkpoint_dir(tmp_path / "run") / "state.pt")
+
+
+def test_appearance_finetune_config_fits_the_head_on_the_pretrained_backbone(
+    synth_dataset: Path, tmp_path: Path
+) -> None:
+    """configs/finetune_appearance.yaml (README's path after configs/pretrain_appearance.yaml) keeps the loaded
+    backbone as it was and trains only the head."""
+    from ssl_core.config import load_config
+    from ssl_core.loop import run_local
+    from ssl_core.pretrain.local import run_local_pretrain
+
+    torch.set_num_threads(1)
+    tiny = [f"data.root={synth_dataset}", "data.synthetic.enabled=false", "data.labeled_fraction=0.5",
+            "data.num_frames=4", "data.size=40", "data.eval_clips=1", "augment.crop_size=32", "data.cache=off",
+            "model.primary=frame2d_w0.25", "train.batch_size=4", "train.log_every=1", "train.warmup_iters=1"]
+    setup = load_pretrain_config(CONFIG.with_name("pretrain_appearance.yaml"), [
+        *tiny, "train.iterations=2", "train.checkpoint_every=2", "pretrain.knn_every=0", "pretrain.hidden_dim=32",
+        "pretrain.proj_dim=16", "pretrain.probe_steps=0", f"output.storage={tmp_path}"])
+    run_local_pretrain(setup, decode_threads=2, run_dir=tmp_path / "pretrain")
+    backbone = load_checkpoint_model(tmp_path / "pretrain")
+
+    cfg = load_config(CONFIG.with_name("finetune_appearance.yaml"), [
+        *tiny, "train.iterations=3", "train.ema_start=0", "train.eval_every=3", "train.checkpoint_every=3",
+        f"model.init={tmp_path / 'pretrain'}", f"output.storage={tmp_path}"])
+    assert (cfg.algorithm.name, cfg.train.freeze_backbone_steps) == ("supervised", 600)
+    run_local(cfg, decode_threads=2, evaluate=False, run_dir=tmp_path / "finetune")
+    tuned = load_checkpoint_model(tmp_path / "finetune")
+    before, after = backbone.state_dict(), tuned.state_dict()
+    head = {"fc.weight", "fc.bias"}  # frame2d's classifier
+    assert head < set(after) and set(before) == set(after)
+    # The checkpoint holds the EMA weights (train.ema_decay): an average of an unchanged tensor, up to rounding.
+    assert all(torch.allclose(before[k], after[k], atol=1e-6) for k in after if k not in head)  # BN statistics too
+    assert all(not torch.allclose(before[k], after[k], atol=1e-4) for k in head)
