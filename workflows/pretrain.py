@@ -256,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(done, flush=True)
             return 0
         # here: MLflow's client takes seconds to load; a config error answers before it
-        from ssl_core.pretrain.config import pretrain_from_dict
+        from ssl_core.pretrain.config import finetune_command, pretrain_from_dict
         from workflows.tracking.tracker import ui_command
 
         stored = pretrain_from_dict(RunState.load(outcome.run_dir).config)
@@ -264,8 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(summary(outcome, stored))
         print(f"run folder: {outcome.run_dir}  (log: {LOG_FILE})")
         print(f"MLflow run: {outcome.mlflow_run_id}  model: {outcome.model_uri}  version: {outcome.model_version}")
-        print(f"fine-tune:  .venv/bin/python -m workflows.train --config configs/demo.yaml "
-              f"--set model.primary={stored.base.model.primary} --set model.init={outcome.run_dir}")
+        print(f"fine-tune:  {finetune_command(stored, outcome.run_dir)}")
         print(f"review it:  {ui_command(outcome.tracking_uri)}")
         return 0
 

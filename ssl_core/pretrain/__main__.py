@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ssl_core.pretrain.config import load_pretrain_config
+from ssl_core.pretrain.config import finetune_command, load_pretrain_config
 from ssl_core.user_errors import reports_user_errors
 
 
@@ -30,8 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(value, float):
             print(f"{key}: {value:.4f}")
     print(f"run folder: {result['run_dir']}")
-    print(f"next: python -m workflows.train --config configs/demo.yaml --set model.primary={setup.base.model.primary} "
-          f"--set model.init={result['run_dir']}")
+    print(f"next: {finetune_command(setup, result['run_dir'])}")
     return 0
 
 

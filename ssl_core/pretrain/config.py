@@ -101,6 +101,8 @@ class PretrainConfig:
     pretext: str = setting("none", "an extra pretext task on the same forward passes: speed (each clip at "
                                    "data.stride or 2x, predict which), arrow (forwards or reversed in time), none")
     pretext_weight: float = setting(0.5, "weight of the pretext head's cross-entropy")
+    finetune_config: str = setting("configs/demo.yaml", "the fine-tuning config this recipe pairs with: the next "
+                                                        "command both runners print names it with model.init")
     # 90 % in VideoMAE (75 % for images, MAE): neighbouring frames repeat each other, so little is left to see.
     mask_ratio: float = setting(0.9, "videomae: fraction of each clip's spatial patch positions masked, the same "
                                      "positions in every frame (tube masking): int(ratio x patches per frame)")
@@ -192,6 +194,12 @@ class PretrainSetup:
         if self.pretrain.queue_size is not None:
             return self.pretrain.queue_size
         return max(1, min(AUTO_QUEUE_CAP, num_train_videos // 2))
+
+
+def finetune_command(setup: PretrainSetup, run_dir: str | Path) -> str:
+    """The fine-tuning command to run next on a finished pretraining's run folder."""
+    return (f".venv/bin/python -m workflows.train --config {setup.pretrain.finetune_config} "
+            f"--set model.primary={setup.base.model.primary} --set model.init={run_dir}")
 
 
 def load_pretrain_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -> PretrainSetup:

@@ -19,12 +19,13 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from ssl_core.checkpoint import latest_checkpoint_dir, load_checkpoint_model, load_training_state, model_from_state
+from ssl_core.config import load_config
 from ssl_core.data.foreground import foreground_masks, swap_view_backgrounds
 from ssl_core.data.transforms import AugmentConfig
 from ssl_core.models import build_model
 from ssl_core.models.init import load_init, read_init_source
 from ssl_core.pretrain.augment import VideoGrayscale, pretrain_views, swap_backgrounds
-from ssl_core.pretrain.config import PretrainConfig, load_pretrain_config
+from ssl_core.pretrain.config import PretrainConfig, finetune_command, load_pretrain_config
 from ssl_core.pretrain.data import decode_views
 from ssl_core.pretrain.knn import knn_accuracy, knn_scores, linear_probe
 from ssl_core.pretrain.objectives import (
@@ -444,7 +445,6 @@ def test_appearance_finetune_config_fits_the_head_on_the_pretrained_backbone(
 ) -> None:
     """configs/finetune_appearance.yaml (README's path after configs/pretrain_appearance.yaml) keeps the loaded
     backbone as it was and trains only the head."""
-    from ssl_core.config import load_config
     from ssl_core.loop import run_local
     from ssl_core.pretrain.local import run_local_pretrain
 
@@ -462,6 +462,9 @@ def test_appearance_finetune_config_fits_the_head_on_the_pretrained_backbone(
         *tiny, "train.iterations=3", "train.ema_start=0", "train.eval_every=3", "train.checkpoint_every=3",
         f"model.init={tmp_path / 'pretrain'}", f"output.storage={tmp_path}"])
     assert (cfg.algorithm.name, cfg.train.freeze_backbone_steps) == ("supervised", 600)
+    assert finetune_command(setup, tmp_path / "pretrain").startswith(
+        ".venv/bin/python -m workflows.train --config configs/finetune_appearance.yaml ")
+    assert "--config configs/demo.yaml " in finetune_command(load_pretrain_config(CONFIG), "run")
     run_local(cfg, decode_threads=2, evaluate=False, run_dir=tmp_path / "finetune")
     tuned = load_checkpoint_model(tmp_path / "finetune")
     before, after = backbone.state_dict(), tuned.state_dict()
