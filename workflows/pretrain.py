@@ -194,7 +194,8 @@ def run_pretraining(
                           resume_from=resume_from)
     # The k-NN set goes whole to rank 0.
     result, final = fit(pretrain_loop_per_worker, args, cfg, name=state.name, run_dir=run_dir, tracker=tracker,
-                        counter=counter, channel=channel, datasets=datasets, split=["train"])
+                        counter=counter, channel=channel, datasets=datasets,
+                        split=[name for name in ("train", "labeled") if name in datasets])
     # The full classifier (its head untrained): what model.init, evaluate and predict read.
     model = model_from_state(final, "primary", "the final checkpoint")
     example = torch.zeros(1, 3, cfg.data.num_frames, cfg.augment.crop_size, cfg.augment.crop_size)
@@ -256,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(done, flush=True)
             return 0
         # here: MLflow's client takes seconds to load; a config error answers before it
-        from ssl_core.pretrain.config import finetune_command, pretrain_from_dict
+        from ssl_core.pretrain.config import next_command, pretrain_from_dict
         from workflows.tracking.tracker import ui_command
 
         stored = pretrain_from_dict(RunState.load(outcome.run_dir).config)
@@ -264,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(summary(outcome, stored))
         print(f"run folder: {outcome.run_dir}  (log: {LOG_FILE})")
         print(f"MLflow run: {outcome.mlflow_run_id}  model: {outcome.model_uri}  version: {outcome.model_version}")
-        print(f"fine-tune:  {finetune_command(stored, outcome.run_dir)}")
+        print(f"next:       {next_command(stored, outcome.run_dir)}")
         print(f"review it:  {ui_command(outcome.tracking_uri)}")
         return 0
 

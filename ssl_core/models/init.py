@@ -78,6 +78,8 @@ class InitSource:
     state_dict: dict[str, Tensor]
     description: str
     classes: list[str] | None = None
+    # A pretraining checkpoint's objective (projector, momentum encoder, queue): where a pretraining continues.
+    objective_state: dict[str, Any] | None = None
 
 
 def read_init_source(spec: str, *, key: str = "model.init") -> InitSource:
@@ -223,7 +225,8 @@ def _from_training_state(state: Mapping[str, Any], role: str | None, spec: str, 
     weights, description = dict(deployed_weights(state, role)), f"{spec} (step {int(state['step'])})"
     if role == "primary":
         weights, description = _drop_untrained_head(weights, meta.get("untrained_head"), description)
-    return InitSource(weights, description, list(classes) if classes else None)
+    objective = state.get("algorithm") if meta.get("stage") == "pretrain" and role == "primary" else None
+    return InitSource(weights, description, list(classes) if classes else None, objective)
 
 
 def _drop_untrained_head(state_dict: dict[str, Tensor], head: Any, description: str) -> tuple[dict[str, Tensor], str]:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ssl_core.pretrain.config import finetune_command, load_pretrain_config
+from ssl_core.pretrain.config import load_pretrain_config, next_command
 from ssl_core.user_errors import reports_user_errors
 
 
@@ -30,7 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(value, float):
             print(f"{key}: {value:.4f}")
     print(f"run folder: {result['run_dir']}")
-    print(f"next: {finetune_command(setup, result['run_dir'])}")
+    print(f"next: {next_command(setup, result['run_dir'])}")
     return 0
 
 

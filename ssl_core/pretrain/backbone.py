@@ -36,6 +36,7 @@ class HeadAside(nn.Module, ABC):
         assert isinstance(linear, nn.Linear)
         self.head_name = head
         self.feature_dim = linear.in_features
+        self.num_classes = linear.out_features
         # A plain attribute, not a submodule: not trained, not wrapped by DDP, saved with the backbone.
         self.head_state = {f"{head}.{k}": v.detach().cpu().clone() for k, v in linear.state_dict().items()}
         classifier.set_submodule(head, nn.Identity())

@@ -4,7 +4,8 @@ A pretraining file has the training file's sections (data, augment, model, train
 ssl_core/config.py) except `algorithm`, plus `pretrain:`. The training sections keep their meaning where they
 apply: `model.primary` is the backbone, `train.batch_size` counts VIDEOS per worker and step (each yields
 `pretrain.rho` clips), `train.iterations` / `lr` / `optimizer` / `log_every` / `checkpoint_every` as in
-training, the labeled split (`data.labeled_fraction`, ...) is the k-NN monitor's memory bank and nothing else.
+training, the labeled split (`data.labeled_fraction`, ...) is the k-NN monitor's memory bank and, with
+`pretrain.labeled_weight` > 0, what the classifier beside the objective learns (semi-supervised pretraining).
 
     python -c "from ssl_core.pretrain.config import load_pretrain_config; \
 print(load_pretrain_config('configs/pretrain_demo.yaml', ['pretrain.rho=4']).pretrain)"
@@ -18,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ssl_core.config import Config, from_dict, overridden, read_with_overrides
+from ssl_core.config import Config, from_dict, overridden, read_config_file, read_with_overrides
+from ssl_core.data.splits import SPLIT_FILE
 from ssl_core.models.registry import TG_SUFFIX, parse_model_name
 from ssl_core.models.vit import PATCH
 from ssl_core.models.vit import SIZES as VIT_SIZES
@@ -101,8 +103,15 @@ class PretrainConfig:
     pretext: str = setting("none", "an extra pretext task on the same forward passes: speed (each clip at "
                                    "data.stride or 2x, predict which), arrow (forwards or reversed in time), none")
     pretext_weight: float = setting(0.5, "weight of the pretext head's cross-entropy")
-    finetune_config: str = setting("configs/demo.yaml", "the fine-tuning config this recipe pairs with: the next "
-                                                        "command both runners print names it with model.init")
+    # S4L (Zhai et al. 2019): the few labels shape the features while the objective on every video keeps them
+    # general; fine-tuning the whole network on the labels alone instead overfits them (docs/results.md).
+    labeled_weight: float = setting(0.0, "semi-supervised pretraining: weight of a cosine classifier's cross-entropy "
+                                         "on the labeled split's clips (the objective's views, RGB clips only) beside "
+                                         "the objective on every train video; 0: labels reach no loss")
+    labeled_batch: int = setting(16, "labeled videos per step when labeled_weight > 0 (drawn again each pass)")
+    next_config: str = setting("configs/demo.yaml", "the config run next on this pretraining (model.init = its run "
+                                                    "folder), named in the command both runners print at the end: a "
+                                                    "training config, or a pretraining config for a further stage")
     # 90 % in VideoMAE (75 % for images, MAE): neighbouring frames repeat each other, so little is left to see.
     mask_ratio: float = setting(0.9, "videomae: fraction of each clip's spatial patch positions masked, the same "
                                      "positions in every frame (tube masking): int(ratio x patches per frame)")
@@ -149,6 +158,10 @@ class PretrainConfig:
         require(self.probe_weight_decay >= 0, "probe_weight_decay", "must be >= 0")
         require(self.pretext in PRETEXTS, "pretext", f"must be one of {PRETEXTS}, got {self.pretext!r}")
         require(self.pretext_weight >= 0, "pretext_weight", "must be >= 0")
+        require(self.labeled_weight >= 0, "labeled_weight", f"must be >= 0, got {self.labeled_weight}")
+        require(self.labeled_batch >= 1, "labeled_batch", f"must be >= 1, got {self.labeled_batch}")
+        require(self.labeled_weight == 0 or self.objective != "videomae", "labeled_weight",
+                "the classifier beside the objective reads the contrastive objectives' features: rho_moco or simclr")
         require(0 < self.mask_ratio < 1, "mask_ratio", f"must be in (0, 1), got {self.mask_ratio}")
         require(self.decoder_depth >= 1, "decoder_depth", f"must be >= 1, got {self.decoder_depth}")
         for key in ("decoder_dim", "decoder_heads"):
@@ -196,10 +209,25 @@ class PretrainSetup:
         return max(1, min(AUTO_QUEUE_CAP, num_train_videos // 2))
 
 
-def finetune_command(setup: PretrainSetup, run_dir: str | Path) -> str:
-    """The fine-tuning command to run next on a finished pretraining's run folder."""
-    return (f".venv/bin/python -m workflows.train --config {setup.pretrain.finetune_config} "
-            f"--set model.primary={setup.base.model.primary} --set model.init={run_dir}")
+def next_command(setup: PretrainSetup, run_dir: str | Path) -> str:
+    """The command to run next on a finished pretraining's run folder (pretrain.next_config): a further pretraining
+    stage when that config has a `pretrain` section, else fine-tuning. After semi-supervised pretraining it names
+    the run's labeled split, so what follows learns from the same labeled videos only."""
+    following = setup.pretrain.next_config
+    runner = "workflows.pretrain" if _is_pretraining_config(following) else "workflows.train"
+    # A fine-tuning config's own model.primary may differ: the backbone's is the one its weights fit.
+    primary = f" --set model.primary={setup.base.model.primary}" if runner == "workflows.train" else ""
+    command = f".venv/bin/python -m {runner} --config {following}{primary} --set model.init={run_dir}"
+    if setup.pretrain.labeled_weight > 0:
+        command += f" --set data.labeled_split_file={Path(run_dir) / SPLIT_FILE}"
+    return command
+
+
+def _is_pretraining_config(path: str) -> bool:
+    try:
+        return "pretrain" in read_config_file(path)
+    except (OSError, ConfigError):  # not readable from here: the command names it as given
+        return False
 
 
 def load_pretrain_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -> PretrainSetup:

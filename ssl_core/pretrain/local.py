@@ -33,7 +33,13 @@ from ssl_core.pretrain.augment import pretrain_views
 from ssl_core.pretrain.config import PretrainSetup
 from ssl_core.pretrain.data import decode_views
 from ssl_core.pretrain.knn import knn_accuracy, linear_probe, video_features
-from ssl_core.pretrain.step import Pretrainer, build_net, pretrain_optimize, save_pretrain_checkpoint
+from ssl_core.pretrain.step import (
+    Pretrainer,
+    build_net,
+    init_objective_state,
+    pretrain_optimize,
+    save_pretrain_checkpoint,
+)
 from ssl_core.run_folder import claim_run_dir, discarded_on_failure, stamped
 from ssl_core.schedule import build_scheduler
 from ssl_core.train_step import build_optimizer
@@ -42,11 +48,12 @@ from ssl_core.user_errors import skipped_videos_line, unreadable_split
 
 def view_batches(
     paths: Sequence[str], batch: int, setup: PretrainSetup, seed: int, pool: ThreadPoolExecutor, reader: Any,
-    skipped: dict[str, str] | None = None,
+    skipped: dict[str, str] | None = None, labels: Sequence[int] | None = None, what: str = "train split",
 ) -> Iterator[tuple[Tensor, Tensor]]:
-    """Endless batches ((B, rho, T, H, W, 3) uint8 clips, (B, rho) pretext labels) over every path, reshuffled
-    each pass, decoded two batches ahead by `pool`. Unreadable videos are skipped (path -> why into `skipped`);
-    when none decodes, the iterator raises UnreadableVideos."""
+    """Endless batches ((B, rho, T, H, W, 3) uint8 clips, (B, rho) pretext labels, or the (B,) class labels of
+    the videos when `labels` gives them) over every path, reshuffled each pass, decoded two batches ahead by
+    `pool`. Unreadable videos are skipped (path -> why into `skipped`); when none decodes, the iterator raises
+    UnreadableVideos naming `what`."""
     rng = np.random.default_rng(seed)
     d, p = setup.base.data, setup.pretrain
     skipped = skipped if skipped is not None else {}
@@ -54,18 +61,21 @@ def view_batches(
     def tasks() -> Iterator[tuple[str, int]]:
         while True:
             for i in rng.permutation(len(paths)):
-                yield paths[int(i)], int(rng.integers(2**62))
+                yield int(i), int(rng.integers(2**62))
 
-    def decode(path: str, row_seed: int) -> tuple[np.ndarray, np.ndarray] | None:
+    def decode(index: int, row_seed: int) -> tuple[np.ndarray, np.ndarray] | None:
+        path = paths[index]
         try:
-            return decode_views(reader, path, row_seed, rho=p.rho, num_frames=d.num_frames, stride=d.stride,
-                                size=d.size, pretext=p.pretext, max_pixels=d.max_decode_pixels)
+            views, pretext = decode_views(reader, path, row_seed, rho=p.rho, num_frames=d.num_frames,
+                                          stride=d.stride, size=d.size, pretext=p.pretext,
+                                          max_pixels=d.max_decode_pixels)
         except DecodeError as err:
             skipped.setdefault(path, str(err))
             return None
+        return views, (np.int64(labels[index]) if labels is not None else pretext)
 
     def give_up() -> Exception:
-        return unreadable_split("train split", skipped, len(paths))
+        return unreadable_split(what, skipped, len(paths))
 
     for items in prefetched(pool, decode, tasks(), batch, patience=2 * len(paths), give_up=give_up):
         yield torch.from_numpy(np.stack([v for v, _ in items])), torch.from_numpy(np.stack([y for _, y in items]))
@@ -123,7 +133,7 @@ def run_local_pretrain(setup: PretrainSetup, *, device: str = "cpu", decode_thre
 def _pretrain_into(run_dir: Path, setup: PretrainSetup, device: str, decode_threads: int,
                    on_report: Callable[[Report], None] | None) -> dict[str, Any]:
     cfg, p, t = setup.base, setup.pretrain, setup.base.train
-    data = prepare_data(cfg, run_dir)  # the labeled split: the k-NN memory bank (labels reach no loss)
+    data = prepare_data(cfg, run_dir)  # the labeled split: the k-NN memory bank [and pretrain.labeled_weight's]
     classes = list(data.manifest.classes)
     train_paths = [r.path for r in (*data.labeled, *data.unlabeled)]  # every train video, without its label
     dev = torch.device(device)
@@ -139,6 +149,9 @@ def _pretrain_into(run_dir: Path, setup: PretrainSetup, device: str, decode_thre
         net = net.to(dev)
         trainer = Pretrainer(net, p, iterations=t.iterations, queue_size=setup.queue_size(len(train_paths)),
                              seed=t.seed)
+        objective_state = init_objective_state(setup)
+        if objective_state is not None and (taken := trainer.continue_objective(objective_state)):
+            print(f"objective continued from model.init: {', '.join(taken)}", flush=True)
         optimizer = build_optimizer(cfg, {"net": net})
         scheduler = build_scheduler(optimizer, warmup=t.warmup_iters, total=t.iterations)
         cache: ClipCache | None
@@ -148,6 +161,10 @@ def _pretrain_into(run_dir: Path, setup: PretrainSetup, device: str, decode_thre
         reader: Any = cache if cache is not None else decode_module
         read_eval = cache.decode_eval_clips if cache is not None else decode_eval_clips
         batches = view_batches(train_paths, t.batch_size, setup, t.seed, pool, reader, skipped)
+        labeled_batches = (view_batches([r.path for r in data.labeled], p.labeled_batch, setup, t.seed + 1, pool,
+                                        reader, skipped, labels=[r.label for r in data.labeled],
+                                        what="labeled split")
+                           if p.labeled_weight > 0 else None)
 
         def features() -> tuple[Tensor, Tensor, Tensor, Tensor]:
             unreadable: dict[str, str] = {}
@@ -171,8 +188,13 @@ def _pretrain_into(run_dir: Path, setup: PretrainSetup, device: str, decode_thre
         def step(_: int) -> tuple[Mapping[str, Tensor], int]:
             clips, pretext = next(batches)
             views = pretrain_views(clips.to(dev), cfg.augment, p)
+            labeled = None
+            if labeled_batches is not None:
+                labeled_clips, labels = next(labeled_batches)
+                labeled = (pretrain_views(labeled_clips.to(dev), cfg.augment, p), labels)
             metrics = pretrain_optimize(trainer, optimizer, scheduler, views,
-                                        pretext if p.pretext != "none" else None, grad_clip=t.grad_clip)
+                                        pretext if p.pretext != "none" else None, grad_clip=t.grad_clip,
+                                        labeled=labeled)
             return metrics, clips.shape[0] * clips.shape[1]
 
         def monitor(done: int, last: bool) -> dict[str, float]:

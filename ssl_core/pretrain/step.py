@@ -4,6 +4,7 @@
     rho_moco / simclr: classifier (model.primary, e.g. small3d) with its last nn.Linear replaced by nn.Identity
       -> features (B, F) -> projection MLP -> embedding (B, proj_dim) -> objective (ssl_core/pretrain/objectives.py)
       -> [pretext head: Linear(F, 2) on the features, pretrain.pretext]
+      [labeled clips -> features -> cosine classifier -> cross-entropy x pretrain.labeled_weight (S4L)]
     videomae: a ViT classifier, headless, encodes the visible tubes -> decoder -> masked tubes' pixels
       (ssl_core/pretrain/videomae.py)
 
@@ -28,7 +29,7 @@ from torch import Tensor, nn
 
 from ssl_core.checkpoint import model_meta, save_training_state
 from ssl_core.models import build_model
-from ssl_core.models.init import InitReport
+from ssl_core.models.init import InitReport, read_init_source
 from ssl_core.models.registry import temporal_gradient
 from ssl_core.pretrain.backbone import HeadAside
 from ssl_core.pretrain.config import PretrainConfig, PretrainSetup
@@ -45,6 +46,7 @@ from ssl_core.train_step import init_models
 from ssl_core.unwrap import unwrap
 
 STAGE = "pretrain"
+COSINE_TEMPERATURE = 0.1
 
 
 class Encoder(nn.Module):
@@ -74,11 +76,20 @@ class PretrainNet(HeadAside):
         self.encoder = Encoder(classifier, projection_mlp(self.feature_dim, p.hidden_dim, p.proj_dim, p.proj_layers,
                                                              batch_norm=p.proj_bn))
         self.pretext_head = nn.Linear(self.feature_dim, 2) if p.pretext != "none" else None
+        self.label_head = nn.Linear(self.feature_dim, self.num_classes, bias=False) if p.labeled_weight > 0 else None
 
     def forward(self, video: Tensor, groups: int = 1) -> tuple[Tensor, Tensor, Tensor | None]:
         """video (N, 3, T, h, w) -> features (N, F), embedding (N, proj_dim), pretext logits (N, 2) or None."""
         feats, z = grouped(self.encoder, video, groups)
         return feats, z, self.pretext_head(feats) if self.pretext_head is not None else None
+
+    def classify(self, video: Tensor) -> Tensor:
+        """video (N, 3, T, h, w) -> class logits (N, C) of the cosine classifier: cosine similarity / 0.1, as the
+        k-NN monitor compares normalised features (a plain Linear on features of norm ~40 starts with huge
+        logits whose gradients shake the backbone)."""
+        assert self.label_head is not None
+        feats = F.normalize(self.encoder.backbone(video).float(), dim=1)
+        return feats @ F.normalize(self.label_head.weight.float(), dim=1).T / COSINE_TEMPERATURE
 
     @property
     def backbone(self) -> nn.Module:
@@ -86,12 +97,15 @@ class PretrainNet(HeadAside):
 
     def objective_state_dict(self) -> dict[str, Any]:
         return {"projector": self.encoder.projector.state_dict(),
-                "pretext_head": self.pretext_head.state_dict() if self.pretext_head is not None else {}}
+                "pretext_head": self.pretext_head.state_dict() if self.pretext_head is not None else {},
+                "label_head": self.label_head.state_dict() if self.label_head is not None else {}}
 
     def load_objective_state_dict(self, state: Mapping[str, Any]) -> None:
         self.encoder.projector.load_state_dict(state["projector"])
-        if self.pretext_head is not None:
-            self.pretext_head.load_state_dict(state["pretext_head"])
+        for name in ("pretext_head", "label_head"):
+            head = getattr(self, name)
+            if head is not None and state.get(name):  # absent where the saving run had no such head
+                head.load_state_dict(state[name])
 
 
 def export_classifier(net: HeadAside, model_name: str, num_classes: int) -> nn.Module:
@@ -114,6 +128,13 @@ def build_net(
         net = MaskedVideoNet(classifier, setup.pretrain, frames=cfg.data.num_frames, crop=cfg.augment.crop_size)
         return net, reports
     return PretrainNet(classifier, setup.pretrain), reports
+
+
+def init_objective_state(setup: PretrainSetup, sources: Mapping[str, str] | None = None) -> dict[str, Any] | None:
+    """The objective state of model.init when it names a pretraining checkpoint (else None): what
+    Pretrainer.continue_objective takes on a fresh start. `sources` as build_net's."""
+    spec = (sources or {}).get("init", setup.base.model.init)
+    return read_init_source(spec).objective_state if spec else None
 
 
 class Pretrainer:
@@ -141,8 +162,10 @@ class Pretrainer:
     def core(self) -> HeadAside:
         return unwrap(self.net)  # type: ignore[return-value]
 
-    def loss(self, views: Tensor, pretext: Tensor | None, step: int) -> tuple[Tensor, dict[str, Tensor | float]]:
-        """views (B, rho, 3, T, h, w) normalised; pretext (B, rho) int64 labels (pretrain.pretext) or None."""
+    def loss(self, views: Tensor, pretext: Tensor | None, step: int, labeled: tuple[Tensor, Tensor] | None = None
+             ) -> tuple[Tensor, dict[str, Tensor | float]]:
+        """views (B, rho, 3, T, h, w) normalised; pretext (B, rho) int64 labels (pretrain.pretext) or None;
+        labeled: the labeled split's views (L, rho, 3, T, h, w) and labels (L,) when pretrain.labeled_weight > 0."""
         p = self.p
         if p.objective == "videomae":  # every clip masked and reconstructed on its own: no positives
             return masked_reconstruction(self.net, views.flatten(0, 1), p.mask_ratio, p.norm_target)
@@ -180,11 +203,38 @@ class Pretrainer:
             loss = loss + p.pretext_weight * pretext_loss
             metrics["loss/pretext"] = pretext_loss.detach()
             metrics["pretext/accuracy"] = (logits.argmax(dim=1) == target).float().mean()
+        if labeled is not None and p.labeled_weight > 0:
+            label_loss, label_metrics = self.label_loss(*labeled)
+            loss = loss + p.labeled_weight * label_loss
+            metrics.update(label_metrics)
         # Spread of the embeddings over the batch, x sqrt(dim): ~1 when spread over the sphere, 0 when collapsed.
         metrics["pretrain/embedding_std"] = z.detach().std(dim=0).mean() * math.sqrt(z.shape[1])
         metrics["pretrain/feature_norm"] = feats.detach().float().norm(dim=1).mean()
         metrics["loss/total"] = loss.detach()
         return loss, metrics
+
+    def label_loss(self, views: Tensor, labels: Tensor) -> tuple[Tensor, dict[str, Tensor | float]]:
+        """Cross-entropy of the cosine classifier over the RGB clips of labeled videos (residual clips hold no
+        appearance): views (L, rho, 3, T, h, w), labels (L,)."""
+        rgb = views.shape[1] - self.p.residual_clips
+        logits = self.core.classify(views[:, :rgb].flatten(0, 1))  # type: ignore[operator]
+        target = labels.to(logits.device).repeat_interleave(rgb)
+        loss = F.cross_entropy(logits, target)
+        return loss, {"loss/labeled": loss.detach(), "labeled/accuracy": (logits.argmax(1) == target).float().mean()}
+
+    def continue_objective(self, state: Mapping[str, Any]) -> list[str]:
+        """A fresh run started (model.init) from another pretraining of this objective takes its projector,
+        momentum encoder, and queue (when its size matches) too: a new projector would first have to catch up with
+        the backbone, and its gradients meanwhile shake the features. Returns what was taken."""
+        if state.get("objective") != self.p.objective or self.key_encoder is None or self.queue is None:
+            return []
+        self.core.load_objective_state_dict(state)
+        self.key_encoder.load_state_dict(state["key_encoder"])
+        taken = ["projector", "momentum encoder"]
+        if state["queue"]["keys"].shape == self.queue.keys.shape:
+            self.queue.load_state_dict(state["queue"])
+            taken.append("queue")
+        return taken
 
     def state_dict(self) -> dict[str, Any]:
         """Everything but the backbone (saved as the classifier): the projector and pretext head, or the decoder
@@ -218,6 +268,7 @@ def pretrain_optimize(
     pretext: Tensor | None,
     *,
     grad_clip: float,
+    labeled: tuple[Tensor, Tensor] | None = None,
 ) -> dict[str, Tensor]:
     """loss -> backward -> clip -> step -> LR (the momentum encoder moved inside the loss, MoCo's order);
     returns the step's scalar metrics as detached 0-d tensors on the device, so nothing here waits for the
@@ -227,7 +278,7 @@ def pretrain_optimize(
     autocast = (torch.autocast(device_type="cuda", dtype=torch.bfloat16) if views.device.type == "cuda"
                 else contextlib.nullcontext())
     with autocast:
-        loss, metrics = trainer.loss(views, pretext, step)
+        loss, metrics = trainer.loss(views, pretext, step, labeled)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(list(trainer.net.parameters()), grad_clip)

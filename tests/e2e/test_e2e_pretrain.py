@@ -1,6 +1,7 @@
 """Pretrain -> fine-tune end to end through the real parts: mp4 files -> Ray Data (rho clips per video, no labels)
 -> Ray Train (2 workers, DDP, all-gathered queue) -> a real MLflow store and Model Registry; then a FixMatch run
-(workflows.train) started from the pretraining run folder, with its lineage. `--resume` (two more Ray Train fits):
+(workflows.train) started from the pretraining run folder, with its lineage. Semi-supervised pretraining
+(pretrain.labeled_weight) through the same parts, continuing a pretraining. `--resume` (two more Ray Train fits):
 tests/slow/test_pretrain_resume.py.
 
     .venv/bin/python -m pytest -q tests/e2e/test_e2e_pretrain.py
@@ -93,6 +94,32 @@ def test_pretrain_then_fixmatch_from_the_backbone(
     (report,) = prepared.reports
     assert len(report.matched) == 24 and report.reinitialised == ["fc.weight", "fc.bias"]
     assert prepared.lineage["vidssl.init_run"] == run.info.run_id
+
+
+def test_semi_supervised_pretraining_streams_the_labeled_split_to_every_worker(
+    ray_local: None, synth_dataset: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """pretrain.labeled_weight through Ray: a "labeled" stream split over 2 DDP workers beside the train stream,
+    the classifier's loss in MLflow, the run continuing a Ray-free pretraining, and the fine-tuning command naming
+    the run's labeled split."""
+    from ssl_core.pretrain.config import load_pretrain_config
+    from ssl_core.pretrain.local import run_local_pretrain
+
+    tiny = [*tiny_run(synth_dataset, tmp_path), "train.iterations=2", "train.batch_size=2", "train.log_every=2",
+            "train.checkpoint_every=2", "pretrain.knn_every=0", "pretrain.hidden_dim=32", "pretrain.proj_dim=16",
+            "pretrain.probe_steps=0"]
+    run_local_pretrain(load_pretrain_config(PRETRAIN, tiny), decode_threads=1, run_dir=tmp_path / "first")
+    overrides = [*tiny, f"model.init={tmp_path / 'first'}", "pretrain.labeled_weight=1", "pretrain.labeled_batch=2",
+                 "scaling.num_workers=2", "scaling.cpus_per_worker=0.5", "tracking.experiment=e2e-semi"]
+    assert main(["--config", str(PRETRAIN), *(a for o in overrides for a in ("--set", o))]) == 0
+    out = capfd.readouterr().out
+    run_dir = next((tmp_path / "runs").glob("pretrain-rho_moco-*"))
+    assert f"--set data.labeled_split_file={run_dir / 'labeled_split.csv'}" in out
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    run_id = RunState.load(run_dir).mlflow_run_id
+    assert [m.step for m in client.get_metric_history(run_id, "loss/labeled")] == [2]
+    assert 0 <= client.get_metric_history(run_id, "labeled/accuracy")[0].value <= 1
+    assert client.get_run(run_id).data.params["pretrain.labeled_weight"] == "1.0"
 
 
 def _classes(run_dir: Path) -> list[str]:

@@ -25,7 +25,7 @@ from ssl_core.data.transforms import AugmentConfig
 from ssl_core.models import build_model
 from ssl_core.models.init import load_init, read_init_source
 from ssl_core.pretrain.augment import VideoGrayscale, pretrain_views, swap_backgrounds
-from ssl_core.pretrain.config import PretrainConfig, finetune_command, load_pretrain_config
+from ssl_core.pretrain.config import PretrainConfig, load_pretrain_config, next_command
 from ssl_core.pretrain.data import decode_views
 from ssl_core.pretrain.knn import knn_accuracy, knn_scores, linear_probe
 from ssl_core.pretrain.objectives import (
@@ -41,6 +41,7 @@ from ssl_core.pretrain.objectives import (
 from ssl_core.pretrain.step import (
     Pretrainer,
     build_net,
+    init_objective_state,
     pretrain_optimize,
     save_pretrain_checkpoint,
 )
@@ -311,6 +312,12 @@ def test_config_defaults_sections_and_errors_naming_the_key() -> None:
             load_pretrain_config(CONFIG, [override])
     with pytest.raises(ConfigError, match="^train.batch_size:"):
         load_pretrain_config(CONFIG, ["pretrain.objective=simclr", "train.batch_size=1", "pretrain.bn_splits=1"])
+    for overrides, key in [(["pretrain.labeled_weight=-1"], "pretrain.labeled_weight:"),
+                           (["pretrain.labeled_batch=0"], "pretrain.labeled_batch:")]:
+        with pytest.raises(ConfigError, match=f"^{key}"):
+            load_pretrain_config(CONFIG, overrides)
+    with pytest.raises(ConfigError, match="^pretrain.labeled_weight: .*rho_moco or simclr"):
+        load_pretrain_config(CONFIG.with_name("pretrain_videomae_demo.yaml"), ["pretrain.labeled_weight=1"])
 
 
 def test_residual_clips_reach_the_backbone_as_frame_differences() -> None:
@@ -411,6 +418,62 @@ def test_checkpoint_resumes_exactly_and_model_init_reads_the_backbone(tmp_path: 
     assert all(torch.equal(target.state_dict()[k], saved[k]) for k in saved if not k.startswith("fc."))
 
 
+# --- semi-supervised pretraining (pretrain.labeled_weight) ---------------------------------------------------
+
+
+def test_labeled_term_is_the_cosine_classifiers_cross_entropy_on_the_rgb_clips() -> None:
+    """loss = objective + labeled_weight x CE of the cosine classifier over the labeled videos' RGB clips (the
+    residual clip left out); the classifier and the backbone learn from it."""
+    torch.set_num_threads(1)
+    setup = load_pretrain_config(CONFIG, ["model.primary=small3d_w0.25", "pretrain.labeled_weight=0.5",
+                                          "pretrain.rho=3", "pretrain.residual_clips=1", "pretrain.hidden_dim=32",
+                                          "pretrain.proj_dim=16", "augment.crop_size=32"])
+    trainer, _, _ = fresh_pretrainer(setup, ["a", "b", "c"], queue_size=12)
+    views, labeled = torch.randn(4, 3, 3, 8, 32, 32), torch.randn(2, 3, 3, 8, 32, 32)
+    labels = torch.tensor([2, 0])
+    loss, metrics = trainer.loss(views, None, 0, (labeled, labels))
+    total, parts = float(loss.detach()), float(metrics["loss/contrastive"]) + 0.5 * float(metrics["loss/labeled"])
+    assert total == pytest.approx(parts)
+    core = trainer.core
+    core.eval()  # the same batch statistics as the loss's pass need train mode: compare in eval on both sides
+    expected = F.cross_entropy(core.classify(labeled[:, :2].flatten(0, 1)), torch.tensor([2, 2, 0, 0]))
+    assert float(trainer.label_loss(labeled, labels)[0]) == pytest.approx(float(expected), rel=1e-5)
+    core.train()
+    trainer.net.zero_grad()
+    trainer.label_loss(labeled, labels)[0].backward()
+    assert core.label_head.weight.grad.abs().sum() > 0
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in core.encoder.projector.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in core.backbone.parameters())
+
+
+def test_model_init_from_a_pretraining_continues_its_objective(tmp_path: Path) -> None:
+    """Started from another pretraining of the same objective, a run takes its projector, momentum encoder and
+    queue (not the queue when its size differs); from a training checkpoint or another objective, nothing."""
+    torch.set_num_threads(1)
+    base = ["model.primary=small3d_w0.25", "train.batch_size=4", "augment.crop_size=32", "pretrain.hidden_dim=32",
+            "pretrain.proj_dim=16"]
+    setup = load_pretrain_config(CONFIG, base)
+    classes = ["a", "b", "c"]
+    trainer, optimizer, scheduler = fresh_pretrainer(setup, classes, queue_size=12)
+    for _ in range(2):
+        pretrain_optimize(trainer, optimizer, scheduler, torch.randn(4, 3, 3, 8, 32, 32), None, grad_clip=5.0)
+    save_pretrain_checkpoint(tmp_path / "run" / "checkpoint_000002", setup=setup, trainer=trainer,
+                             optimizer=optimizer, scheduler=scheduler, step=2, classes=classes)
+    semi = load_pretrain_config(CONFIG, [*base, f"model.init={tmp_path / 'run'}", "pretrain.labeled_weight=1"])
+    state = init_objective_state(semi)
+    assert state is not None and state["objective"] == "rho_moco"
+    follower, _, _ = fresh_pretrainer(semi, classes, queue_size=12)
+    assert follower.continue_objective(state) == ["projector", "momentum encoder", "queue"]
+    for a, b in ((trainer.core.encoder.projector, follower.core.encoder.projector),
+                 (trainer.key_encoder, follower.key_encoder), (trainer.queue, follower.queue)):
+        assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+    other_queue, _, _ = fresh_pretrainer(semi, classes, queue_size=20)
+    assert other_queue.continue_objective(state) == ["projector", "momentum encoder"]
+    simclr = load_pretrain_config(CONFIG, [*base, "pretrain.objective=simclr"])
+    assert fresh_pretrainer(simclr, classes, queue_size=12)[0].continue_objective(state) == []
+    assert init_objective_state(load_pretrain_config(CONFIG, base)) is None  # no model.init
+
+
 # The shipped recipes: motion-defined classes (small3d, residual clips) and appearance-defined ones (frame2d,
 # background swap, any hue), each at a tiny size.
 RECIPES = [(CONFIG, "small3d_w0.25"), (CONFIG.with_name("pretrain_appearance.yaml"), "frame2d_w0.25")]
@@ -440,31 +503,53 @@ def test_ray_free_run_writes_a_backbone_checkpoint(synth_dataset: Path, tmp_path
     assert os.path.exists(latest_checkpoint_dir(tmp_path / "run") / "state.pt")
 
 
-def test_appearance_finetune_config_fits_the_head_on_the_pretrained_backbone(
-    synth_dataset: Path, tmp_path: Path
+def test_the_appearance_path_pretrain_then_labels_join_then_the_head_fits(
+    synth_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """configs/finetune_appearance.yaml (README's path after configs/pretrain_appearance.yaml) keeps the loaded
-    backbone as it was and trains only the head."""
+    """README's appearance path, tiny and Ray-free: configs/pretrain_appearance.yaml, then
+    configs/semisup_appearance.yaml from it (the objective continues, the labeled term is reported), then
+    configs/finetune_appearance.yaml on the semi-supervised run's labeled split: the backbone stays as it was,
+    the head learns; each runner's next command names the next config."""
+    from ssl_core.data.splits import SPLIT_FILE, prepare_data
+    from ssl_core.engine import Report
     from ssl_core.loop import run_local
     from ssl_core.pretrain.local import run_local_pretrain
 
+    monkeypatch.chdir(CONFIG.parents[1])  # the next commands name configs/... from the repository root
     torch.set_num_threads(1)
     tiny = [f"data.root={synth_dataset}", "data.synthetic.enabled=false", "data.labeled_fraction=0.5",
             "data.num_frames=4", "data.size=40", "data.eval_clips=1", "augment.crop_size=32", "data.cache=off",
             "model.primary=frame2d_w0.25", "train.batch_size=4", "train.log_every=1", "train.warmup_iters=1"]
-    setup = load_pretrain_config(CONFIG.with_name("pretrain_appearance.yaml"), [
-        *tiny, "train.iterations=2", "train.checkpoint_every=2", "pretrain.knn_every=0", "pretrain.hidden_dim=32",
-        "pretrain.proj_dim=16", "pretrain.probe_steps=0", f"output.storage={tmp_path}"])
+    stage = [*tiny, "train.iterations=2", "train.checkpoint_every=2", "pretrain.knn_every=0", "pretrain.hidden_dim=32",
+             "pretrain.proj_dim=16", "pretrain.probe_steps=0", f"output.storage={tmp_path}"]
+    setup = load_pretrain_config(CONFIG.with_name("pretrain_appearance.yaml"), stage)
     run_local_pretrain(setup, decode_threads=2, run_dir=tmp_path / "pretrain")
-    backbone = load_checkpoint_model(tmp_path / "pretrain")
+    assert next_command(setup, tmp_path / "pretrain") == (
+        ".venv/bin/python -m workflows.pretrain --config configs/semisup_appearance.yaml "
+        f"--set model.init={tmp_path / 'pretrain'}")
 
+    semi = load_pretrain_config(CONFIG.with_name("semisup_appearance.yaml"), [
+        *stage, f"model.init={tmp_path / 'pretrain'}", "pretrain.labeled_batch=2"])
+    assert semi.pretrain.labeled_weight > 0
+    reports: list[Report] = []
+    run_local_pretrain(semi, decode_threads=2, run_dir=tmp_path / "semi", on_report=reports.append)
+    assert "objective continued from model.init: projector, momentum encoder, queue" in capsys.readouterr().out
+    assert reports and all(0 <= r.window["labeled/accuracy"] <= 1 and r.window["loss/labeled"] > 0 for r in reports)
+    backbone = load_checkpoint_model(tmp_path / "semi")
+    split = tmp_path / "semi" / SPLIT_FILE
+    assert next_command(semi, tmp_path / "semi") == (
+        ".venv/bin/python -m workflows.train --config configs/finetune_appearance.yaml --set model.primary="
+        f"frame2d_w0.25 --set model.init={tmp_path / 'semi'} --set data.labeled_split_file={split}")
+    assert "--config configs/demo.yaml " in next_command(load_pretrain_config(CONFIG), "run")
+
+    # The split file wins over a fraction: the fine-tuning learns from the semi-supervised run's labeled videos.
     cfg = load_config(CONFIG.with_name("finetune_appearance.yaml"), [
         *tiny, "train.iterations=3", "train.ema_start=0", "train.eval_every=3", "train.checkpoint_every=3",
-        f"model.init={tmp_path / 'pretrain'}", f"output.storage={tmp_path}"])
+        f"model.init={tmp_path / 'semi'}", f"data.labeled_split_file={split}", "data.labeled_fraction=0.25",
+        f"output.storage={tmp_path}"])
     assert (cfg.algorithm.name, cfg.train.freeze_backbone_steps) == ("supervised", 600)
-    assert finetune_command(setup, tmp_path / "pretrain").startswith(
-        ".venv/bin/python -m workflows.train --config configs/finetune_appearance.yaml ")
-    assert "--config configs/demo.yaml " in finetune_command(load_pretrain_config(CONFIG), "run")
+    labeled = {r.path for r in prepare_data(cfg, tmp_path / "finetune").labeled}
+    assert labeled == {r.path for r in prepare_data(semi.base, None).labeled}
     run_local(cfg, decode_threads=2, evaluate=False, run_dir=tmp_path / "finetune")
     tuned = load_checkpoint_model(tmp_path / "finetune")
     before, after = backbone.state_dict(), tuned.state_dict()

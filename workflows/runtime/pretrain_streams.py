@@ -4,6 +4,8 @@
         every train video (labeled split included), no label column: labels cannot reach a loss. rho clips
         per video at independent random times (ssl_core.pretrain.data.decode_views); "views" when
         augment.placement = data (augmented in the decode task, one draw per clip), else uint8 clips.
+  labeled  as train, plus "label": int64, over the labeled split only; only when pretrain.labeled_weight > 0
+        (semi-supervised pretraining: the classifier beside the objective learns from it).
   knn   {"clips": (N, T, H, W, 3) uint8, "label": int64, "bank": int64}    rank 0's k-NN monitor: the labeled
         split (bank = 1, the memory bank) and the test split (bank = 0, the queries), N evaluation clips each.
 
@@ -78,8 +80,10 @@ def pretrain_batches(
     pretext: str,
     augment: dict[str, Any] | None = None,
     pretrain: dict[str, Any] | None = None,
+    with_labels: bool = False,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Spans of row numbers -> rows -> rho decoded clips per video [-> augmented views], `chunk` rows at a time.
+    """Spans of row numbers -> rows -> rho decoded clips per video [-> augmented views] [+ class labels],
+    `chunk` rows at a time.
     cfg: num_frames, stride, size, decoder, timeout_s, threads, cache_dir (as
     workflows.runtime.streams.train_batches)."""
     ids = np.concatenate([np.arange(a, b) for a, b in zip(spans["start"], spans["stop"], strict=True)])
@@ -87,8 +91,8 @@ def pretrain_batches(
     backend = _backend(opts)
     for start in range(0, len(ids), chunk):
         rows = rows_for_ids(ids[start : start + chunk], _table(table), seed, "label", key=table.hex())
-        clips, labels, seeds = [], [], []
-        for path, row_seed in zip(rows["path"], rows["seed"], strict=True):
+        clips, labels, seeds, classes = [], [], [], []
+        for path, row_seed, label in zip(rows["path"], rows["seed"], rows["label"], strict=True):
             try:
                 views, pretext_labels = decode_views(backend, path, int(row_seed), rho=rho, pretext=pretext, **opts)
             except DecodeError as err:
@@ -98,9 +102,12 @@ def pretrain_batches(
             clips.append(views)
             labels.append(pretext_labels)
             seeds.append(int(row_seed))
+            classes.append(int(label))
         shape = (0, rho, cfg["num_frames"], cfg["size"], cfg["size"], 3)
         stacked = np.stack(clips) if clips else np.empty(shape, dtype=np.uint8)
         out = {"pretext": np.stack(labels) if labels else np.empty((0, rho), dtype=np.int64)}
+        if with_labels:
+            out["label"] = np.array(classes, dtype=np.int64)
         if augment is None:
             out["clips"] = stacked
         else:
@@ -119,7 +126,9 @@ def build_pretrain_datasets(
     test: Sequence[VideoRecord],
     counter: Any,
 ) -> dict[str, ray.data.Dataset]:
-    """The "train" stream (train.iterations batches of train.batch_size videos per worker) and the "knn" set."""
+    """The "train" stream (train.iterations batches of train.batch_size videos per worker), the "labeled" one
+    (as many batches of pretrain.labeled_batch labeled videos) when pretrain.labeled_weight > 0, and the "knn"
+    set."""
     cfg, p = setup.base, setup.pretrain
     d, t, workers = cfg.data, cfg.train, cfg.scaling.num_workers
     cache, cache_report = cache_for_config(cfg, [r.path for r in (*train, *test)])
@@ -129,23 +138,32 @@ def build_pretrain_datasets(
                   "threads": max(1, int(d.decode_cpus)),
                   "cache_dir": str(cache.directory) if cache is not None else None}
     on_data = resolve_placement(cfg.augment.placement, cfg.scaling.use_gpu) == "data"
-    num_rows = (t.iterations + 1) * t.batch_size * workers  # a little slack: drop_last never starves a worker
-    rows = max(t.batch_size, _MIN_BLOCK_ROWS)
-    num_spans = min(max(1, math.ceil(num_rows / rows)), _MAX_SPANS)
-    edges = np.linspace(0, num_rows, num_spans + 1).round().astype(int)
-    spans = [{"start": int(a), "stop": int(b)} for a, b in zip(edges[:-1], edges[1:], strict=True)]
-    kwargs = {"table": ray.put(record_table(train)), "seed": t.seed, "cfg": decode_cfg, "counter": counter,
-              "chunk": rows, "rho": p.rho, "pretext": p.pretext,
-              "augment": dataclasses.asdict(cfg.augment) if on_data else None,
-              "pretrain": dataclasses.asdict(p) if on_data else None}
-    ds = ray.data.from_items(spans, override_num_blocks=num_spans)
-    ds = ds.map_batches(pretrain_batches, fn_kwargs=kwargs, batch_size=None, num_cpus=d.decode_cpus)
-    row_bytes = p.rho * (4 * 3 * d.num_frames * cfg.augment.crop_size**2 if on_data else d.num_frames * d.size**2 * 3)
-    # Hand each decoded chunk on at once (see workflows.runtime.streams: a large block target delays the first step).
-    ds.context.target_max_block_size = int(0.5 * rows * row_bytes)
+
+    def stream(records: Sequence[VideoRecord], batch: int, seed: int, with_labels: bool) -> ray.data.Dataset:
+        num_rows = (t.iterations + 1) * batch * workers  # a little slack: drop_last never starves a worker
+        rows = max(batch, _MIN_BLOCK_ROWS)
+        num_spans = min(max(1, math.ceil(num_rows / rows)), _MAX_SPANS)
+        edges = np.linspace(0, num_rows, num_spans + 1).round().astype(int)
+        spans = [{"start": int(a), "stop": int(b)} for a, b in zip(edges[:-1], edges[1:], strict=True)]
+        kwargs = {"table": ray.put(record_table(records)), "seed": seed, "cfg": decode_cfg, "counter": counter,
+                  "chunk": rows, "rho": p.rho, "pretext": p.pretext,
+                  "augment": dataclasses.asdict(cfg.augment) if on_data else None,
+                  "pretrain": dataclasses.asdict(p) if on_data else None, "with_labels": with_labels}
+        ds = ray.data.from_items(spans, override_num_blocks=num_spans)
+        ds = ds.map_batches(pretrain_batches, fn_kwargs=kwargs, batch_size=None, num_cpus=d.decode_cpus)
+        row_bytes = p.rho * (4 * 3 * d.num_frames * cfg.augment.crop_size**2 if on_data
+                             else d.num_frames * d.size**2 * 3)
+        # Hand each decoded chunk on at once (see workflows.runtime.streams: a large block target delays the first
+        # step).
+        ds.context.target_max_block_size = int(0.5 * rows * row_bytes)
+        return ds
+
+    datasets = {"train": stream(train, t.batch_size, t.seed, with_labels=False)}
+    if p.labeled_weight > 0:
+        datasets["labeled"] = stream(labeled, p.labeled_batch, t.seed + 1, with_labels=True)
     items = [{"path": r.path, "label": r.label, "bank": 1} for r in labeled]
     items += [{"path": r.path, "label": r.label, "bank": 0} for r in test]
     knn = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / 8)))
     knn = knn.flat_map(_decode_knn_row, fn_kwargs={"cfg": {**decode_cfg, "num_clips": d.eval_clips},
                                                    "counter": counter}, **evaluation_decode_resources(d.decode_cpus))
-    return {"train": ds, "knn": knn}
+    return {**datasets, "knn": knn}

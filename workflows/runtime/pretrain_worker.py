@@ -2,6 +2,7 @@
 ssl_core.engine's step loop with the pretraining step and monitors:
 
   shard of rho-clip rows (no labels) -> per-clip augmentation -> objective (ssl_core.pretrain.step) -> step
+     [+ a shard of labeled rows -> the classifier beside the objective, when pretrain.labeled_weight > 0]
   -> every train.log_every: metrics averaged over workers, reported to Ray Train and (rank 0) to MLflow
   -> every pretrain.knn_every and at the end (rank 0): k-NN top-1 / top-5 of frozen backbone features
      (labeled split = memory bank, test split = queries); at the end also the linear probe
@@ -30,6 +31,7 @@ from ssl_core.pretrain.knn import knn_accuracy, linear_probe, video_features
 from ssl_core.pretrain.step import (
     Pretrainer,
     build_net,
+    init_objective_state,
     pretrain_optimize,
     restore_pretrain_state,
     save_pretrain_checkpoint,
@@ -98,6 +100,8 @@ def build_pretraining(args: WorkerArgs, setup: PretrainSetup) -> tuple[Hooks, in
     start_step = 0
     if state is not None:
         start_step = restore_pretrain_state(state, trainer=trainer, optimizer=optimizer, scheduler=scheduler)
+    elif (objective_state := init_objective_state(setup, args.init)) is not None:
+        trainer.continue_objective(objective_state)
     trainer.net = ray.train.torch.prepare_model(net)
     # Distinct augmentation and BN-shuffle draws per worker, and after a restore.
     torch.manual_seed(t.seed * 1000 + rank + start_step)
@@ -115,13 +119,23 @@ def build_pretraining(args: WorkerArgs, setup: PretrainSetup) -> tuple[Hooks, in
         if progress is not None:
             progress.report({**knn, "step": 0, **shown_as_eval(knn)})
     train_it = cycle(ray.train.get_dataset_shard("train"), t.batch_size, "train split")
+    labeled_it = (cycle(ray.train.get_dataset_shard("labeled"), p.labeled_batch, "labeled split")
+                  if p.labeled_weight > 0 else None)
+
+    def views_of(batch: Mapping[str, Tensor]) -> Tensor:
+        return (batch["views"].to(device) if "views" in batch
+                else pretrain_views(batch["clips"].to(device), cfg.augment, p))
 
     def step(_: int) -> tuple[Mapping[str, Tensor], int]:
         batch = next(train_it)
-        views = (batch["views"].to(device) if "views" in batch
-                 else pretrain_views(batch["clips"].to(device), cfg.augment, p))
+        views = views_of(batch)
         pretext = batch["pretext"] if p.pretext != "none" else None
-        metrics = pretrain_optimize(trainer, optimizer, scheduler, views, pretext, grad_clip=t.grad_clip)
+        labeled = None
+        if labeled_it is not None:
+            labeled_batch = next(labeled_it)
+            labeled = (views_of(labeled_batch), labeled_batch["label"])
+        metrics = pretrain_optimize(trainer, optimizer, scheduler, views, pretext, grad_clip=t.grad_clip,
+                                    labeled=labeled)
         return metrics, views.shape[0] * views.shape[1]
 
     def monitor(done: int, last: bool) -> dict[str, float]:
