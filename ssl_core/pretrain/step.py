@@ -223,15 +223,22 @@ class Pretrainer:
         return loss, {"loss/labeled": loss.detach(), "labeled/accuracy": (logits.argmax(1) == target).float().mean()}
 
     def continue_objective(self, state: Mapping[str, Any]) -> list[str]:
-        """A fresh run started (model.init) from another pretraining of this objective takes its projector,
-        momentum encoder, and queue (when its size matches) too: a new projector would first have to catch up with
-        the backbone, and its gradients meanwhile shake the features. Returns what was taken."""
-        if state.get("objective") != self.p.objective or self.key_encoder is None or self.queue is None:
+        """A fresh run started (model.init) from another pretraining of this objective takes its projector (when of
+        the same shape), momentum encoder and queue (when of the same size) too: a new projector would first have to
+        catch up with the backbone, and its gradients meanwhile shake the features. Returns what was taken."""
+        core = self.core
+        if state.get("objective") != self.p.objective or not isinstance(core, PretrainNet):
             return []
-        self.core.load_objective_state_dict(state)
-        self.key_encoder.load_state_dict(state["key_encoder"])
-        taken = ["projector", "momentum encoder"]
-        if state["queue"]["keys"].shape == self.queue.keys.shape:
+        mine = core.objective_state_dict()
+        same = {name: part for name, part in state.items() if name in mine and _same_shapes(part, mine[name])}
+        if "projector" not in same:
+            return []
+        core.load_objective_state_dict({name: same.get(name, {}) for name in mine})
+        taken = ["projector"]
+        if self.key_encoder is not None and _same_shapes(state.get("key_encoder", {}), self.key_encoder.state_dict()):
+            self.key_encoder.load_state_dict(state["key_encoder"])
+            taken.append("momentum encoder")
+        if self.queue is not None and _same_shapes(state.get("queue", {}), self.queue.state_dict()):
             self.queue.load_state_dict(state["queue"])
             taken.append("queue")
         return taken
@@ -258,6 +265,12 @@ class Pretrainer:
                 raise ValueError(f"the checkpoint's queue is {tuple(queue['keys'].shape)}, this run's "
                                  f"{tuple(self.queue.keys.shape)} (pretrain.queue_size / proj_dim changed)")
             self.queue.load_state_dict(queue)
+
+
+def _same_shapes(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Two state dicts with the same keys and tensor shapes (a head the saving run lacked is empty: not the same)."""
+    return bool(a) and a.keys() == b.keys() and all(getattr(a[k], "shape", None) == getattr(b[k], "shape", None)
+                                                    for k in a)
 
 
 def pretrain_optimize(

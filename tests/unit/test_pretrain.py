@@ -469,8 +469,23 @@ def test_model_init_from_a_pretraining_continues_its_objective(tmp_path: Path) -
         assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
     other_queue, _, _ = fresh_pretrainer(semi, classes, queue_size=20)
     assert other_queue.continue_objective(state) == ["projector", "momentum encoder"]
+    # A wider projector or another objective: nothing continues (the run starts its own, as without model.init).
+    wider = load_pretrain_config(CONFIG, [*base, "pretrain.proj_dim=24"])
+    assert fresh_pretrainer(wider, classes, queue_size=12)[0].continue_objective(state) == []
     simclr = load_pretrain_config(CONFIG, [*base, "pretrain.objective=simclr"])
     assert fresh_pretrainer(simclr, classes, queue_size=12)[0].continue_objective(state) == []
+    # The semi-supervised run's own checkpoint, on another class set: all but its classifier of other classes.
+    semi_trainer = follower
+    semi_trainer.core.label_head.weight.data.fill_(0.5)
+    save_pretrain_checkpoint(tmp_path / "semi" / "checkpoint_000001", setup=semi, trainer=semi_trainer,
+                             optimizer=optimizer, scheduler=scheduler, step=1, classes=classes)
+    semi_state = init_objective_state(load_pretrain_config(CONFIG, [*base, f"model.init={tmp_path / 'semi'}"]))
+    again, _, _ = fresh_pretrainer(semi, classes, queue_size=12)
+    assert again.continue_objective(semi_state) == ["projector", "momentum encoder", "queue"]
+    assert torch.all(again.core.label_head.weight == 0.5)
+    four, _, _ = fresh_pretrainer(semi, [*classes, "d"], queue_size=12)
+    assert four.continue_objective(semi_state) == ["projector", "momentum encoder", "queue"]
+    assert not torch.all(four.core.label_head.weight == 0.5)
     assert init_objective_state(load_pretrain_config(CONFIG, base)) is None  # no model.init
 
 

@@ -101,7 +101,9 @@ def build_pretraining(args: WorkerArgs, setup: PretrainSetup) -> tuple[Hooks, in
     if state is not None:
         start_step = restore_pretrain_state(state, trainer=trainer, optimizer=optimizer, scheduler=scheduler)
     elif (objective_state := init_objective_state(setup, args.init)) is not None:
-        trainer.continue_objective(objective_state)
+        taken = trainer.continue_objective(objective_state)
+        if taken and rank == 0:
+            print(f"objective continued from model.init: {', '.join(taken)}", flush=True)
     trainer.net = ray.train.torch.prepare_model(net)
     # Distinct augmentation and BN-shuffle draws per worker, and after a restore.
     torch.manual_seed(t.seed * 1000 + rank + start_step)
