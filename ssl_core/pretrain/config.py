@@ -93,8 +93,7 @@ class PretrainConfig:
                                           "frame")
     foreground_ratio: float = setting(0.15, "fraction of a swapped clip's pixels taken as foreground")
     knn_every: int = setting(100, "k-NN monitor every N steps (0: only at the end): frozen, L2-normalised backbone "
-                                  "features, labeled split as memory bank, test split as queries; labels never "
-                                  "reach a loss")
+                                  "features, labeled split as memory bank, test split as queries")
     knn_k: int = setting(20, "neighbours in the k-NN vote (InstDisc, DINO: 20-200)")
     knn_temperature: float = setting(0.07, "k-NN vote weights exp(sim / T)")
     probe_steps: int = setting(200, "logistic-regression probe at the end on the same frozen features (labeled split "
@@ -109,6 +108,9 @@ class PretrainConfig:
                                          "on the labeled split's clips (the objective's views, RGB clips only) beside "
                                          "the objective on every train video; 0: labels reach no loss")
     labeled_batch: int = setting(16, "labeled videos per step when labeled_weight > 0 (drawn again each pass)")
+    objective_weight: float = setting(1.0, "weight of the contrastive objective (rho_moco / simclr); 0 with "
+                                           "labeled_weight > 0: supervised training on the labeled clips alone, on the "
+                                           "same views (the baseline that tells what the unlabeled videos add)")
     next_config: str = setting("configs/demo.yaml", "the config run next on this pretraining (model.init = its run "
                                                     "folder), named in the command both runners print at the end: a "
                                                     "training config, or a pretraining config for a further stage")
@@ -160,6 +162,11 @@ class PretrainConfig:
         require(self.pretext_weight >= 0, "pretext_weight", "must be >= 0")
         require(self.labeled_weight >= 0, "labeled_weight", f"must be >= 0, got {self.labeled_weight}")
         require(self.labeled_batch >= 1, "labeled_batch", f"must be >= 1, got {self.labeled_batch}")
+        require(self.objective_weight >= 0, "objective_weight", f"must be >= 0, got {self.objective_weight}")
+        require(self.objective_weight > 0 or self.labeled_weight > 0, "objective_weight",
+                "0 leaves nothing to learn unless pretrain.labeled_weight > 0")
+        require(self.objective_weight == 1 or self.objective != "videomae", "objective_weight",
+                "weighs the contrastive objectives (rho_moco, simclr); videomae's reconstruction stands alone")
         require(self.labeled_weight == 0 or self.objective != "videomae", "labeled_weight",
                 "the classifier beside the objective reads the contrastive objectives' features: rho_moco or simclr")
         require(0 < self.mask_ratio < 1, "mask_ratio", f"must be in (0, 1), got {self.mask_ratio}")

@@ -195,7 +195,7 @@ class Pretrainer:
             metrics["pretrain/momentum"] = m
         else:
             contrastive, metrics = nt_xent(z.view(rho, b, -1), p.temperature)
-        loss = contrastive
+        loss = p.objective_weight * contrastive
         metrics["loss/contrastive"] = contrastive.detach()
         if logits is not None and pretext is not None:
             target = pretext.transpose(0, 1).flatten().to(logits.device)

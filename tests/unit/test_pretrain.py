@@ -313,7 +313,9 @@ def test_config_defaults_sections_and_errors_naming_the_key() -> None:
     with pytest.raises(ConfigError, match="^train.batch_size:"):
         load_pretrain_config(CONFIG, ["pretrain.objective=simclr", "train.batch_size=1", "pretrain.bn_splits=1"])
     for overrides, key in [(["pretrain.labeled_weight=-1"], "pretrain.labeled_weight:"),
-                           (["pretrain.labeled_batch=0"], "pretrain.labeled_batch:")]:
+                           (["pretrain.labeled_batch=0"], "pretrain.labeled_batch:"),
+                           (["pretrain.objective_weight=-1"], "pretrain.objective_weight:"),
+                           (["pretrain.objective_weight=0"], "pretrain.objective_weight: 0 leaves nothing")]:
         with pytest.raises(ConfigError, match=f"^{key}"):
             load_pretrain_config(CONFIG, overrides)
     with pytest.raises(ConfigError, match="^pretrain.labeled_weight: .*rho_moco or simclr"):
@@ -425,15 +427,20 @@ def test_labeled_term_is_the_cosine_classifiers_cross_entropy_on_the_rgb_clips()
     """loss = objective + labeled_weight x CE of the cosine classifier over the labeled videos' RGB clips (the
     residual clip left out); the classifier and the backbone learn from it."""
     torch.set_num_threads(1)
-    setup = load_pretrain_config(CONFIG, ["model.primary=small3d_w0.25", "pretrain.labeled_weight=0.5",
-                                          "pretrain.rho=3", "pretrain.residual_clips=1", "pretrain.hidden_dim=32",
-                                          "pretrain.proj_dim=16", "augment.crop_size=32"])
+    overrides = ["model.primary=small3d_w0.25", "pretrain.labeled_weight=0.5", "pretrain.rho=3",
+                 "pretrain.residual_clips=1", "pretrain.hidden_dim=32", "pretrain.proj_dim=16", "augment.crop_size=32"]
+    setup = load_pretrain_config(CONFIG, overrides)
     trainer, _, _ = fresh_pretrainer(setup, ["a", "b", "c"], queue_size=12)
     views, labeled = torch.randn(4, 3, 3, 8, 32, 32), torch.randn(2, 3, 3, 8, 32, 32)
     labels = torch.tensor([2, 0])
     loss, metrics = trainer.loss(views, None, 0, (labeled, labels))
     total, parts = float(loss.detach()), float(metrics["loss/contrastive"]) + 0.5 * float(metrics["loss/labeled"])
     assert total == pytest.approx(parts)
+    # The baseline without the unlabeled videos: the same step with the objective's weight at 0.
+    alone = Pretrainer(trainer.net, load_pretrain_config(CONFIG, [*overrides, "pretrain.objective_weight=0"]).pretrain,
+                       iterations=10, queue_size=12)
+    loss, metrics = alone.loss(views, None, 0, (labeled, labels))
+    assert float(loss.detach()) == pytest.approx(0.5 * float(metrics["loss/labeled"]))
     core = trainer.core
     core.eval()  # the same batch statistics as the loss's pass need train mode: compare in eval on both sides
     expected = F.cross_entropy(core.classify(labeled[:, :2].flatten(0, 1)), torch.tensor([2, 2, 0, 0]))
