@@ -102,8 +102,8 @@ class PretrainConfig:
     pretext: str = setting("none", "an extra pretext task on the same forward passes: speed (each clip at "
                                    "data.stride or 2x, predict which), arrow (forwards or reversed in time), none")
     pretext_weight: float = setting(0.5, "weight of the pretext head's cross-entropy")
-    # S4L (Zhai et al. 2019): the few labels shape the features while the objective on every video keeps them
-    # general; fine-tuning the whole network on the labels alone instead overfits them (docs/results.md).
+    # S4L (Zhai et al. 2019): the labels train the backbone on the objective's strong views, beside the objective on
+    # every video; a cosine classifier, as the k-NN monitor compares normalised features.
     labeled_weight: float = setting(0.0, "semi-supervised pretraining: weight of a cosine classifier's cross-entropy "
                                          "on the labeled split's clips (the objective's views, RGB clips only) beside "
                                          "the objective on every train video; 0: labels reach no loss")
