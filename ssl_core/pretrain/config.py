@@ -33,7 +33,7 @@ UNUSED_KEYS = (
     "algorithm.", "model.auxiliary", "model.auxiliary_init", "model.teacher", "model.dropout",
     "model.stochastic_depth", "train.mu", "train.eval_every", "train.ema_decay", "train.ema_start",
     "train.precise_bn_batches", "augment.min_scale", "augment.randaugment_ops", "augment.randaugment_magnitude",
-    "augment.erasing_p", "data.pseudo_labels", "data.labeled_split_file",
+    "augment.erasing_p",
 )
 # The queue's ceiling when pretrain.queue_size is null (MoCo's 65,536 is for Kinetics-size sets).
 AUTO_QUEUE_CAP = 4096
@@ -285,7 +285,9 @@ def check_across_sections(setup: PretrainSetup) -> None:
     for key in ("head_lr_scale", "layer_decay"):
         _check(getattr(cfg.train, key) == 1.0, f"train.{key}",
                "a fine-tuning control (a pretrained backbone under a classifier head); pretraining takes 1")
-    _check(cfg.data.pseudo_labels is None, "data.pseudo_labels", "pretraining reads every train video, no stored set")
+    _check(cfg.data.pseudo_labels is None or p.labeled_weight > 0, "data.pseudo_labels",
+           "a pseudo-labeled set joins the labeled term: needs pretrain.labeled_weight > 0 (the objective reads every "
+           "train video anyway)")
 
 
 def check_videomae(setup: PretrainSetup) -> None:

@@ -33,6 +33,7 @@ from ssl_core.pretrain.augment import pretrain_views
 from ssl_core.pretrain.config import PretrainSetup
 from ssl_core.pretrain.data import decode_views
 from ssl_core.pretrain.knn import knn_accuracy, linear_probe, video_features
+from ssl_core.pretrain.records import labeled_records, objective_records
 from ssl_core.pretrain.step import (
     Pretrainer,
     build_net,
@@ -135,7 +136,8 @@ def _pretrain_into(run_dir: Path, setup: PretrainSetup, device: str, decode_thre
     cfg, p, t = setup.base, setup.pretrain, setup.base.train
     data = prepare_data(cfg, run_dir)  # the labeled split: the k-NN memory bank [and pretrain.labeled_weight's]
     classes = list(data.manifest.classes)
-    train_paths = [r.path for r in (*data.labeled, *data.unlabeled)]  # every train video, without its label
+    train_paths = [r.path for r in objective_records(data)]  # every train video, without its label
+    taught = labeled_records(data)
     dev = torch.device(device)
     pool = ThreadPoolExecutor(max(1, decode_threads))
     history: list[tuple[int, float]] = []
@@ -160,9 +162,11 @@ def _pretrain_into(run_dir: Path, setup: PretrainSetup, device: str, decode_thre
         print(cache_report.line(), flush=True)
         reader: Any = cache if cache is not None else decode_module
         read_eval = cache.decode_eval_clips if cache is not None else decode_eval_clips
-        batches = view_batches(train_paths, t.batch_size, setup, t.seed, pool, reader, skipped)
-        labeled_batches = (view_batches([r.path for r in data.labeled], p.labeled_batch, setup, t.seed + 1, pool,
-                                        reader, skipped, labels=[r.label for r in data.labeled],
+        # Without the objective (objective_weight 0) the train videos would only be decoded to be ignored.
+        batches = (view_batches(train_paths, t.batch_size, setup, t.seed, pool, reader, skipped)
+                   if p.objective_weight > 0 else None)
+        labeled_batches = (view_batches([r.path for r in taught], p.labeled_batch, setup, t.seed + 1, pool,
+                                        reader, skipped, labels=[r.label for r in taught],
                                         what="labeled split")
                            if p.labeled_weight > 0 else None)
 
@@ -186,16 +190,19 @@ def _pretrain_into(run_dir: Path, setup: PretrainSetup, device: str, decode_thre
             print(f"step 0/{t.iterations}: k-NN top-1 {100 * history[0][1]:.1f} %", flush=True)
 
         def step(_: int) -> tuple[Mapping[str, Tensor], int]:
-            clips, pretext = next(batches)
-            views = pretrain_views(clips.to(dev), cfg.augment, p)
-            labeled = None
+            views, pretext, labeled, clips = None, None, None, 0
+            if batches is not None:
+                train_clips, pretext = next(batches)
+                views = pretrain_views(train_clips.to(dev), cfg.augment, p)
+                clips += train_clips.shape[0] * train_clips.shape[1]
             if labeled_batches is not None:
                 labeled_clips, labels = next(labeled_batches)
                 labeled = (pretrain_views(labeled_clips.to(dev), cfg.augment, p), labels)
+                clips += labeled_clips.shape[0] * labeled_clips.shape[1]
             metrics = pretrain_optimize(trainer, optimizer, scheduler, views,
                                         pretext if p.pretext != "none" else None, grad_clip=t.grad_clip,
                                         labeled=labeled)
-            return metrics, clips.shape[0] * clips.shape[1]
+            return metrics, clips
 
         def monitor(done: int, last: bool) -> dict[str, float]:
             feats = features()

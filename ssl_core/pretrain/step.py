@@ -162,11 +162,19 @@ class Pretrainer:
     def core(self) -> HeadAside:
         return unwrap(self.net)  # type: ignore[return-value]
 
-    def loss(self, views: Tensor, pretext: Tensor | None, step: int, labeled: tuple[Tensor, Tensor] | None = None
-             ) -> tuple[Tensor, dict[str, Tensor | float]]:
-        """views (B, rho, 3, T, h, w) normalised; pretext (B, rho) int64 labels (pretrain.pretext) or None;
-        labeled: the labeled split's views (L, rho, 3, T, h, w) and labels (L,) when pretrain.labeled_weight > 0."""
+    def loss(self, views: Tensor | None, pretext: Tensor | None, step: int,
+             labeled: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor | float]]:
+        """views (B, rho, 3, T, h, w) normalised, None when pretrain.objective_weight is 0; pretext (B, rho) int64
+        labels (pretrain.pretext) or None; labeled: the labeled videos' views (L, rho, 3, T, h, w) and labels (L,)
+        when pretrain.labeled_weight > 0."""
         p = self.p
+        if views is None:
+            if labeled is None:
+                raise ValueError("a step without the objective's views needs the labeled videos'")
+            label_loss, metrics = self.label_loss(*labeled)
+            loss = p.labeled_weight * label_loss
+            metrics["loss/total"] = loss.detach()
+            return loss, metrics
         if p.objective == "videomae":  # every clip masked and reconstructed on its own: no positives
             return masked_reconstruction(self.net, views.flatten(0, 1), p.mask_ratio, p.norm_target)
         b, rho = views.shape[:2]
@@ -277,7 +285,7 @@ def pretrain_optimize(
     trainer: Pretrainer,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
-    views: Tensor,
+    views: Tensor | None,
     pretext: Tensor | None,
     *,
     grad_clip: float,
@@ -288,7 +296,10 @@ def pretrain_optimize(
     device (ssl_core.metrics.WindowMeans brings them over once per window). The step count is the scheduler's
     (checkpointed, so it resumes)."""
     step = scheduler.last_epoch
-    autocast = (torch.autocast(device_type="cuda", dtype=torch.bfloat16) if views.device.type == "cuda"
+    device = views.device if views is not None else labeled[0].device if labeled is not None else None
+    if device is None:
+        raise ValueError("a step needs the objective's views or the labeled videos'")
+    autocast = (torch.autocast(device_type="cuda", dtype=torch.bfloat16) if device.type == "cuda"
                 else contextlib.nullcontext())
     with autocast:
         loss, metrics = trainer.loss(views, pretext, step, labeled)
@@ -297,7 +308,7 @@ def pretrain_optimize(
     grad_norm = torch.nn.utils.clip_grad_norm_(list(trainer.net.parameters()), grad_clip)
     optimizer.step()
     scheduler.step()
-    out = {k: v.detach() if isinstance(v, Tensor) else torch.tensor(float(v), device=views.device)
+    out = {k: v.detach() if isinstance(v, Tensor) else torch.tensor(float(v), device=device)
            for k, v in metrics.items()}
     out["grad_norm"] = grad_norm.detach()
     return out
