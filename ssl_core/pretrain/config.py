@@ -253,8 +253,14 @@ def pretrain_from_dict(raw: dict[str, Any]) -> PretrainSetup:
         raise ConfigError("algorithm: a pretraining config has no algorithm section; pretrain.objective chooses "
                           f"the objective ({' | '.join(OBJECTIVES)})")
     section = build(PretrainConfig, raw.pop("pretrain", None) or {}, "pretrain")
-    # The supervised algorithm: the base config validates without asking for anything an SSL method needs.
+    # The supervised algorithm: the base config validates without asking for anything an SSL method needs. A
+    # pseudo-labeled set is the labeled term's here, not an algorithm's: checked in check_across_sections.
+    data = raw.get("data")
+    pseudo_labels = data.get("pseudo_labels") if isinstance(data, dict) else None
+    if pseudo_labels is not None:
+        raw["data"] = {k: v for k, v in data.items() if k != "pseudo_labels"}
     base = from_dict({**raw, "algorithm": {"name": "supervised"}})
+    base.data.pseudo_labels = pseudo_labels
     setup = PretrainSetup(base, section)
     check_across_sections(setup)
     return setup
