@@ -36,17 +36,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow.parquet as pq
 import yaml
 
 from ssl_core.config import Config, ConfigError, pin_paths
-from ssl_core.data.pseudo_labels import (
-    pseudo_label_stats,
-    select_pseudo_labels,
-    write_pseudo_labels,
-)
-from ssl_core.data.splits import ensure_synthetic, prepare_data
+from ssl_core.data.splits import ensure_synthetic
 from ssl_core.user_errors import reports_user_errors
 from workflows.console import terminal
 from workflows.runtime.ray_session import init_ray
@@ -161,43 +155,18 @@ def _log_set_input(uri: str, run_id: str, state: WorkflowState, round_: int, lab
 
 def run_labeling_stage(spec: NoisyStudentSpec, state: WorkflowState, stage: Stage) -> dict[str, Any]:
     # here: Ray and MLflow take seconds to load; --dry-run and --help do without them
-    from workflows.runtime.inference import load_for_inference, score_videos
+    from workflows.runtime.pseudo_labeling import label_unlabeled
     from workflows.tracking.tracker import Tracker
 
     labeled_by = previous_model(spec, state, stage.round)
     # The teacher stage's config: same data, same labeled split (the algorithm does not matter here).
     cfg = stage_training_config(spec, state, Stage("round-0-teacher", "teacher", 0))
-    data = prepare_data(cfg, run_dir=None)
-    classes = list(data.manifest.classes)
-    loaded = load_for_inference(labeled_by, state.tracking_uri, trust_pickle=cfg.model.trust_pickle)
-    if loaded.classes != classes:
-        raise ConfigError(f"{stage.key}: model {labeled_by} knows classes {loaded.classes}, the data {classes}")
     labels = spec.labels
-    # The true label rides along to measure the set's accuracy (metrics); it never enters the stored set.
-    items = [{"path": r.path, "label": r.label} for r in data.unlabeled]
-    ds = score_videos(items, loaded, clips=labels.clips, crops=labels.crops, decode_cpus=cfg.data.decode_cpus)
-    paths, probs, truth, skipped = [], [], [], {}
-    for batch in ds.iter_batches(batch_size=256, batch_format="numpy"):
-        for path, label, p, error in zip(batch["path"], batch["label"], batch["probs"], batch["error"], strict=True):
-            if error:
-                skipped[str(path)] = str(error)
-            else:
-                paths.append(str(path))
-                probs.append(p)
-                truth.append(int(label))
-    order = np.argsort(paths)  # Ray Data does not keep row order; a sorted set hashes the same every time
-    paths = [paths[i] for i in order]
-    all_probs = np.asarray(probs, np.float32).reshape(-1, len(classes))[order]
-    all_truth = np.asarray(truth, np.int64)[order]
-    kept = select_pseudo_labels(all_probs, min_confidence=labels.min_confidence,
-                                top_k_per_class=labels.top_k_per_class)
     out = state.set_file(stage.round)
-    made_by = {"labeled_by": labeled_by, "round": stage.round, "workflow": spec.name,
-               **{f"filter.{k}": v for k, v in dataclasses.asdict(labels).items()}}
-    write_pseudo_labels(out, [paths[i] for i in kept], all_probs[kept], classes, made_by)
-    stats = pseudo_label_stats(all_probs[kept], classes, all_truth[kept])
-    stats |= {"candidates": len(items), "scored": len(paths), "skipped": len(skipped),
-              "accuracy_before_filter": pseudo_label_stats(all_probs, classes, all_truth)["accuracy"]}
+    made = label_unlabeled(cfg, labeled_by, labels, out, tracking_uri=state.tracking_uri,
+                           made_by={"labeled_by": labeled_by, "round": stage.round, "workflow": spec.name})
+    stats, skipped, items = made.stats, made.skipped, made.candidates
+    stats |= {"candidates": items, "scored": items - len(skipped), "skipped": len(skipped)}
     digest = hashlib.sha256(out.read_bytes()).hexdigest()[:16]
 
     tags = {"mlflow.parentRunId": state.parent_run_id, "vidssl.noisy_student": spec.name, "vidssl.stage": "labels",
@@ -216,11 +185,11 @@ def run_labeling_stage(spec: NoisyStudentSpec, state: WorkflowState, stage: Stag
     if skipped:
         tracker.log_text("".join(f"{p}\t{e}\n" for p, e in sorted(skipped.items())), "skipped_videos.tsv")
     result = {"labeled_by": labeled_by, "mlflow_run_id": tracker.run_id, "path": str(out), "digest": digest,
-              "size": stats["size"], "candidates": len(items), "skipped": len(skipped),
+              "size": stats["size"], "candidates": items, "skipped": len(skipped),
               "accuracy": stats["accuracy"], "mean_confidence": stats["mean_confidence"]}
     _log_set_input(state.tracking_uri, tracker.run_id, state, stage.round, result, "pseudo-labels")
     tracker.finish()
-    log.info("%s: %d of %d videos kept (accuracy %.3f, %d unreadable)", stage.key, stats["size"], len(items),
+    log.info("%s: %d of %d videos kept (accuracy %.3f, %d unreadable)", stage.key, stats["size"], items,
              stats["accuracy"], len(skipped))
     return result
 

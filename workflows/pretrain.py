@@ -120,6 +120,7 @@ def run_pretraining(
 
     from ssl_core.checkpoint import model_from_state
     from ssl_core.data.splits import prepare_data
+    from ssl_core.pretrain.records import labeled_records, objective_records
     from workflows.runtime.fit import driver_actors, fit
     from workflows.runtime.pretrain_streams import build_pretrain_datasets
     from workflows.runtime.pretrain_worker import pretrain_loop_per_worker
@@ -171,7 +172,7 @@ def run_pretraining(
                 tags.update(lineage)
             tracker = Tracker.start(uri, setup.base.tracking.experiment, name, tags)
             prep.tracker = tracker
-            num_train = len(data.labeled) + len(data.unlabeled)
+            num_train = len(objective_records(data))
             tracker.log_params({**setup.params(), **params, "pretrain.queue_size_used": setup.queue_size(num_train),
                                 "data.num_train": num_train, "data.num_labeled": len(data.labeled),
                                 "data.num_test": len(data.test)})
@@ -184,14 +185,15 @@ def run_pretraining(
 
         terminal.log_to(run_dir / LOG_FILE)
         cfg = setup.base
-        train_records = [*data.labeled, *data.unlabeled]  # every train video; the stream drops their labels
+        train_records = objective_records(data)  # every train video; the stream drops their labels
         note = _objective_note(setup, len(train_records))
         print(f"pretraining {cfg.model.primary} with {setup.pretrain.objective} (rho {setup.pretrain.rho}) on "
               f"{len(train_records)} train videos" + (f", {note}" if note else ""), flush=True)
         init_ray(min_cpus=logical_cpus(setup))
         ray.data.DataContext.get_current().enable_progress_bars = False
         counter, channel = driver_actors(progress)
-        datasets = build_pretrain_datasets(setup, train_records, data.labeled, data.test, counter)
+        datasets = build_pretrain_datasets(setup, train_records, labeled_records(data), data.labeled, data.test,
+                                           counter)
         args = WorkerArgs(setup.to_dict(), list(data.manifest.classes), state.tracking_uri, state.mlflow_run_id,
                           counter, progress=channel, init=sources, queue_size=setup.queue_size(len(train_records)),
                           resume_from=resume_from)

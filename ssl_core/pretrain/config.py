@@ -249,6 +249,8 @@ def pretrain_with_overrides(raw: dict[str, Any], overrides: typing.Sequence[str]
 
 def pretrain_from_dict(raw: dict[str, Any]) -> PretrainSetup:
     raw = dict(raw)
+    # A self-training file is a stage config plus the rounds around it: workflows.self_train reads that section.
+    raw.pop("self_train", None)
     if raw.get("algorithm") is not None:
         raise ConfigError("algorithm: a pretraining config has no algorithm section; pretrain.objective chooses "
                           f"the objective ({' | '.join(OBJECTIVES)})")

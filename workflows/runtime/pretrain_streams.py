@@ -122,13 +122,15 @@ def _decode_knn_row(row: dict[str, Any], *, cfg: dict[str, Any], counter: Any) -
 def build_pretrain_datasets(
     setup: PretrainSetup,
     train: Sequence[VideoRecord],
+    taught: Sequence[VideoRecord],
     labeled: Sequence[VideoRecord],
     test: Sequence[VideoRecord],
     counter: Any,
 ) -> dict[str, ray.data.Dataset]:
-    """The "train" stream (train.iterations batches of train.batch_size videos per worker), the "labeled" one
-    (as many batches of pretrain.labeled_batch labeled videos) when pretrain.labeled_weight > 0, and the "knn"
-    set."""
+    """The "train" stream (train.iterations batches of train.batch_size videos per worker) unless
+    pretrain.objective_weight is 0, the "labeled" one (as many batches of pretrain.labeled_batch videos of `taught`:
+    the labeled split [+ the pseudo-labeled set]) when pretrain.labeled_weight > 0, and the "knn" set (memory bank:
+    `labeled`, the labeled split only)."""
     cfg, p = setup.base, setup.pretrain
     d, t, workers = cfg.data, cfg.train, cfg.scaling.num_workers
     cache, cache_report = cache_for_config(cfg, [r.path for r in (*train, *test)])
@@ -158,9 +160,11 @@ def build_pretrain_datasets(
         ds.context.target_max_block_size = int(0.5 * rows * row_bytes)
         return ds
 
-    datasets = {"train": stream(train, t.batch_size, t.seed, with_labels=False)}
+    datasets = {}
+    if p.objective_weight > 0:
+        datasets["train"] = stream(train, t.batch_size, t.seed, with_labels=False)
     if p.labeled_weight > 0:
-        datasets["labeled"] = stream(labeled, p.labeled_batch, t.seed + 1, with_labels=True)
+        datasets["labeled"] = stream(taught, p.labeled_batch, t.seed + 1, with_labels=True)
     items = [{"path": r.path, "label": r.label, "bank": 1} for r in labeled]
     items += [{"path": r.path, "label": r.label, "bank": 0} for r in test]
     knn = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / 8)))

@@ -120,7 +120,8 @@ def build_pretraining(args: WorkerArgs, setup: PretrainSetup) -> tuple[Hooks, in
         tracker.log_metrics(knn, step=0)
         if progress is not None:
             progress.report({**knn, "step": 0, **shown_as_eval(knn)})
-    train_it = cycle(ray.train.get_dataset_shard("train"), t.batch_size, "train split")
+    train_it = cycle(ray.train.get_dataset_shard("train"), t.batch_size, "train split") if p.objective_weight > 0 \
+        else None
     labeled_it = (cycle(ray.train.get_dataset_shard("labeled"), p.labeled_batch, "labeled split")
                   if p.labeled_weight > 0 else None)
 
@@ -129,16 +130,19 @@ def build_pretraining(args: WorkerArgs, setup: PretrainSetup) -> tuple[Hooks, in
                 else pretrain_views(batch["clips"].to(device), cfg.augment, p))
 
     def step(_: int) -> tuple[Mapping[str, Tensor], int]:
-        batch = next(train_it)
-        views = views_of(batch)
-        pretext = batch["pretext"] if p.pretext != "none" else None
-        labeled = None
+        views, pretext, labeled, clips = None, None, None, 0
+        if train_it is not None:
+            batch = next(train_it)
+            views = views_of(batch)
+            pretext = batch["pretext"] if p.pretext != "none" else None
+            clips += views.shape[0] * views.shape[1]
         if labeled_it is not None:
             labeled_batch = next(labeled_it)
             labeled = (views_of(labeled_batch), labeled_batch["label"])
+            clips += labeled[0].shape[0] * labeled[0].shape[1]
         metrics = pretrain_optimize(trainer, optimizer, scheduler, views, pretext, grad_clip=t.grad_clip,
                                     labeled=labeled)
-        return metrics, views.shape[0] * views.shape[1]
+        return metrics, clips
 
     def monitor(done: int, last: bool) -> dict[str, float]:
         if rank != 0:

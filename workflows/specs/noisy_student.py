@@ -44,12 +44,19 @@ class LabelSpec:
                                          "ImageNet filter; the student's noise tolerates wrong labels)")
     top_k_per_class: int | None = setting(None, "class balancing: keep the K most confident per predicted class; "
                                                 "null: all")
+    top_fraction_per_class: float | None = setting(None, "class balancing by share, for any set size: K = this "
+                                                         "fraction x scored videos / classes (0.5: the more confident "
+                                                         "half of an even share); null: top_k_per_class decides")
     clips: int = setting(2, "uniformly spaced clips per video the teacher averages")
     crops: int = setting(1, "centre crops per clip the teacher averages")
 
     def check(self) -> None:
         require(0 <= self.min_confidence <= 1, "min_confidence", "must be in [0, 1]")
         require(self.top_k_per_class is None or self.top_k_per_class >= 1, "top_k_per_class", "must be null or >= 1")
+        require(self.top_fraction_per_class is None or 0 < self.top_fraction_per_class <= 1,
+                "top_fraction_per_class", "must be null or in (0, 1]")
+        require(self.top_fraction_per_class is None or self.top_k_per_class is None, "top_fraction_per_class",
+                "set top_k_per_class or top_fraction_per_class, not both")
         require(self.clips >= 1, "clips", "must be >= 1")
         require(self.crops >= 1, "crops", "must be >= 1")
 
