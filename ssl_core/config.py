@@ -90,9 +90,11 @@ class DataConfig:
                                           "runs; null: <output.storage>/.clip_cache. Shared storage every node sees "
                                           "at the same path on a multi-node cluster")
     pseudo_labels: str | None = setting(None, "a pseudo-labeled set (Parquet: path, probs; from "
-                                              "workflows.noisy_student): the unlabeled stream becomes these videos "
-                                              "with their stored teacher probabilities; only for algorithms that "
-                                              "learn stored targets (noisy_student_offline)")
+                                              "workflows.noisy_student or workflows.self_train): in training the "
+                                              "unlabeled stream becomes these videos with their stored teacher "
+                                              "probabilities (algorithms that learn stored targets: "
+                                              "noisy_student_offline); in pretraining they join the labeled term "
+                                              "under the teacher's top class (pretrain.labeled_weight > 0)")
     synthetic: SyntheticConfig = setting(doc="generate the synthetic action dataset into data.root when it is missing",
                                          factory=SyntheticConfig)
 

@@ -13,6 +13,7 @@ from ssl_core.pretrain.config import PretrainConfig
 from ssl_core.typed_config import ConfigError, KeyDoc, describe
 from workflows.reencode import PrepareConfig
 from workflows.specs.noisy_student import NoisyStudentFile
+from workflows.specs.self_train import SelfTrainSpec
 from workflows.specs.sweep import SweepFile
 
 COMMAND = "vidssl config --explain --markdown > docs/config.md"
@@ -44,6 +45,9 @@ FILES = (
                SweepFile, ""),
     ConfigFile("Noisy Student file", "`python -m workflows.noisy_student --config configs/noisy_student_demo.yaml "
                "[--dry-run]`.", NoisyStudentFile, ""),
+    ConfigFile("Self-training file", "`python -m workflows.self_train --config configs/selftrain_appearance.yaml --set "
+               "model.init=<pretraining run> [--dry-run]`: a pretraining config (the stage) plus `self_train`.",
+               SelfTrainSpec, "self_train"),
 )
 
 

@@ -110,7 +110,8 @@ class PretrainConfig:
     labeled_batch: int = setting(16, "labeled videos per step when labeled_weight > 0 (drawn again each pass)")
     objective_weight: float = setting(1.0, "weight of the contrastive objective (rho_moco / simclr); 0 with "
                                            "labeled_weight > 0: supervised training on the labeled clips alone, on the "
-                                           "same views (the baseline that tells what the unlabeled videos add)")
+                                           "same views, and no train video decoded for the objective (the stage of "
+                                           "workflows.self_train)")
     next_config: str = setting("configs/demo.yaml", "the config run next on this pretraining (model.init = its run "
                                                     "folder), named in the command both runners print at the end: a "
                                                     "training config, or a pretraining config for a further stage")
@@ -217,11 +218,14 @@ class PretrainSetup:
 
 
 def next_command(setup: PretrainSetup, run_dir: str | Path) -> str:
-    """The command to run next on a finished pretraining's run folder (pretrain.next_config): a further pretraining
-    stage when that config has a `pretrain` section, else fine-tuning. After semi-supervised pretraining it names
+    """The command to run next on a finished pretraining's run folder (pretrain.next_config): self-training when
+    that config has a `self_train` section, a further pretraining stage when it has a `pretrain` one, else
+    fine-tuning. After semi-supervised pretraining it names
     the run's labeled split, so what follows learns from the same labeled videos only."""
     following = setup.pretrain.next_config
-    runner = "workflows.pretrain" if _is_pretraining_config(following) else "workflows.train"
+    sections = _sections(following)
+    runner = ("workflows.self_train" if "self_train" in sections else "workflows.pretrain" if "pretrain" in sections
+              else "workflows.train")
     # A fine-tuning config's own model.primary may differ: the backbone's is the one its weights fit.
     primary = f" --set model.primary={setup.base.model.primary}" if runner == "workflows.train" else ""
     command = f".venv/bin/python -m {runner} --config {following}{primary} --set model.init={run_dir}"
@@ -230,11 +234,11 @@ def next_command(setup: PretrainSetup, run_dir: str | Path) -> str:
     return command
 
 
-def _is_pretraining_config(path: str) -> bool:
+def _sections(path: str) -> set[str]:
     try:
-        return "pretrain" in read_config_file(path)
+        return set(read_config_file(path))
     except (OSError, ConfigError):  # not readable from here: the command names it as given
-        return False
+        return set()
 
 
 def load_pretrain_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -> PretrainSetup:

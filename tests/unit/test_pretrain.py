@@ -525,13 +525,13 @@ def test_ray_free_run_writes_a_backbone_checkpoint(synth_dataset: Path, tmp_path
     assert os.path.exists(latest_checkpoint_dir(tmp_path / "run") / "state.pt")
 
 
-def test_the_appearance_path_pretrain_then_labels_join_then_the_head_fits(
+def test_the_appearance_path_pretrain_then_the_labels_stage_then_the_head_fits(
     synth_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """README's appearance path, tiny and Ray-free: configs/pretrain_appearance.yaml, then
-    configs/semisup_appearance.yaml from it (the objective continues, the labeled term is reported), then
-    configs/finetune_appearance.yaml on the semi-supervised run's labeled split: the backbone stays as it was,
-    the head learns; each runner's next command names the next config."""
+    """README's appearance path by hand, tiny and Ray-free (what workflows.self_train's round 0 runs through Ray):
+    configs/pretrain_appearance.yaml, then the stage of configs/selftrain_appearance.yaml from it (the labeled term
+    reported), then configs/finetune_appearance.yaml on the stage's labeled split: the backbone stays as it was, the
+    head learns; each runner's next command names the next config."""
     from ssl_core.data.splits import SPLIT_FILE, prepare_data
     from ssl_core.engine import Report
     from ssl_core.loop import run_local
@@ -547,10 +547,10 @@ def test_the_appearance_path_pretrain_then_labels_join_then_the_head_fits(
     setup = load_pretrain_config(CONFIG.with_name("pretrain_appearance.yaml"), stage)
     run_local_pretrain(setup, decode_threads=2, run_dir=tmp_path / "pretrain")
     assert next_command(setup, tmp_path / "pretrain") == (
-        ".venv/bin/python -m workflows.pretrain --config configs/semisup_appearance.yaml "
+        ".venv/bin/python -m workflows.self_train --config configs/selftrain_appearance.yaml "
         f"--set model.init={tmp_path / 'pretrain'}")
 
-    semi = load_pretrain_config(CONFIG.with_name("semisup_appearance.yaml"), [
+    semi = load_pretrain_config(CONFIG.with_name("selftrain_appearance.yaml"), [
         *stage, f"model.init={tmp_path / 'pretrain'}", "pretrain.labeled_batch=2"])
     assert semi.pretrain.labeled_weight > 0
     reports: list[Report] = []
