@@ -3,13 +3,14 @@
     python -m workflows.pretrain --config configs/pretrain_demo.yaml [--set pretrain.rho=4] [--smoke-test]
     python -m workflows.pretrain --config configs/pretrain_demo.yaml --resume latest   # continue the newest one
     python -m workflows.train --config configs/demo.yaml --set model.init=<the run folder it prints>
-    python -m workflows.pretrain --config configs/semisup_appearance.yaml --set model.init=<a pretraining run folder>
+    python -m workflows.pretrain --config configs/pretrain_demo.yaml --set pretrain.labeled_weight=1   # + labels
 
 The objective (pretrain.objective: rho-MoCo or SimCLR, optional speed / arrow-of-time pretext, or VideoMAE's
 masked reconstruction for a ViT: configs/pretrain_videomae_demo.yaml) sees no label: the train stream carries
-none. With pretrain.labeled_weight > 0 a second stream of the labeled split's videos and labels feeds a classifier
-beside it (semi-supervised pretraining: configs/semisup_appearance.yaml, --set model.init=<a pretraining run>).
-Labels feed the monitors too: k-NN top-1 of frozen features every
+none. With pretrain.labeled_weight > 0 a second stream of the labeled split's videos and labels (plus, with
+data.pseudo_labels, a pseudo-labeled set's videos under their teacher's labels) feeds a classifier beside it;
+pretrain.objective_weight=0 leaves that classifier alone and drops the train stream (the stage workflows.self_train
+runs, configs/selftrain_appearance.yaml). Labels feed the monitors too: k-NN top-1 of frozen features every
 pretrain.knn_every steps (`knn/top1`, memory bank = the labeled split, queries = the test split) and a linear
 probe at the end (`probe/top1`). At the end the backbone (the full model.primary classifier, its head untrained)
 is logged and registered under tracking.registered_model with tags vidssl.stage=pretrain, vidssl.objective and

@@ -1,6 +1,6 @@
 """Self-training's pieces without Ray: the pretraining stage's labeled term over the labeled split plus a
 pseudo-labeled set (under the teacher's labels, never the truth), the labels-only stage that decodes no train
-video, and the self-training file's checks. Through Ray Data, Ray Train and MLflow: tests/e2e/test_self_train.py.
+video, and the self-training file's checks. Through Ray Data, Ray Train and MLflow: tests/slow/test_e2e_self_train.py.
 
     .venv/bin/python -m pytest -q tests/unit/test_self_training.py
 """

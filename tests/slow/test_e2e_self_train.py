@@ -3,7 +3,7 @@ workflows.self_train` on it with one round: the labels stage (Ray Data -> Ray Tr
 the head labelling the unlabeled train videos (Ray Data batch inference), a fresh stage on labeled + pseudo-labeled
 videos, its head; every stage a nested MLflow run under one parent.
 
-    .venv/bin/python -m pytest -q tests/e2e/test_self_train.py
+    .venv/bin/python -m pytest -q tests/slow/test_e2e_self_train.py     # make test-slow (CI) runs it, ~2 min
 """
 
 from __future__ import annotations
