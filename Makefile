@@ -58,9 +58,8 @@ demo: $(STAMP)
 # tests/slow, the failure-injection tests (a SIGKILLed Train worker, an MLflow server stopped mid-run, a node of the
 # two-node cluster/local.sh lost mid-run), pretraining and Noisy Student resumes, a self-training round, every zoo
 # model's training and published-size logits, takes ~23 min on 2 cores, over the suite's budget: `make test-slow`
-# runs it; CI (.ci/run)
-# runs both. tests/zoo (every registered model's CMPL and FixMatch through Ray Data + Ray Train, ~18 min) is
-# `make test-zoo`: run it when the model zoo or the Ray worker changes; CI leaves it out for its 45 min budget.
+# runs it; CI (.ci/run) runs both. tests/zoo (every registered model's CMPL and FixMatch through Ray Data + Ray
+# Train, ~18 min) is `make test-zoo`: run it when the model zoo or the Ray worker changes; CI leaves it out for its 45 min budget.
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports --no-cache
