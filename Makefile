@@ -59,7 +59,8 @@ demo: $(STAMP)
 # two-node cluster/local.sh lost mid-run), pretraining and Noisy Student resumes, a self-training round, every zoo
 # model's training and published-size logits, takes ~23 min on 2 cores, over the suite's budget: `make test-slow`
 # runs it; CI (.ci/run) runs both. tests/zoo (every registered model's CMPL and FixMatch through Ray Data + Ray
-# Train, ~18 min) is `make test-zoo`: run it when the model zoo or the Ray worker changes; CI leaves it out for its 45 min budget.
+# Train, ~18 min) is `make test-zoo`: run it when the model zoo or the Ray worker changes; CI leaves it out for its
+# 45 min budget.
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports --no-cache
