@@ -121,7 +121,7 @@ def run_pretraining(
 
     from ssl_core.checkpoint import model_from_state
     from ssl_core.data.splits import prepare_data
-    from ssl_core.pretrain.records import labeled_records, objective_records
+    from ssl_core.pretrain.records import objective_records, pseudo_records
     from workflows.runtime.fit import driver_actors, fit
     from workflows.runtime.pretrain_streams import build_pretrain_datasets
     from workflows.runtime.pretrain_worker import pretrain_loop_per_worker
@@ -193,7 +193,7 @@ def run_pretraining(
         init_ray(min_cpus=logical_cpus(setup))
         ray.data.DataContext.get_current().enable_progress_bars = False
         counter, channel = driver_actors(progress)
-        datasets = build_pretrain_datasets(setup, train_records, labeled_records(data), data.labeled, data.test,
+        datasets = build_pretrain_datasets(setup, train_records, data.labeled, pseudo_records(data), data.test,
                                            counter)
         args = WorkerArgs(setup.to_dict(), list(data.manifest.classes), state.tracking_uri, state.mlflow_run_id,
                           counter, progress=channel, init=sources, queue_size=setup.queue_size(len(train_records)),
@@ -201,7 +201,7 @@ def run_pretraining(
     # The k-NN set goes whole to rank 0.
     result, final = fit(pretrain_loop_per_worker, args, cfg, name=state.name, run_dir=run_dir, tracker=tracker,
                         counter=counter, channel=channel, datasets=datasets,
-                        split=[name for name in ("train", "labeled") if name in datasets])
+                        split=[name for name in ("train", "labeled", "pseudo") if name in datasets])
     # The full classifier (its head untrained): what model.init, evaluate and predict read.
     model = model_from_state(final, "primary", "the final checkpoint")
     example = torch.zeros(1, 3, cfg.data.num_frames, cfg.augment.crop_size, cfg.augment.crop_size)

@@ -108,6 +108,9 @@ class PretrainConfig:
                                          "on the labeled split's clips (the objective's views, RGB clips only) beside "
                                          "the objective on every train video; 0: labels reach no loss")
     labeled_batch: int = setting(16, "labeled videos per step when labeled_weight > 0 (drawn again each pass)")
+    pseudo_batch: int = setting(16, "with data.pseudo_labels: videos of that pseudo-labeled set per step, beside "
+                                    "labeled_batch videos of the labeled split (its own stream, so the few true labels "
+                                    "keep their share of each step)")
     objective_weight: float = setting(1.0, "weight of the contrastive objective (rho_moco / simclr); 0 with "
                                            "labeled_weight > 0: supervised training on the labeled clips alone, on the "
                                            "same views, and no train video decoded for the objective (the stage of "
@@ -163,6 +166,7 @@ class PretrainConfig:
         require(self.pretext_weight >= 0, "pretext_weight", "must be >= 0")
         require(self.labeled_weight >= 0, "labeled_weight", f"must be >= 0, got {self.labeled_weight}")
         require(self.labeled_batch >= 1, "labeled_batch", f"must be >= 1, got {self.labeled_batch}")
+        require(self.pseudo_batch >= 1, "pseudo_batch", f"must be >= 1, got {self.pseudo_batch}")
         require(self.objective_weight >= 0, "objective_weight", f"must be >= 0, got {self.objective_weight}")
         require(self.objective_weight > 0 or self.labeled_weight > 0, "objective_weight",
                 "0 leaves nothing to learn unless pretrain.labeled_weight > 0")

@@ -33,7 +33,7 @@ from ssl_core.pretrain.augment import pretrain_views
 from ssl_core.pretrain.config import PretrainSetup
 from ssl_core.pretrain.data import decode_views
 from ssl_core.pretrain.knn import knn_accuracy, linear_probe, video_features
-from ssl_core.pretrain.records import labeled_records, objective_records
+from ssl_core.pretrain.records import objective_records, pseudo_records
 from ssl_core.pretrain.step import (
     Pretrainer,
     build_net,
@@ -137,7 +137,7 @@ def _pretrain_into(run_dir: Path, setup: PretrainSetup, device: str, decode_thre
     data = prepare_data(cfg, run_dir)  # the labeled split: the k-NN memory bank [and pretrain.labeled_weight's]
     classes = list(data.manifest.classes)
     train_paths = [r.path for r in objective_records(data)]  # every train video, without its label
-    taught = labeled_records(data)
+    pseudo = pseudo_records(data)
     dev = torch.device(device)
     pool = ThreadPoolExecutor(max(1, decode_threads))
     history: list[tuple[int, float]] = []
@@ -165,10 +165,14 @@ def _pretrain_into(run_dir: Path, setup: PretrainSetup, device: str, decode_thre
         # Without the objective (objective_weight 0) the train videos would only be decoded to be ignored.
         batches = (view_batches(train_paths, t.batch_size, setup, t.seed, pool, reader, skipped)
                    if p.objective_weight > 0 else None)
-        labeled_batches = (view_batches([r.path for r in taught], p.labeled_batch, setup, t.seed + 1, pool,
-                                        reader, skipped, labels=[r.label for r in taught],
+        labeled_batches = (view_batches([r.path for r in data.labeled], p.labeled_batch, setup, t.seed + 1, pool,
+                                        reader, skipped, labels=[r.label for r in data.labeled],
                                         what="labeled split")
                            if p.labeled_weight > 0 else None)
+        # Its own stream: a step's labeled videos keep their share however large the set.
+        pseudo_batches = (view_batches([r.path for r in pseudo], p.pseudo_batch, setup, t.seed + 2, pool, reader,
+                                       skipped, labels=[r.label for r in pseudo], what="pseudo-labeled set")
+                          if p.labeled_weight > 0 and pseudo else None)
 
         def features() -> tuple[Tensor, Tensor, Tensor, Tensor]:
             unreadable: dict[str, str] = {}
@@ -197,6 +201,9 @@ def _pretrain_into(run_dir: Path, setup: PretrainSetup, device: str, decode_thre
                 clips += train_clips.shape[0] * train_clips.shape[1]
             if labeled_batches is not None:
                 labeled_clips, labels = next(labeled_batches)
+                if pseudo_batches is not None:
+                    pseudo_clips, pseudo_labels = next(pseudo_batches)
+                    labeled_clips, labels = torch.cat([labeled_clips, pseudo_clips]), torch.cat([labels, pseudo_labels])
                 labeled = (pretrain_views(labeled_clips.to(dev), cfg.augment, p), labels)
                 clips += labeled_clips.shape[0] * labeled_clips.shape[1]
             metrics = pretrain_optimize(trainer, optimizer, scheduler, views,

@@ -20,7 +20,7 @@ from ssl_core.data.splits import prepare_data
 from ssl_core.engine import Report
 from ssl_core.pretrain import local
 from ssl_core.pretrain.config import load_pretrain_config
-from ssl_core.pretrain.records import labeled_records, objective_records
+from ssl_core.pretrain.records import objective_records, pseudo_records
 from ssl_core.typed_config import ConfigError
 from workflows.self_train import main, stage_names
 from workflows.specs.self_train import load_self_train
@@ -55,15 +55,13 @@ def test_the_labeled_term_reads_the_set_under_the_teachers_labels(synth_dataset:
     set_file, given = _wrong_teacher_set(synth_dataset, tmp_path)
     setup = load_pretrain_config(STAGE, [*_tiny(synth_dataset, tmp_path), f"data.pseudo_labels={set_file}"])
     data = prepare_data(setup.base, None)
-    taught = labeled_records(data)
-    assert taught[:len(data.labeled)] == data.labeled
-    assert {r.path: r.label for r in taught[len(data.labeled):]} == given
+    assert {r.path: r.label for r in pseudo_records(data)} == given
     # The objective still reads every train video, though data.unlabeled is only the set's under data.pseudo_labels.
     assert {r.path for r in objective_records(data)} == {r.path for r in data.manifest.split("train")}
     assert len(data.unlabeled) == len(given) < len(data.manifest.split("train")) - len(data.labeled)
 
 
-def test_a_labels_only_stage_decodes_no_train_video_and_learns_labeled_plus_set(
+def test_a_labels_only_stage_decodes_no_train_video_and_learns_the_split_beside_the_set(
     synth_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     torch.set_num_threads(1)
@@ -80,11 +78,12 @@ def test_a_labels_only_stage_decodes_no_train_video_and_learns_labeled_plus_set(
     monkeypatch.setattr(local, "view_batches", recorded)
     reports: list[Report] = []
     local.run_local_pretrain(setup, decode_threads=2, run_dir=tmp_path / "stage", on_report=reports.append)
-    (stream,) = streams  # the labeled term's only: no train stream when the objective's weight is 0
+    # The labeled term's two streams only: no train stream when the objective's weight is 0.
+    labeled, pseudo = streams
     data = prepare_data(setup.base, None)
-    assert stream["what"] == "labeled split"
-    assert dict(zip(stream["paths"], stream["labels"], strict=True)) == {
-        **{r.path: r.label for r in data.labeled}, **given}
+    assert (labeled["what"], pseudo["what"]) == ("labeled split", "pseudo-labeled set")
+    assert dict(zip(labeled["paths"], labeled["labels"], strict=True)) == {r.path: r.label for r in data.labeled}
+    assert dict(zip(pseudo["paths"], pseudo["labels"], strict=True)) == given
     assert reports and all(r.window["loss/total"] == pytest.approx(r.window["loss/labeled"]) for r in reports)
     assert "loss/contrastive" not in reports[-1].window
 

@@ -4,8 +4,10 @@
         every train video (labeled split included), no label column: labels cannot reach a loss. rho clips
         per video at independent random times (ssl_core.pretrain.data.decode_views); "views" when
         augment.placement = data (augmented in the decode task, one draw per clip), else uint8 clips.
+        Absent when pretrain.objective_weight is 0 (the labels alone).
   labeled  as train, plus "label": int64, over the labeled split only; only when pretrain.labeled_weight > 0
         (semi-supervised pretraining: the classifier beside the objective learns from it).
+  pseudo   as labeled, over data.pseudo_labels' videos under their teacher's top class (self-training's stage).
   knn   {"clips": (N, T, H, W, 3) uint8, "label": int64, "bank": int64}    rank 0's k-NN monitor: the labeled
         split (bank = 1, the memory bank) and the test split (bank = 0, the queries), N evaluation clips each.
 
@@ -122,15 +124,15 @@ def _decode_knn_row(row: dict[str, Any], *, cfg: dict[str, Any], counter: Any) -
 def build_pretrain_datasets(
     setup: PretrainSetup,
     train: Sequence[VideoRecord],
-    taught: Sequence[VideoRecord],
     labeled: Sequence[VideoRecord],
+    pseudo: Sequence[VideoRecord],
     test: Sequence[VideoRecord],
     counter: Any,
 ) -> dict[str, ray.data.Dataset]:
     """The "train" stream (train.iterations batches of train.batch_size videos per worker) unless
-    pretrain.objective_weight is 0, the "labeled" one (as many batches of pretrain.labeled_batch videos of `taught`:
-    the labeled split [+ the pseudo-labeled set]) when pretrain.labeled_weight > 0, and the "knn" set (memory bank:
-    `labeled`, the labeled split only)."""
+    pretrain.objective_weight is 0; when pretrain.labeled_weight > 0 the "labeled" one (as many batches of
+    pretrain.labeled_batch videos of the labeled split) and, with a pseudo-labeled set (`pseudo`, under the teacher's
+    labels), the "pseudo" one (batches of pretrain.pseudo_batch); the "knn" set."""
     cfg, p = setup.base, setup.pretrain
     d, t, workers = cfg.data, cfg.train, cfg.scaling.num_workers
     cache, cache_report = cache_for_config(cfg, [r.path for r in (*train, *test)])
@@ -164,7 +166,9 @@ def build_pretrain_datasets(
     if p.objective_weight > 0:
         datasets["train"] = stream(train, t.batch_size, t.seed, with_labels=False)
     if p.labeled_weight > 0:
-        datasets["labeled"] = stream(taught, p.labeled_batch, t.seed + 1, with_labels=True)
+        datasets["labeled"] = stream(labeled, p.labeled_batch, t.seed + 1, with_labels=True)
+        if pseudo:
+            datasets["pseudo"] = stream(pseudo, p.pseudo_batch, t.seed + 2, with_labels=True)
     items = [{"path": r.path, "label": r.label, "bank": 1} for r in labeled]
     items += [{"path": r.path, "label": r.label, "bank": 0} for r in test]
     knn = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / 8)))

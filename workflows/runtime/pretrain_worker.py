@@ -124,6 +124,8 @@ def build_pretraining(args: WorkerArgs, setup: PretrainSetup) -> tuple[Hooks, in
         else None
     labeled_it = (cycle(ray.train.get_dataset_shard("labeled"), p.labeled_batch, "labeled split")
                   if p.labeled_weight > 0 else None)
+    pseudo_it = (cycle(ray.train.get_dataset_shard("pseudo"), p.pseudo_batch, "pseudo-labeled set")
+                 if p.labeled_weight > 0 and cfg.data.pseudo_labels else None)
 
     def views_of(batch: Mapping[str, Tensor]) -> Tensor:
         return (batch["views"].to(device) if "views" in batch
@@ -139,6 +141,10 @@ def build_pretraining(args: WorkerArgs, setup: PretrainSetup) -> tuple[Hooks, in
         if labeled_it is not None:
             labeled_batch = next(labeled_it)
             labeled = (views_of(labeled_batch), labeled_batch["label"])
+            if pseudo_it is not None:
+                pseudo_batch = next(pseudo_it)
+                labeled = (torch.cat([labeled[0], views_of(pseudo_batch)]),
+                           torch.cat([labeled[1], pseudo_batch["label"]]))
             clips += labeled[0].shape[0] * labeled[0].shape[1]
         metrics = pretrain_optimize(trainer, optimizer, scheduler, views, pretext, grad_clip=t.grad_clip,
                                     labeled=labeled)
