@@ -40,6 +40,7 @@ def test_one_round_labels_the_unlabeled_videos_and_trains_a_fresh_stage_on_them(
             "train.log_every=1", "train.ema_start=0", "train.warmup_iters=1", "scaling.cpus_per_worker=0.5"]
     overrides = [*tiny, f"model.init={tmp_path / 'pretrain'}", "pretrain.labeled_batch=2", "tracking.run_name=st",
                  f"output.storage={tmp_path / 'runs'}", "self_train.pseudo_labels.clips=1",
+                 "self_train.pseudo_labels.top_fraction_per_class=null",
                  f"self_train.head_set=[{', '.join(head)}]"]
     assert main(["--config", str(CONFIGS / "selftrain_appearance.yaml"),
                  *(a for o in overrides for a in ("--set", o))]) == 0
@@ -47,7 +48,7 @@ def test_one_round_labels_the_unlabeled_videos_and_trains_a_fresh_stage_on_them(
     folder = tmp_path / "runs" / "st"
     assert f"final model: {folder / 'round-1-head'}" in out
 
-    # The set: every unlabeled train video (min_confidence 0, no top-k), none of the labeled split or the test split.
+    # The set: every unlabeled train video (min_confidence 0, no class balancing), none of the labeled or test split.
     stage = load_self_train(CONFIGS / "selftrain_appearance.yaml", overrides).stage
     split = folder / "round-0-stage" / "labeled_split.csv"
     data = prepare_data(load_pretrain_config(CONFIGS / "selftrain_appearance.yaml",
