@@ -7,6 +7,7 @@
     vidssl evaluate --model models:/vidssl-sweep-demo-primary@champion --data data/synth_sweep/manifest.csv
     vidssl predict --model models:/vidssl-demo-primary/latest --videos data/synth --out predictions.parquet
     vidssl noisy-student --config configs/noisy_student_demo.yaml [--dry-run] [--resume]
+    vidssl self-train --config configs/selftrain_appearance.yaml --set model.init=<pretraining run> [--dry-run]
     vidssl distill --teacher models:/vidssl-demo-primary/latest --student small3d_w0.25
     vidssl label-queue --model runs/<run> --videos configs/demo.yaml --budget 16 --out queue.csv
     vidssl reencode --config configs/prepare_demo.yaml [--dry-run] [--set prepare.short_side=96]
@@ -34,6 +35,7 @@ WORKFLOWS = {
     "evaluate": "multi-clip x multi-crop evaluation of a model, logged to MLflow",
     "predict": "batch prediction over videos into a Parquet file",
     "noisy-student": "Noisy Student rounds: teacher, pseudo-labeled sets, noised students",
+    "self-train": "self-training on a pretrained backbone: a labels stage, then rounds on pseudo-labeled videos",
     "distill": "distil a model into a smaller student for deployment, with the trade-off table",
     "label-queue": "rank unlabeled videos for annotation (uncertainty, model disagreement)",
     "reencode": "re-encode a dataset into a training-friendly copy (short side, CFR, short GOP) with Ray Data",
