@@ -17,8 +17,9 @@ Stages (each a run of its own runner, under <output.storage>/<name>/):
 Round 0 alone is the supervised baseline from the same pretraining; what the rounds add is the unlabeled videos'.
 
 MLflow: one parent run (the name), every stage a nested run tagged vidssl.self_train / vidssl.round; the parent
-gets round/top1 and round/pseudo_accuracy (the set's accuracy where the truth is known: a metric, never a loss) and
-rounds.csv.
+gets round/top1 and round/pseudo_accuracy (the set's accuracy where the truth is known: a metric, never a loss),
+each round's set (artifact round-r/pseudo_labels.parquet) and rounds.csv. There is no --resume: a stage takes
+minutes, and a run started again takes a new folder, leaving the interrupted one as it was.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def run_self_training(file: SelfTrainFile) -> list[dict[str, Any]]:
             if head_run is not None and split_file is not None:  # every round after the first
                 set_file = folder / f"round-{r}" / "pseudo_labels.parquet"
                 print(f"round-{r}-labels: {head_run.name} labels the unlabeled train videos", flush=True)
-                labeling = file.head(base.model.init or "", split_file, folder, f"round-{r}-labels")
+                labeling = file.head(str(base.model.init), split_file, folder, f"round-{r}-labels")
                 made = label_unlabeled(labeling, str(head_run), file.spec.pseudo_labels, set_file,
                                        tracking_uri=uri, made_by={"labeled_by": str(head_run), "round": r,
                                                                   "workflow": name})
@@ -83,6 +84,7 @@ def run_self_training(file: SelfTrainFile) -> list[dict[str, Any]]:
                         "candidates": made.candidates, "skipped": len(made.skipped)}
                 print(f"round-{r}-labels: {made.stats['size']} of {made.candidates} videos kept "
                       f"({len(made.skipped)} unreadable)", flush=True)
+                parent.log_artifact(set_file, f"round-{r}")
                 extra += [f"data.pseudo_labels={set_file}", f"data.labeled_split_file={split_file}"]
             setup = pretrain_with_overrides(stage_dict, extra)
             stage = run_pretraining(setup, extra_tags=tags | {"vidssl.self_train_stage": "stage"})
@@ -145,6 +147,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                   if "pseudo_size" in row else "-")
         print(f"{row['round']:>5}  {_pct(row['top1']):>8}  {pseudo}")
     print(f"final model: {rows[-1]['run_dir']}  ({rows[-1]['model_uri']})")
+    from workflows.tracking.tracker import resolve_uri, ui_command  # here: MLflow's client loads slowly
+
+    print(f"review it:   {ui_command(resolve_uri(base.tracking.uri))}")
     return 0
 
 

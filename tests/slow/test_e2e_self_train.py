@@ -72,6 +72,7 @@ def test_one_round_labels_the_unlabeled_videos_and_trains_a_fresh_stage_on_them(
     assert [m.step for m in client.get_metric_history(parent_id, "round/top1")] == [0, 1]
     (accuracy,) = client.get_metric_history(parent_id, "round/pseudo_accuracy")
     assert accuracy.step == 1 and 0 <= accuracy.value <= 1
+    assert "round-1/pseudo_labels.parquet" in {a.path for a in client.list_artifacts(parent_id, "round-1")}
     rows = list(csv.DictReader(io.StringIO(Path(client.download_artifacts(parent_id, "rounds.csv",
                                                                           str(tmp_path))).read_text())))
     assert [r["round"] for r in rows] == ["0", "1"] and rows[1]["pseudo_size"] == str(len(targets))
