@@ -144,7 +144,7 @@ def run_pretraining(
                     and tracker.status() == "FINISHED":
                 raise RunFinished(run_dir, point.step)
             # Also before: data the run can no longer use leaves its record and MLflow run as they were.
-            data = prepare_data(setup.base, run_dir)
+            data = prepare_data(setup.base, run_dir, needs_unlabeled=setup.base.data.pseudo_labels is not None)
             sources, _ = resolve_sources(setup.base, run_dir, state.tracking_uri)
             state.config = setup.to_dict()
             state.save()
@@ -156,7 +156,7 @@ def run_pretraining(
             check_reachable(uri)  # before the run folder and the data: an unreachable server leaves nothing behind
             name, run_dir = new_run_dir(setup)
             prep.run_dir = run_dir
-            data = prepare_data(setup.base, run_dir)
+            data = prepare_data(setup.base, run_dir, needs_unlabeled=setup.base.data.pseudo_labels is not None)
             tags = {"vidssl.stage": STAGE, "vidssl.objective": setup.pretrain.objective,
                     "vidssl.primary": setup.base.model.primary, "vidssl.run_dir": str(run_dir), **extra_tags}
             params: dict[str, Any] = {}

@@ -134,7 +134,8 @@ def run_local_pretrain(setup: PretrainSetup, *, device: str = "cpu", decode_thre
 def _pretrain_into(run_dir: Path, setup: PretrainSetup, device: str, decode_threads: int,
                    on_report: Callable[[Report], None] | None) -> dict[str, Any]:
     cfg, p, t = setup.base, setup.pretrain, setup.base.train
-    data = prepare_data(cfg, run_dir)  # the labeled split: the k-NN memory bank [and pretrain.labeled_weight's]
+    # The labeled split: the k-NN memory bank [and pretrain.labeled_weight's]; an empty pseudo-labeled set is an error.
+    data = prepare_data(cfg, run_dir, needs_unlabeled=cfg.data.pseudo_labels is not None)
     classes = list(data.manifest.classes)
     train_paths = [r.path for r in objective_records(data)]  # every train video, without its label
     pseudo = pseudo_records(data)

@@ -150,3 +150,13 @@ def test_class_balancing_by_share_scales_with_the_set() -> None:
                          (["self_train.pseudo_labels.top_k_per_class=3"], ".*, not both")):
         with pytest.raises(ConfigError, match=r"^self_train\.pseudo_labels\.top_fraction_per_class: " + message):
             load_self_train(STAGE, ["model.init=run", *bad])
+
+
+def test_an_empty_pseudo_labeled_set_is_an_error_naming_it(synth_dataset: Path, tmp_path: Path) -> None:
+    setup = load_pretrain_config(STAGE, _tiny(synth_dataset, tmp_path))
+    classes = prepare_data(setup.base, None).manifest.classes
+    empty = tmp_path / "empty.parquet"
+    write_pseudo_labels(empty, [], np.zeros((0, len(classes)), np.float32), classes, {"labeled_by": "a test"})
+    setup = load_pretrain_config(STAGE, [*_tiny(synth_dataset, tmp_path), f"data.pseudo_labels={empty}"])
+    with pytest.raises(ConfigError, match=r"^data\.pseudo_labels: .*empty\.parquet holds no videos"):
+        local.run_local_pretrain(setup, decode_threads=1, run_dir=tmp_path / "stage")
