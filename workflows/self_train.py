@@ -13,7 +13,7 @@ Stages (each a run of its own runner, under <output.storage>/<name>/):
                     round-r/pseudo_labels.parquet (ssl_core.data.pseudo_labels format)
     round-r-stage   the stage again from model.init (a fresh student, not the teacher continued), with
                     data.pseudo_labels = that set and round 0's labeled split
-    round-r-head    its head
+    round-r-head    its head, which also learns the set (self_train.head_learns_set)
 Round 0 alone is the supervised baseline from the same pretraining; what the rounds add is the unlabeled videos'.
 
 MLflow: one parent run (the name), every stage a nested run tagged vidssl.self_train / vidssl.round; the parent
@@ -73,6 +73,7 @@ def run_self_training(file: SelfTrainFile) -> list[dict[str, Any]]:
             tags = {"mlflow.parentRunId": parent.run_id, "vidssl.self_train": name, "vidssl.round": str(r)}
             row: dict[str, Any] = {"round": r}
             extra = [f"output.storage={folder}", f"tracking.run_name=round-{r}-stage", f"tracking.uri={uri}"]
+            set_file: Path | None = None
             if head_run is not None and split_file is not None:  # every round after the first
                 set_file = folder / f"round-{r}" / "pseudo_labels.parquet"
                 print(f"round-{r}-labels: {head_run.name} labels the unlabeled train videos", flush=True)
@@ -90,7 +91,7 @@ def run_self_training(file: SelfTrainFile) -> list[dict[str, Any]]:
             stage = run_pretraining(setup, extra_tags=tags | {"vidssl.self_train_stage": "stage"})
             split_file = split_file or stage.run_dir / SPLIT_FILE
             row["knn_top1"] = stage.metrics.get("knn/top1")
-            head_cfg = file.head(stage.run_dir, split_file, folder, f"round-{r}-head")
+            head_cfg = file.head(stage.run_dir, split_file, folder, f"round-{r}-head", set_file)
             head = run_training(head_cfg, extra_tags=tags | {"vidssl.self_train_stage": "head"})
             head_run = head.run_dir
             row |= {"top1": head.metrics.get("eval/top1_primary"), "model_uri": head.model_uri,
@@ -132,7 +133,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     file = load_self_train(args.config, args.set)
     base = file.stage.base
-    file.head(base.model.init, "<round 0's labeled split>", base.output.storage, "check")  # fails before Ray
+    # both heads' configs (round 0's, a later round's with its set) fail here, before Ray
+    file.head(base.model.init, "<round 0's labeled split>", base.output.storage, "check")
+    if file.spec.rounds:
+        file.head(base.model.init, "<round 0's labeled split>", base.output.storage, "check", "<round 1's set>")
     if args.dry_run:
         print(f"self-training on {base.data.root} from {base.model.init}, head: {file.head_config}")
         for stage in stage_names(file.spec.rounds):

@@ -1,7 +1,7 @@
 """Self-training end to end through the real parts: a tiny Ray-free pretraining, then `python -m
 workflows.self_train` on it with one round: the labels stage (Ray Data -> Ray Train), its head (workflows.train),
 the head labelling the unlabeled train videos (Ray Data batch inference), a fresh stage on labeled + pseudo-labeled
-videos, its head; every stage a nested MLflow run under one parent.
+videos, its head (which learns the set too); every stage a nested MLflow run under one parent.
 
     .venv/bin/python -m pytest -q tests/slow/test_e2e_self_train.py     # make test-slow (CI) runs it, ~2 min
 """
@@ -67,6 +67,11 @@ def test_one_round_labels_the_unlabeled_videos_and_trains_a_fresh_stage_on_them(
     head_run = client.get_run(RunState.load(folder / "round-1-head").mlflow_run_id)
     assert head_run.data.tags["mlflow.parentRunId"] == parent_id
     assert head_run.data.params["model.init"] == str(folder / "round-1-stage")
+    # Its head learns the set beside the split; round 0's the split alone.
+    assert (head_run.data.params["algorithm.name"], head_run.data.params["data.pseudo_labels"]) == (
+        "noisy_student_offline", str(folder / "round-1" / "pseudo_labels.parquet"))
+    round0_head = client.get_run(RunState.load(folder / "round-0-head").mlflow_run_id)
+    assert round0_head.data.params["algorithm.name"] == "supervised"
     parent = client.get_run(parent_id)
     assert parent.info.status == "FINISHED" and parent.info.run_name == "st"
     assert [m.step for m in client.get_metric_history(parent_id, "round/top1")] == [0, 1]

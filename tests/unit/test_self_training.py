@@ -130,6 +130,18 @@ def test_the_head_fits_on_the_stage_run_with_its_split_and_videos(tmp_path: Path
     assert head.tracking.experiment == file.stage.base.tracking.experiment and head.train.lr == 0.01
 
 
+@pytest.mark.parametrize("learns", [True, False])
+def test_a_later_rounds_head_learns_the_set_beside_the_split(tmp_path: Path, learns: bool) -> None:
+    file = load_self_train(STAGE, ["model.init=pretrain-run", f"self_train.head_learns_set={str(learns).lower()}"])
+    head = file.head(tmp_path / "round-1-stage", tmp_path / "split.csv", tmp_path, "round-1-head",
+                     tmp_path / "round-1" / "pseudo_labels.parquet")
+    expected = (("noisy_student_offline", str(tmp_path / "round-1" / "pseudo_labels.parquet")) if learns
+                else ("supervised", None))
+    assert (head.algorithm.name, head.data.pseudo_labels) == expected
+    assert head.train.freeze_backbone_steps >= head.train.iterations  # the stage's backbone stays as it is
+    assert head.data.labeled_split_file == str(tmp_path / "split.csv")
+
+
 def test_dry_run_checks_both_configs_and_lists_the_stages(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--config", str(STAGE), "--set", "model.init=pretrain-run", "--set", "self_train.rounds=2",
                  "--dry-run"]) == 0

@@ -7,6 +7,7 @@
     self_train:
       rounds: 1                      # R: round 0 (the labels), then R x (label the unlabeled set, a fresh stage)
       pseudo_labels: {min_confidence: 0.0, top_k_per_class: null, clips: 4, crops: 1}
+      head_learns_set: true          # a round >= 1's head learns the labeled split and the round's set
 
 No Ray here: `--dry-run` checks the stage's and the head's configs and prints the stages without starting anything.
 """
@@ -33,6 +34,9 @@ class SelfTrainSpec:
                              "model, then trains a fresh stage from model.init on labeled + pseudo-labeled videos")
     pseudo_labels: LabelSpec = setting(doc="how the last model labels the unlabeled set (soft must stay false: the "
                                            "stage learns hard labels)", factory=LabelSpec)
+    head_learns_set: bool = setting(True, "the head of a round >= 1 also learns that round's pseudo-labeled set "
+                                          "(noisy_student_offline on the frozen backbone: the labeled split plus "
+                                          "the set under strong views); false: the labeled split alone")
     head_set: list[str] = setting(doc="key=value overrides on the head's training config (pretrain.next_config), "
                                       "e.g. train.iterations=300", factory=list)
 
@@ -51,14 +55,18 @@ class SelfTrainFile:
     def head_config(self) -> str:
         return self.stage.pretrain.next_config
 
-    def head(self, init: str | Path, split_file: str | Path, storage: str | Path, run_name: str) -> Config:
+    def head(self, init: str | Path, split_file: str | Path, storage: str | Path, run_name: str,
+             pseudo_labels: str | Path | None = None) -> Config:
         """The head's training config on a finished stage: its backbone (model.init), its labeled split, the
-        stage's videos, MLflow store and experiment, then self_train.head_set."""
+        stage's videos, MLflow store and experiment, [the round's pseudo-labeled set, with head_learns_set], then
+        self_train.head_set."""
         base = self.stage.base
         overrides = [f"model.primary={base.model.primary}", f"model.init={init}",
                      f"data.labeled_split_file={split_file}", f"data.root={base.data.root}",
                      f"data.layout={base.data.layout}", f"output.storage={storage}",
                      f"tracking.run_name={run_name}", f"tracking.experiment={base.tracking.experiment}"]
+        if pseudo_labels is not None and self.spec.head_learns_set:
+            overrides += ["algorithm.name=noisy_student_offline", f"data.pseudo_labels={pseudo_labels}"]
         if base.data.csv_path:
             overrides.append(f"data.csv_path={base.data.csv_path}")
         if base.tracking.uri:
