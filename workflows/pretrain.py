@@ -120,8 +120,7 @@ def run_pretraining(
     import torch
 
     from ssl_core.checkpoint import model_from_state
-    from ssl_core.data.splits import prepare_data
-    from ssl_core.pretrain.records import objective_records, pseudo_records
+    from ssl_core.pretrain.records import objective_records, prepare_pretrain_data, pseudo_records
     from workflows.runtime.fit import driver_actors, fit
     from workflows.runtime.pretrain_streams import build_pretrain_datasets
     from workflows.runtime.pretrain_worker import pretrain_loop_per_worker
@@ -144,7 +143,7 @@ def run_pretraining(
                     and tracker.status() == "FINISHED":
                 raise RunFinished(run_dir, point.step)
             # Also before: data the run can no longer use leaves its record and MLflow run as they were.
-            data = prepare_data(setup.base, run_dir, needs_unlabeled=setup.base.data.pseudo_labels is not None)
+            data = prepare_pretrain_data(setup.base, run_dir)
             sources, _ = resolve_sources(setup.base, run_dir, state.tracking_uri)
             state.config = setup.to_dict()
             state.save()
@@ -156,7 +155,7 @@ def run_pretraining(
             check_reachable(uri)  # before the run folder and the data: an unreachable server leaves nothing behind
             name, run_dir = new_run_dir(setup)
             prep.run_dir = run_dir
-            data = prepare_data(setup.base, run_dir, needs_unlabeled=setup.base.data.pseudo_labels is not None)
+            data = prepare_pretrain_data(setup.base, run_dir)
             tags = {"vidssl.stage": STAGE, "vidssl.objective": setup.pretrain.objective,
                     "vidssl.primary": setup.base.model.primary, "vidssl.run_dir": str(run_dir), **extra_tags}
             params: dict[str, Any] = {}

@@ -26,14 +26,13 @@ from ssl_core.data.clip_cache import ClipCache, cache_for_config
 from ssl_core.data.decode import decode_eval_clips
 from ssl_core.data.decode_base import DecodeError
 from ssl_core.data.manifest import VideoRecord
-from ssl_core.data.splits import prepare_data
 from ssl_core.engine import Hooks, Report, Schedule, run
 from ssl_core.loop import prefetched
 from ssl_core.pretrain.augment import pretrain_views
 from ssl_core.pretrain.config import PretrainSetup
 from ssl_core.pretrain.data import decode_views
 from ssl_core.pretrain.knn import knn_accuracy, linear_probe, video_features
-from ssl_core.pretrain.records import objective_records, pseudo_records
+from ssl_core.pretrain.records import objective_records, prepare_pretrain_data, pseudo_records
 from ssl_core.pretrain.step import (
     Pretrainer,
     build_net,
@@ -134,8 +133,7 @@ def run_local_pretrain(setup: PretrainSetup, *, device: str = "cpu", decode_thre
 def _pretrain_into(run_dir: Path, setup: PretrainSetup, device: str, decode_threads: int,
                    on_report: Callable[[Report], None] | None) -> dict[str, Any]:
     cfg, p, t = setup.base, setup.pretrain, setup.base.train
-    # The labeled split: the k-NN memory bank [and pretrain.labeled_weight's]; an empty pseudo-labeled set is an error.
-    data = prepare_data(cfg, run_dir, needs_unlabeled=cfg.data.pseudo_labels is not None)
+    data = prepare_pretrain_data(cfg, run_dir)
     classes = list(data.manifest.classes)
     train_paths = [r.path for r in objective_records(data)]  # every train video, without its label
     pseudo = pseudo_records(data)

@@ -8,8 +8,17 @@ true labels of unlabeled videos never reach any of these lists.
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from ssl_core.config import Config
 from ssl_core.data.manifest import VideoRecord
-from ssl_core.data.splits import PreparedData
+from ssl_core.data.splits import PreparedData, prepare_data
+
+
+def prepare_pretrain_data(cfg: Config, run_dir: Path | None) -> PreparedData:
+    """The run's labeled split (the k-NN memory bank [and the labeled term's]) and, with data.pseudo_labels, its
+    set; a set that holds no videos is a config error naming the file."""
+    return prepare_data(cfg, run_dir, needs_unlabeled=cfg.data.pseudo_labels is not None)
 
 
 def objective_records(data: PreparedData) -> list[VideoRecord]:
